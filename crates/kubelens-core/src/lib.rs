@@ -1,0 +1,15 @@
+//! KubeLens core: the runtime-agnostic, stream-based library behind the KubeLens backend.
+//!
+//! It owns the domain types, configuration, authentication and access policy, Kubernetes
+//! discovery, the log pipeline and the storage traits. It knows no HTTP framework and no
+//! database driver: `kubelens-salvo` adapts it to HTTP/SSE and `kubelens-storage` implements
+//! its storage traits. The `examples/` crate embeds it directly.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod names;
+pub mod readiness;
+
+pub use config::Config;
+pub use readiness::{Readiness, ReadinessCheck};
+pub mod kubeclient;

@@ -1,0 +1,118 @@
+//! The `kubelens` binary: reads the config file and environment, wires the subsystems and
+//! serves the v1 API until SIGTERM/SIGINT.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kubelens_core::{Config, Readiness};
+use kubelens_salvo::AppState;
+
+/// Exit code for configuration problems (distinct from runtime failures).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "kubelens", version, about = "Kubernetes log viewer backend")]
+struct Cli {
+    /// Path of the YAML config file.
+    #[arg(long, short, env = "KUBELENS_CONFIG", default_value = "config.yaml", global = true)]
+    config: PathBuf,
+    /// Log format: `json` (default when stderr is not a terminal) or `pretty`.
+    #[arg(long, env = "KUBELENS_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Validate the config, print the effective config with secrets redacted, and exit
+    /// non-zero on any problem.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format.as_deref());
+    let config = match load_config(&cli.config) {
+        Ok(config) => config,
+        Err(lines) => {
+            for line in lines {
+                eprintln!("config error: {line}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            print!("{}", config.to_redacted_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "kubelens failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Reads, parses, overrides from the environment and validates; every problem is one line
+/// that names its key.
+fn load_config(path: &PathBuf) -> Result<Config, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| vec![format!("{}: cannot read: {err}", path.display())])?;
+    let (config, warnings) = Config::load(&text, |name| std::env::var(name).ok())
+        .map_err(|err| err.problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>())?;
+    for warning in warnings {
+        tracing::warn!(key = %warning.key, "config: {}", warning.message);
+    }
+    Ok(config)
+}
+
+fn init_tracing(format: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KUBELENS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let pretty = match format {
+        Some("pretty") => true,
+        Some(_) => false,
+        None => std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if pretty {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let readiness = Readiness::new();
+    readiness.register("config", "loaded").ready("loaded");
+    let kube_check = readiness.register("kubernetes", "resolving client configuration");
+    match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
+        Ok((_, source)) => kube_check.ready(&format!("client configuration from {source:?}")),
+        Err(err) => {
+            tracing::warn!(error = %err, "no Kubernetes client configuration");
+            kube_check.not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
+        }
+    }
+    let listen = config.server.listen;
+    let state = AppState::new(config, readiness);
+    kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Serving with graceful shutdown: readiness fails first, streams get a final event, and the
+//! process exits within the configured grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::prelude::*;
+
+use crate::state::AppState;
+
+/// How long readiness reports "shutting down" before the listener stops accepting, so load
+/// balancers notice and route new requests elsewhere.
+const READINESS_DRAIN_DELAY: Duration = Duration::from_secs(1);
+
+/// Binds `addr` and serves `state` until `shutdown_signal` resolves, then drains.
+/// Returns the bound address through `on_bound` (useful with port 0 in tests).
+pub async fn serve(
+    state: AppState,
+    addr: SocketAddr,
+    shutdown_signal: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    let local = std_listener.local_addr()?;
+    std_listener.set_nonblocking(true)?;
+    let tokio_listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let acceptor = TcpAcceptor::try_from(tokio_listener)?;
+    on_bound(local);
+    tracing::info!(address = %local, "listening");
+
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    let grace = state.config.server.shutdown_grace;
+    let readiness = state.readiness.clone();
+    let streams = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal.await;
+        tracing::info!(grace = ?grace, "shutdown requested: failing readiness, draining");
+        readiness.begin_shutdown();
+        tokio::time::sleep(READINESS_DRAIN_DELAY.min(grace)).await;
+        // Long-lived SSE streams watch this token and end with a final status event.
+        streams.cancel();
+        handle.stop_graceful(grace.saturating_sub(READINESS_DRAIN_DELAY));
+    });
+    server.serve(crate::service(state)).await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared state handed to every handler through the depot.
+
+use std::sync::Arc;
+
+use kubelens_core::{Config, Readiness};
+use tokio_util::sync::CancellationToken;
+
+/// Everything handlers need; cheap to clone (all fields are shared).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Readiness registry rendered by `/readyz`.
+    pub readiness: Readiness,
+    /// Cancelled when shutdown starts; long-lived streams end with a final event.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State with no subsystems attached yet.
+    pub fn new(config: Config, readiness: Readiness) -> Self {
+        Self { config: Arc::new(config), readiness, shutdown: CancellationToken::new() }
+    }
+}

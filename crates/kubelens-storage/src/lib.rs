@@ -1,0 +1,2 @@
+//! KubeLens storage backends implementing the `kubelens-core` storage traits.
+#![deny(missing_docs)]
