@@ -6,6 +6,7 @@
 //! its storage traits. The `examples/` crate embeds it directly.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod names;
 pub mod readiness;
