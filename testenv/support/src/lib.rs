@@ -1,0 +1,1 @@
+//! Test support for the KubeLens testenv (placeholder until the testenv crate lands).
