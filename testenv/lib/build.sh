@@ -1,0 +1,167 @@
+# shellcheck shell=bash
+# Build (once, cached by version) the Go binaries and fetch Keycloak.
+# Source after common.sh. Entry points: ensure_binaries, ensure_keycloak.
+
+GO_BINARIES="kube-apiserver etcd kwok metrics-server loggen"
+
+# What each binary is built from, and how long a cold build usually takes here
+# (2 cores; measured, see README).
+_pkg_of() {
+    case "$1" in
+        kube-apiserver) echo "k8s.io/kubernetes/cmd/kube-apiserver" ;;
+        etcd) echo "./cmd/etcd" ;;
+        kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
+        metrics-server) echo "sigs.k8s.io/metrics-server/cmd/metrics-server" ;;
+        loggen) echo "./cmd/loggen" ;;
+    esac
+}
+_eta_of() {
+    case "$1" in
+        kube-apiserver) echo "~15 min cold on 2 cores, 2-3 GiB RAM" ;;
+        etcd) echo "~2 min cold" ;;
+        kwok) echo "~4 min cold" ;;
+        metrics-server) echo "~2 min cold" ;;
+        loggen) echo "seconds" ;;
+    esac
+}
+_version_of() {
+    case "$1" in
+        kube-apiserver) echo "$KUBERNETES_VERSION" ;;
+        etcd) echo "$ETCD_VERSION" ;;
+        kwok) echo "$KWOK_VERSION" ;;
+        metrics-server) echo "$METRICS_SERVER_VERSION" ;;
+        loggen) echo "local" ;;
+    esac
+}
+
+# The inputs of a build: the pins, the module graph and, for our own commands, the source.
+# kwok and metrics-server are `go install`ed at their pinned version from their own module
+# graph (kwok v0.7 does not compile against the k8s.io v0.34 libraries of kube-apiserver).
+_stamp_of() {
+    local name="$1" extra=""
+    case "$name" in
+        kwok) echo "kwok-$KWOK_VERSION"; return ;;
+        metrics-server) echo "metrics-server-$METRICS_SERVER_VERSION"; return ;;
+        etcd) extra="$TESTENV_HOME/cmd/etcd/main.go" ;;
+        loggen) extra="$TESTENV_HOME/cmd/loggen/main.go" ;;
+    esac
+    # shellcheck disable=SC2086
+    cat "$TESTENV_HOME/versions.env" "$TESTENV_HOME/go.mod" "$TESTENV_HOME/go.sum" $extra \
+        | sha256sum | cut -c1-16
+}
+
+_ldflags_of() {
+    local name="$1" v
+    case "$name" in
+        kube-apiserver)
+            v="${KUBERNETES_VERSION#v}"
+            echo "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=${v%%.*} -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
+            ;;
+        etcd) echo "-s -w" ;;
+        *) echo "-s -w" ;;
+    esac
+}
+
+_check_gomod_pins() {
+    local gomod="$TESTENV_HOME/go.mod" mod want
+    for pair in "k8s.io/kubernetes $KUBERNETES_VERSION" "go.etcd.io/etcd/server/v3 $ETCD_VERSION"; do
+        mod="${pair% *}"; want="${pair#* }"
+        grep -qE "^[[:space:]]+$mod $want\$" "$gomod" \
+            || die "testenv/go.mod does not require $mod $want as testenv/versions.env says; run testenv/lib/gen-gomod.sh"
+    done
+    local staging="v0.${KUBERNETES_VERSION#v1.}"
+    if grep -E '=> k8s.io/[a-z0-9-]+ v0\.' "$gomod" | grep -vq " $staging\$"; then
+        die "testenv/go.mod replaces k8s.io staging modules with something other than $staging; run testenv/lib/gen-gomod.sh"
+    fi
+}
+
+# ensure_binaries [NAME...]: build missing/stale binaries into $BIN_DIR.
+ensure_binaries() {
+    local names="${*:-$GO_BINARIES}" name stale="" go
+    mkdir -p "$BIN_DIR" "$SHARE_DIR"
+    for name in $names; do
+        if [ ! -x "$BIN_DIR/$name" ] || [ "$(cat "$BIN_DIR/.$name.stamp" 2>/dev/null)" != "$(_stamp_of "$name")" ]; then
+            stale="$stale $name"
+        fi
+    done
+    if [ -n "$stale" ]; then
+        go="$(find_go)" || die "Go toolchain not found (need go >= 1.24 on PATH or /usr/local/go/bin/go)"
+        _check_gomod_pins
+        # One builder at a time per cache (two concurrent 'up's must not build twice).
+        exec 9>"$CACHE_ROOT/.build.lock"
+        if ! flock -n 9; then
+            log "another testenv build holds $CACHE_ROOT/.build.lock; waiting for it"
+            flock 9
+        fi
+        for name in $stale; do
+            if [ -x "$BIN_DIR/$name" ] && [ "$(cat "$BIN_DIR/.$name.stamp" 2>/dev/null)" = "$(_stamp_of "$name")" ]; then
+                continue  # built by the holder of the lock meanwhile
+            fi
+            _build_one "$go" "$name"
+        done
+        flock -u 9
+        exec 9>&-
+    fi
+    _ensure_kwok_manifests
+}
+
+_build_one() {
+    local go="$1" name="$2" t0 tmp
+    log "building $name $(_version_of "$name") from the Go module proxy ($(_eta_of "$name")); cached in $BIN_DIR"
+    t0=$SECONDS
+    tmp="$BIN_DIR/.$name.tmp.$$"
+    (
+        cd "$TESTENV_HOME"
+        export GOTOOLCHAIN=local
+        case "$name" in
+            kwok|metrics-server)
+                export GOFLAGS="-trimpath" GOBIN="$tmp.d"
+                "$go" install -p 2 -ldflags "$(_ldflags_of "$name")" "$(_pkg_of "$name")@$(_version_of "$name")"
+                mv "$tmp.d/$name" "$tmp" && rmdir "$tmp.d"
+                ;;
+            *)
+                export GOFLAGS="-trimpath -mod=readonly"
+                "$go" build -p 2 -ldflags "$(_ldflags_of "$name")" -o "$tmp" "$(_pkg_of "$name")"
+                ;;
+        esac
+    ) || { rm -rf "$tmp" "$tmp.d"; die "building $name failed (see the go output above)"; }
+    mv -f "$tmp" "$BIN_DIR/$name"
+    _stamp_of "$name" > "$BIN_DIR/.$name.stamp"
+    log "built $name in $((SECONDS - t0))s"
+}
+
+# KWOK's CRDs and metric definitions come from the kwok module source (Go module cache);
+# copy them next to the binaries so a run does not depend on the module cache.
+_ensure_kwok_manifests() {
+    local dst="$SHARE_DIR/kwok-$KWOK_VERSION" go src
+    [ -f "$dst/.complete" ] && return 0
+    go="$(find_go)" || die "Go toolchain not found"
+    src="$(cd / && GOFLAGS= "$go" mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
+    [ -d "$src/kustomize/crd/bases" ] || die "kwok module source not found (looked in '$src')"
+    rm -rf "$dst"; mkdir -p "$dst/crds"
+    cp "$src"/kustomize/crd/bases/*.yaml "$dst/crds/"
+    cp "$src/kustomize/metrics/resource/metrics-resource.yaml" "$dst/"
+    cp "$src/kustomize/metrics/usage/usage-from-annotation.yaml" "$dst/"
+    chmod -R u+w "$dst"
+    touch "$dst/.complete"
+}
+
+# ensure_keycloak: unpack org.keycloak:keycloak-quarkus-dist into $KEYCLOAK_DIST (once).
+ensure_keycloak() {
+    [ -f "$KEYCLOAK_DIST/.complete" ] && return 0
+    command -v mvn >/dev/null 2>&1 || die "Maven (mvn) is needed once to fetch Keycloak $KEYCLOAK_VERSION; run testenv/ci-prereqs"
+    local dl="$CACHE_ROOT/.download" t0=$SECONDS
+    mkdir -p "$dl"
+    log "fetching Keycloak $KEYCLOAK_VERSION (org.keycloak:keycloak-quarkus-dist, ~160 MB) with Maven; cached in $KEYCLOAK_DIST"
+    mvn -B -q dependency:copy \
+        "-Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz" \
+        "-DoutputDirectory=$dl" -Dmdep.useBaseVersion=true >&2 \
+        || die "mvn could not fetch org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz"
+    rm -rf "$KEYCLOAK_DIST.tmp"; mkdir -p "$KEYCLOAK_DIST.tmp"
+    tar -xzf "$dl/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz" -C "$KEYCLOAK_DIST.tmp" --strip-components=1 \
+        || die "cannot unpack the Keycloak distribution"
+    rm -rf "$KEYCLOAK_DIST"; mv "$KEYCLOAK_DIST.tmp" "$KEYCLOAK_DIST"
+    rm -f "$dl/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz"
+    touch "$KEYCLOAK_DIST/.complete"
+    log "Keycloak ready in $((SECONDS - t0))s"
+}
