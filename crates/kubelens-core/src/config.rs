@@ -473,7 +473,13 @@ impl Config {
             let path = err.path().to_string();
             let key = if path == "." { String::new() } else { path };
             let inner = err.into_inner().to_string();
-            ConfigError::single(key, inner)
+            // serde_yaml prefixes its message with the parent path ("auth: unknown field");
+            // the key is already reported, so drop the repetition.
+            let message = match inner.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_owned(),
+                _ => inner,
+            };
+            ConfigError::single(key, message)
         })
     }
 
@@ -825,7 +831,7 @@ namespaces:
 
     #[test]
     fn symmetric_algorithms_are_rejected() {
-        let text = format!("{MINIMAL}").replace("realm: main", "realm: main\n  algorithms: [RS256, HS256, none]");
+        let text = MINIMAL.replace("realm: main", "realm: main\n  algorithms: [RS256, HS256, none]");
         let found = problems(&text);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("auth.algorithms[1]"));

@@ -102,7 +102,9 @@ fn init_tracing(format: Option<&str>) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let readiness = Readiness::new();
     readiness.register("config", "loaded").ready("loaded");
-    let kube_check = readiness.register("kubernetes", "resolving client configuration");
+    // "kubernetes_config": a client configuration is obtainable (in-cluster or kubeconfig).
+    // Reachability and cache sync are reported by the discovery subsystem's own check.
+    let kube_check = readiness.register("kubernetes_config", "resolving client configuration");
     match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
         Ok((_, source)) => kube_check.ready(&format!("client configuration from {source:?}")),
         Err(err) => {
