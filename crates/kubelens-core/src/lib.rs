@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod logs;
 pub mod names;
 pub mod readiness;
 

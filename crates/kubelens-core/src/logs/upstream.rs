@@ -1,0 +1,932 @@
+//! The Kubernetes log source: one container's log, read through the API server's
+//! `pods/log` subresource, as a [`Stream`] of lines and status changes.
+//!
+//! # Why it is shaped like this
+//!
+//! A follow request to `pods/log` ends for many reasons that look the same on the wire (the
+//! body just ends): the container exited, it restarted, the kubelet/containerd closed the
+//! stream after its 4-hour cap, the API server restarted, the network dropped, the pod was
+//! deleted. After every end the stream asks the pod (through [`ContainerLookup`]: the
+//! discovery cache, or one GET) what happened and acts on it:
+//!
+//! | what the pod says | what the stream does |
+//! |---|---|
+//! | pod gone | `ended`, reason `deleted` |
+//! | same container instance still running | `reconnecting`, backoff, reconnect from the cursor |
+//! | new instance (restart count / container id / pod uid changed) | `streaming`, reason `restarted`, read the new instance from its beginning |
+//! | instance terminated and will restart | `waiting`, poll until the new instance runs |
+//! | instance terminated for good | `ended`, reason `exited`, with the exit code |
+//!
+//! Lines are always requested with `timestamps=true`: the timestamp is the line's identity
+//! for resuming. `sinceTime` has one-second precision upstream (and kube-rs *rounds* it to
+//! the nearest second, which could skip up to half a second of lines), so this module always
+//! asks from the *floor* of the last timestamp and drops what it already delivered, using
+//! [`LinePosition`] = (timestamp, index among the source's lines with that exact timestamp).
+//!
+//! The stream is a plain `unfold` over private state: no task is spawned, so dropping the
+//! stream (the client went away) drops the in-flight HTTP request to the API server at once.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{AsyncRead, AsyncReadExt, FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, LogParams};
+use serde::Serialize;
+
+use super::admission::UpstreamPermit;
+
+/// One upstream source: a container of a pod, current or previous instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// The previous (terminated) instance instead of the current one.
+    pub previous: bool,
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.pod, self.container)?;
+        if self.previous { f.write_str(" (previous)") } else { Ok(()) }
+    }
+}
+
+/// Where a line sits in its source: its timestamp, and how many earlier lines of the same
+/// source carry exactly the same timestamp. Unique within one container instance, stable
+/// across re-reads, so it is the dedupe key when a resume re-reads a second of lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinePosition {
+    /// The runtime's timestamp of the line (nanosecond precision).
+    pub ts: DateTime<Utc>,
+    /// 0 for the first line with this timestamp, 1 for the second, ...
+    pub index: u32,
+}
+
+/// Where the first read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The whole log of the instance.
+    Beginning,
+    /// The last `n` lines (0 = only new lines).
+    Tail(u32),
+    /// Lines with a timestamp at or after this instant (exact, not rounded to a second).
+    Since(DateTime<Utc>),
+    /// Lines strictly after this position (exact resume).
+    After(LinePosition),
+}
+
+/// How a stream reads and recovers.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Where to start.
+    pub start: StartAt,
+    /// Keep following after the current end of the log.
+    pub follow: bool,
+    /// Lines longer than this many characters are cut and marked truncated; bytes beyond
+    /// 4× this are never buffered (a 1 MB line costs at most that much memory).
+    pub max_line_length: usize,
+    /// First reconnect delay after a dropped stream; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Largest reconnect delay.
+    pub max_backoff: Duration,
+    /// How often a waiting container (not started yet, or about to restart) is polled.
+    pub poll_interval: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            start: StartAt::Tail(500),
+            follow: true,
+            max_line_length: 10_000,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Marker appended to a cut line, so a reader sees the cut without parsing JSON.
+pub const TRUNCATION_MARKER: &str = " …[truncated]";
+
+/// One log line as read from the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLine {
+    /// Its position (timestamp + same-timestamp index).
+    pub position: LinePosition,
+    /// The text without the runtime timestamp and newline; invalid UTF-8 is replaced with
+    /// U+FFFD; cut lines end with [`TRUNCATION_MARKER`].
+    pub text: String,
+    /// The line was longer than the limit and was cut.
+    pub truncated: bool,
+}
+
+/// The lifecycle state reported in `status` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SourceState {
+    /// The container has not started (yet, or again after an exit).
+    Waiting,
+    /// Lines are flowing.
+    Streaming,
+    /// The upstream stream dropped while the container runs; reconnecting from the cursor.
+    Reconnecting,
+    /// No more lines will come from this source.
+    Ended,
+}
+
+/// Why the state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StatusReason {
+    /// First connection established.
+    Connected,
+    /// Reconnected after a drop (no line lost or repeated).
+    Resumed,
+    /// A new container instance started; its log follows.
+    Restarted,
+    /// The container is waiting to start.
+    ContainerWaiting,
+    /// The container exited and will not be restarted.
+    Exited,
+    /// The container exited; the kubelet will restart it.
+    ExitedWillRestart,
+    /// The pod was deleted.
+    Deleted,
+    /// The upstream stream ended or failed while the container runs (network, API server
+    /// restart, the kubelet's 4-hour cap).
+    Dropped,
+    /// A non-follow read reached the end of the log.
+    Complete,
+    /// `previous=true` but the container never restarted.
+    NoPreviousInstance,
+    /// The container does not exist in the pod (any more).
+    NoSuchContainer,
+    /// The API server refused the request for good (e.g. 403: RBAC too narrow).
+    Refused,
+    /// The process-wide upstream stream cap is reached.
+    TooManyStreams,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// A status change of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The new state.
+    pub state: SourceState,
+    /// Why.
+    pub reason: StatusReason,
+    /// Exit code, for `exited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+impl SourceStatus {
+    /// A status without an exit code.
+    pub fn new(state: SourceState, reason: StatusReason) -> Self {
+        Self { state, reason, exit_code: None }
+    }
+}
+
+/// An item of an upstream stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamEvent {
+    /// A log line.
+    Line(RawLine),
+    /// A state change.
+    Status(SourceStatus),
+}
+
+/// What the pod says about one of its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerProbe {
+    /// The pod does not exist.
+    PodGone,
+    /// The pod exists but has no such container.
+    NoSuchContainer,
+    /// The container's runtime state.
+    Present(ContainerRuntime),
+}
+
+/// Runtime facts of a container, enough to tell its log ends apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRuntime {
+    /// The pod's uid: a pod recreated under the same name (StatefulSet) is a new instance.
+    pub pod_uid: Option<String>,
+    /// `containerID` of the current instance (`None` before the first start).
+    pub container_id: Option<String>,
+    /// `restartCount`.
+    pub restart_count: i32,
+    /// Current state.
+    pub phase: ContainerPhase,
+    /// A terminated instance will be restarted (restart policy, pod not terminal/deleting).
+    pub will_restart: bool,
+    /// A previous instance exists (`previous=true` has something to read).
+    pub has_previous: bool,
+}
+
+impl ContainerRuntime {
+    fn same_instance(&self, other: &ContainerRuntime) -> bool {
+        self.pod_uid == other.pod_uid
+            && self.restart_count == other.restart_count
+            && (self.container_id == other.container_id || self.container_id.is_none() || other.container_id.is_none())
+    }
+}
+
+/// A container's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerPhase {
+    /// Not running yet (or between restarts).
+    Waiting {
+        /// e.g. `ContainerCreating`, `CrashLoopBackOff`.
+        reason: Option<String>,
+    },
+    /// Running.
+    Running,
+    /// Terminated.
+    Terminated {
+        /// The exit code.
+        exit_code: i32,
+    },
+}
+
+/// Answers "what is this container doing?" — from the discovery cache or one API GET.
+/// Only called when a log stream ends or before the first read, never per line.
+pub trait ContainerLookup: Send + Sync + 'static {
+    /// The container's current state.
+    fn probe(&self, namespace: &str, pod: &str, container: &str) -> BoxFuture<'static, Result<ContainerProbe, kube::Error>>;
+}
+
+/// [`ContainerLookup`] by one `GET pod` per question: always fresh, used when no watch
+/// cache is at hand (examples, tests).
+#[derive(Clone)]
+pub struct ApiContainerLookup {
+    client: kube::Client,
+}
+
+impl fmt::Debug for ApiContainerLookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiContainerLookup").finish_non_exhaustive()
+    }
+}
+
+impl ApiContainerLookup {
+    /// Uses `client` (the backend's service account).
+    pub fn new(client: kube::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl ContainerLookup for ApiContainerLookup {
+    fn probe(&self, namespace: &str, pod: &str, container: &str) -> BoxFuture<'static, Result<ContainerProbe, kube::Error>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = pod.to_owned();
+        let container = container.to_owned();
+        async move {
+            Ok(match api.get_opt(&pod).await? {
+                None => ContainerProbe::PodGone,
+                Some(pod) => probe_pod(&pod, &container),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Reads a container's runtime facts out of a pod object (shared by every lookup).
+pub fn probe_pod(pod: &Pod, container: &str) -> ContainerProbe {
+    let spec_has = pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().any(|c| c.name == container)
+            || s.init_containers.iter().flatten().any(|c| c.name == container)
+            || s.ephemeral_containers.iter().flatten().any(|c| c.name == container)
+    });
+    if !spec_has {
+        return ContainerProbe::NoSuchContainer;
+    }
+    let status = pod.status.as_ref();
+    let cs = status.and_then(|s| {
+        s.container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+            .chain(s.ephemeral_container_statuses.iter().flatten())
+            .find(|c| c.name == container)
+    });
+    let terminal_phase = matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    let deleting = pod.metadata.deletion_timestamp.is_some();
+    let restart_policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let Some(cs) = cs else {
+        return ContainerProbe::Present(ContainerRuntime {
+            pod_uid: pod.metadata.uid.clone(),
+            container_id: None,
+            restart_count: 0,
+            phase: ContainerPhase::Waiting { reason: None },
+            will_restart: !terminal_phase && !deleting,
+            has_previous: false,
+        });
+    };
+    let state = cs.state.as_ref();
+    let phase = if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+        ContainerPhase::Terminated { exit_code: t.exit_code }
+    } else if state.and_then(|s| s.running.as_ref()).is_some() {
+        ContainerPhase::Running
+    } else {
+        ContainerPhase::Waiting { reason: state.and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone()) }
+    };
+    let will_restart = !terminal_phase
+        && !deleting
+        && match (&phase, restart_policy) {
+            (ContainerPhase::Terminated { exit_code }, "OnFailure") => *exit_code != 0,
+            (_, "Never") => false,
+            _ => true,
+        };
+    ContainerProbe::Present(ContainerRuntime {
+        pod_uid: pod.metadata.uid.clone(),
+        container_id: cs.container_id.clone(),
+        restart_count: cs.restart_count,
+        phase,
+        will_restart,
+        has_previous: cs.restart_count > 0 || cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some(),
+    })
+}
+
+/// Opens upstream log streams. Cheap to clone.
+#[derive(Clone)]
+pub struct PodLogUpstream {
+    client: kube::Client,
+    lookup: Arc<dyn ContainerLookup>,
+}
+
+impl fmt::Debug for PodLogUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PodLogUpstream").finish_non_exhaustive()
+    }
+}
+
+/// A boxed upstream stream.
+pub type UpstreamStream = BoxStream<'static, UpstreamEvent>;
+
+impl PodLogUpstream {
+    /// Streams through `client`; `lookup` explains stream ends.
+    ///
+    /// Give `client` no read timeout or a generous one: an idle follow stream sends nothing,
+    /// and every read timeout costs a reconnect (lossless, but a request).
+    pub fn new(client: kube::Client, lookup: Arc<dyn ContainerLookup>) -> Self {
+        Self { client, lookup }
+    }
+
+    /// The lines of `key` as a stream. `permit` (if any) is held until the stream is
+    /// dropped, so the admission slot lives exactly as long as the upstream request.
+    ///
+    /// The stream never fails: errors become `status` items (`reconnecting`, or `ended` with
+    /// a reason) and the stream ends after an `ended` status.
+    pub fn stream(&self, key: SourceKey, options: UpstreamOptions, permit: Option<UpstreamPermit>) -> UpstreamStream {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        let run = Run::new(key, options, api, Arc::clone(&self.lookup), permit);
+        futures::stream::unfold(run, |mut run| async move {
+            let event = run.next_event().await?;
+            Some((event, run))
+        })
+        .boxed()
+    }
+}
+
+// ---- the state machine -------------------------------------------------------------------
+
+/// Bytes asked from the API server per read.
+const READ_CHUNK: usize = 32 * 1024;
+
+type Reader = Pin<Box<dyn AsyncRead + Send>>;
+
+enum Phase {
+    /// Open (or re-open) the request.
+    Connect,
+    /// Read the open request.
+    Read(Reader),
+    /// The request ended; ask the pod why.
+    Probe,
+    /// Wait, then continue with `then`.
+    Sleep(Duration, Box<Phase>),
+    /// Finished.
+    Done,
+}
+
+struct Run {
+    key: SourceKey,
+    options: UpstreamOptions,
+    api: Api<Pod>,
+    lookup: Arc<dyn ContainerLookup>,
+    /// Lines at or before this position were delivered already (resume / reconnect dedupe).
+    delivered: Option<LinePosition>,
+    /// Lines strictly before this instant are not wanted (`since`, or the connect time of a
+    /// `tailLines` start that has not produced a line yet).
+    not_before: Option<DateTime<Utc>>,
+    /// Read the current instance from its beginning on the next connect (after a restart).
+    from_instance_start: bool,
+    /// The instance being followed.
+    instance: Option<ContainerRuntime>,
+    connects: u32,
+    failures: u32,
+    /// Same-timestamp counter of the current read.
+    last_seen: Option<LinePosition>,
+    splitter: LineSplitter,
+    /// Reused read buffer (heap, so the stream's future stays small).
+    read_buf: Vec<u8>,
+    pending: VecDeque<UpstreamEvent>,
+    reported: Option<(SourceState, StatusReason)>,
+    phase: Phase,
+    _permit: Option<UpstreamPermit>,
+}
+
+impl Run {
+    fn new(
+        key: SourceKey,
+        options: UpstreamOptions,
+        api: Api<Pod>,
+        lookup: Arc<dyn ContainerLookup>,
+        permit: Option<UpstreamPermit>,
+    ) -> Self {
+        let (delivered, not_before) = match options.start {
+            StartAt::After(p) => (Some(p), None),
+            StartAt::Since(t) => (None, Some(t)),
+            StartAt::Beginning | StartAt::Tail(_) => (None, None),
+        };
+        let splitter = LineSplitter::new(options.max_line_length);
+        Self {
+            key,
+            options,
+            api,
+            lookup,
+            delivered,
+            not_before,
+            from_instance_start: false,
+            instance: None,
+            connects: 0,
+            failures: 0,
+            last_seen: None,
+            splitter,
+            read_buf: Vec::new(),
+            pending: VecDeque::new(),
+            reported: None,
+            phase: Phase::Connect,
+            _permit: permit,
+        }
+    }
+
+    fn report(&mut self, status: SourceStatus) {
+        let key = (status.state, status.reason);
+        if self.reported != Some(key) {
+            self.reported = Some(key);
+            self.pending.push_back(UpstreamEvent::Status(status));
+        }
+    }
+
+    fn end(&mut self, status: SourceStatus) {
+        tracing::debug!(source = %self.key, reason = ?status.reason, "upstream log stream ended");
+        self.report(status);
+        self.phase = Phase::Done;
+    }
+
+    fn backoff(&mut self) -> Duration {
+        let exp = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        self.options.initial_backoff.saturating_mul(1u32 << exp.min(10)).min(self.options.max_backoff)
+    }
+
+    async fn next_event(&mut self) -> Option<UpstreamEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Connect => self.connect().await,
+                Phase::Read(reader) => self.read(reader).await,
+                Phase::Probe => self.probe_after_end().await,
+                Phase::Sleep(delay, then) => {
+                    tokio::time::sleep(delay).await;
+                    self.phase = *then;
+                }
+            }
+        }
+    }
+
+    fn log_params(&self) -> LogParams {
+        let mut params = LogParams {
+            container: Some(self.key.container.clone()),
+            follow: self.options.follow && !self.key.previous,
+            timestamps: true,
+            previous: self.key.previous,
+            ..LogParams::default()
+        };
+        if self.from_instance_start {
+            return params;
+        }
+        // Resume point: the floor of the last delivered (or wanted) second; the dedupe below
+        // drops what was already sent. Flooring ourselves matters: kube-rs rounds to the
+        // nearest second, which could skip lines in the upper half of that second.
+        let resume_from = self.delivered.map(|p| p.ts).or(self.not_before);
+        if let Some(ts) = resume_from {
+            params.since_time = jiff::Timestamp::from_second(ts.timestamp()).ok();
+        } else if let StartAt::Tail(n) = self.options.start {
+            params.tail_lines = Some(i64::from(n));
+        }
+        params
+    }
+
+    async fn connect(&mut self) {
+        if self.instance.is_none() && self.options.follow && !self.key.previous {
+            // Learn which instance is followed, so a later end can tell a restart from a drop.
+            match self.lookup.probe(&self.key.namespace, &self.key.pod, &self.key.container).await {
+                Ok(ContainerProbe::PodGone) => return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Deleted)),
+                Ok(ContainerProbe::NoSuchContainer) => {
+                    return self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoSuchContainer));
+                }
+                Ok(ContainerProbe::Present(rt)) => {
+                    if matches!(rt.phase, ContainerPhase::Waiting { .. }) && rt.container_id.is_none() {
+                        self.report(SourceStatus::new(SourceState::Waiting, StatusReason::ContainerWaiting));
+                        self.phase = Phase::Sleep(self.options.poll_interval, Box::new(Phase::Connect));
+                        return;
+                    }
+                    self.instance = Some(rt);
+                }
+                Err(err) => {
+                    tracing::debug!(source = %self.key, error = %err, "container probe failed; connecting anyway");
+                }
+            }
+        }
+        let params = self.log_params();
+        let opened_at = Utc::now();
+        match self.api.log_stream(&self.key.pod, &params).await {
+            Ok(reader) => {
+                self.connects += 1;
+                let reason = if self.from_instance_start && self.connects > 1 {
+                    StatusReason::Restarted
+                } else if self.connects == 1 {
+                    StatusReason::Connected
+                } else {
+                    StatusReason::Resumed
+                };
+                if self.options.follow && !self.key.previous {
+                    self.report(SourceStatus::new(SourceState::Streaming, reason));
+                }
+                // A `tailLines` start that yields no line must not replay that tail after a
+                // reconnect: from now on only lines after this connect are new.
+                if self.delivered.is_none()
+                    && self.not_before.is_none()
+                    && matches!(self.options.start, StartAt::Tail(_))
+                    && !self.from_instance_start
+                {
+                    self.not_before = Some(opened_at);
+                }
+                self.last_seen = None;
+                self.splitter.reset();
+                self.phase = Phase::Read(Box::pin(reader));
+            }
+            Err(kube::Error::Api(status)) => self.refused(status.code, &status.message).await,
+            Err(err) => {
+                tracing::debug!(source = %self.key, error = %err, "log request failed");
+                self.retry_later();
+            }
+        }
+    }
+
+    fn retry_later(&mut self) {
+        let delay = self.backoff();
+        if self.connects > 0 || self.failures > 1 {
+            self.report(SourceStatus::new(SourceState::Reconnecting, StatusReason::Dropped));
+        }
+        self.phase = Phase::Sleep(delay, Box::new(Phase::Probe));
+    }
+
+    async fn refused(&mut self, code: u16, message: &str) {
+        tracing::debug!(source = %self.key, code, message, "log request refused");
+        match code {
+            400 if self.key.previous => self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoPreviousInstance)),
+            400 if message.contains("waiting to start") || message.contains("ContainerCreating") || message.contains("PodInitializing") => {
+                self.report(SourceStatus::new(SourceState::Waiting, StatusReason::ContainerWaiting));
+                self.phase = Phase::Sleep(self.options.poll_interval, Box::new(Phase::Connect));
+            }
+            401 | 403 => self.end(SourceStatus::new(SourceState::Ended, StatusReason::Refused)),
+            404 | 400 => self.probe_after_end().await,
+            _ => self.retry_later(),
+        }
+    }
+
+    async fn read(&mut self, mut reader: Reader) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(READ_CHUNK, 0);
+        let result = reader.read(&mut buf).await;
+        self.read_buf = buf;
+        match result {
+            Ok(0) => {
+                if !self.options.follow || self.key.previous {
+                    if let Some(raw) = self.splitter.finish() {
+                        self.accept(raw);
+                    }
+                    return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Complete));
+                }
+                // A partial line at a dropped stream is re-read whole after reconnecting.
+                self.splitter.reset();
+                self.phase = Phase::Probe;
+            }
+            Ok(n) => {
+                let mut lines = Vec::new();
+                self.splitter.push(self.read_buf.get(..n).unwrap_or_default(), |line| lines.push(line));
+                for line in lines {
+                    self.accept(line);
+                }
+                if !self.pending.is_empty() {
+                    self.failures = 0;
+                }
+                self.phase = Phase::Read(reader);
+            }
+            Err(err) => {
+                tracing::debug!(source = %self.key, error = %err, "log stream read failed");
+                self.splitter.reset();
+                self.phase = Phase::Probe;
+            }
+        }
+    }
+
+    /// Parses one complete line (`<RFC3339Nano> <text>`), assigns its position and drops it
+    /// when it was delivered before.
+    fn accept(&mut self, line: SplitLine) {
+        let Some((ts, text)) = split_timestamp(&line.bytes) else {
+            // Without `timestamps=true` output we cannot place the line; the API server always
+            // sends one, so this is garbage (e.g. a cut-off first line): skip it.
+            tracing::trace!(source = %self.key, "log line without timestamp skipped");
+            return;
+        };
+        let index = match self.last_seen {
+            Some(prev) if prev.ts == ts => prev.index.saturating_add(1),
+            _ => 0,
+        };
+        let position = LinePosition { ts, index };
+        self.last_seen = Some(position);
+        if self.not_before.is_some_and(|nb| ts < nb) || self.delivered.is_some_and(|d| position <= d) {
+            return;
+        }
+        self.delivered = Some(position);
+        self.not_before = None;
+        self.from_instance_start = false;
+        let (text, truncated) = render_text(text, line.truncated, self.options.max_line_length);
+        self.pending.push_back(UpstreamEvent::Line(RawLine { position, text, truncated }));
+    }
+
+    async fn probe_after_end(&mut self) {
+        let probe = self.lookup.probe(&self.key.namespace, &self.key.pod, &self.key.container).await;
+        let rt = match probe {
+            Ok(ContainerProbe::PodGone) => return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Deleted)),
+            Ok(ContainerProbe::NoSuchContainer) => {
+                return self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoSuchContainer));
+            }
+            Ok(ContainerProbe::Present(rt)) => rt,
+            Err(err) => {
+                tracing::debug!(source = %self.key, error = %err, "container probe failed");
+                let delay = self.backoff();
+                self.report(SourceStatus::new(SourceState::Reconnecting, StatusReason::Dropped));
+                self.phase = Phase::Sleep(delay, Box::new(Phase::Probe));
+                return;
+            }
+        };
+        let new_instance = self.instance.as_ref().is_some_and(|old| !old.same_instance(&rt));
+        if new_instance {
+            // A restart: the old instance's log is complete (it is now `previous`); follow the
+            // new one from its first line.
+            match rt.phase {
+                ContainerPhase::Waiting { .. } => {
+                    self.report(SourceStatus::new(SourceState::Waiting, StatusReason::ContainerWaiting));
+                    self.phase = Phase::Sleep(self.options.poll_interval, Box::new(Phase::Probe));
+                }
+                ContainerPhase::Running | ContainerPhase::Terminated { .. } => {
+                    self.instance = Some(rt);
+                    self.from_instance_start = true;
+                    self.delivered = None;
+                    self.not_before = None;
+                    self.reported = None;
+                    self.phase = Phase::Connect;
+                }
+            }
+            return;
+        }
+        match rt.phase {
+            ContainerPhase::Running => {
+                let delay = self.backoff();
+                self.report(SourceStatus::new(SourceState::Reconnecting, StatusReason::Dropped));
+                self.instance = Some(rt);
+                self.phase = Phase::Sleep(delay, Box::new(Phase::Connect));
+            }
+            ContainerPhase::Terminated { exit_code } if !rt.will_restart => {
+                self.end(SourceStatus { state: SourceState::Ended, reason: StatusReason::Exited, exit_code: Some(exit_code) });
+            }
+            ContainerPhase::Terminated { exit_code } => {
+                self.report(SourceStatus {
+                    state: SourceState::Waiting,
+                    reason: StatusReason::ExitedWillRestart,
+                    exit_code: Some(exit_code),
+                });
+                self.instance = Some(rt);
+                self.phase = Phase::Sleep(self.options.poll_interval, Box::new(Phase::Probe));
+            }
+            ContainerPhase::Waiting { .. } => {
+                self.report(SourceStatus::new(SourceState::Waiting, StatusReason::ContainerWaiting));
+                if self.instance.is_none() {
+                    self.instance = Some(rt);
+                }
+                self.phase = Phase::Sleep(self.options.poll_interval, Box::new(Phase::Probe));
+            }
+        }
+    }
+}
+
+/// Splits `<RFC3339Nano timestamp> <rest>` as the API server writes with `timestamps=true`.
+pub fn split_timestamp(line: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
+    let space = line.iter().position(|b| *b == b' ')?;
+    let (ts, rest) = line.split_at(space);
+    let ts = std::str::from_utf8(ts).ok()?;
+    let ts = DateTime::parse_from_rfc3339(ts).ok()?.with_timezone(&Utc);
+    Some((ts, rest.get(1..).unwrap_or_default()))
+}
+
+/// Text of a line: lossy UTF-8, cut to `max_chars` characters with a visible marker.
+fn render_text(bytes: &[u8], already_cut: bool, max_chars: usize) -> (String, bool) {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let text = String::from_utf8_lossy(bytes);
+    let cut_at = text.char_indices().nth(max_chars).map(|(i, _)| i);
+    match cut_at {
+        Some(i) => {
+            let mut s = text.get(..i).unwrap_or_default().to_owned();
+            s.push_str(TRUNCATION_MARKER);
+            (s, true)
+        }
+        None if already_cut => {
+            let mut s = text.into_owned();
+            s.push_str(TRUNCATION_MARKER);
+            (s, true)
+        }
+        None => (text.into_owned(), false),
+    }
+}
+
+/// A complete (or cut) line from the splitter.
+#[derive(Debug)]
+struct SplitLine {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+/// Bounded newline splitter: keeps at most `cap` bytes of a line (timestamp included) and
+/// discards the rest up to the next newline, so a 1 MB line never sits in memory.
+#[derive(Debug)]
+struct LineSplitter {
+    current: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl LineSplitter {
+    fn new(max_line_length: usize) -> Self {
+        // 4 bytes per character at most, plus room for the timestamp prefix.
+        Self { current: Vec::new(), cap: max_line_length.saturating_mul(4).saturating_add(64), overflowed: false }
+    }
+
+    fn reset(&mut self) {
+        self.current.clear();
+        self.overflowed = false;
+    }
+
+    fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(SplitLine)) {
+        while !chunk.is_empty() {
+            let newline = chunk.iter().position(|b| *b == b'\n');
+            let (part, rest) = match newline {
+                Some(i) => (chunk.get(..i).unwrap_or_default(), chunk.get(i + 1..).unwrap_or_default()),
+                None => (chunk, &[][..]),
+            };
+            let room = self.cap.saturating_sub(self.current.len());
+            if part.len() > room {
+                self.overflowed = true;
+            }
+            self.current.extend_from_slice(part.get(..part.len().min(room)).unwrap_or_default());
+            if newline.is_some() {
+                emit(SplitLine { bytes: std::mem::take(&mut self.current), truncated: self.overflowed });
+                self.overflowed = false;
+            }
+            chunk = rest;
+        }
+    }
+
+    fn finish(&mut self) -> Option<SplitLine> {
+        if self.current.is_empty() {
+            return None;
+        }
+        let line = SplitLine { bytes: std::mem::take(&mut self.current), truncated: self.overflowed };
+        self.overflowed = false;
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn splitter_bounds_long_lines_and_keeps_partials() {
+        let mut s = LineSplitter::new(64); // cap = 320 bytes
+        let mut out = Vec::new();
+        s.push(b"abc", |l| out.push(l));
+        assert!(out.is_empty());
+        s.push(b"def\nxy", |l| out.push(l));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bytes, b"abcdef");
+        let big = vec![b'z'; 1_000_000];
+        s.push(&big, |l| out.push(l));
+        assert!(s.current.len() <= 320);
+        s.push(b"\n", |l| out.push(l));
+        assert_eq!(out.len(), 2);
+        assert!(out[1].truncated);
+        assert_eq!(out[1].bytes.len(), 320);
+        assert!(s.finish().is_none());
+    }
+
+    #[test]
+    fn text_is_cut_by_characters_with_marker_and_lossy_utf8() {
+        let (t, cut) = render_text("äöü".repeat(30).as_bytes(), false, 64);
+        assert!(cut);
+        assert!(t.ends_with(TRUNCATION_MARKER));
+        assert_eq!(t.chars().count(), 64 + TRUNCATION_MARKER.chars().count());
+        let (t, cut) = render_text(b"bad \xff\xfe utf8\r", false, 64);
+        assert!(!cut);
+        assert_eq!(t, "bad \u{fffd}\u{fffd} utf8");
+    }
+
+    #[test]
+    fn timestamps_are_split_off() {
+        let (t, rest) = split_timestamp(b"2026-01-30T10:00:00.123456789Z hello world").unwrap();
+        assert_eq!(t, ts("2026-01-30T10:00:00.123456789Z"));
+        assert_eq!(rest, b"hello world");
+        assert!(split_timestamp(b"no-timestamp here").is_none());
+        assert!(split_timestamp(b"").is_none());
+        let (_, rest) = split_timestamp(b"2026-01-30T10:00:00Z ").unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn pod_probe_tells_instances_apart() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "uid": "u1"},
+            "spec": {"containers": [{"name": "app"}], "restartPolicy": "Always"},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 2,
+                "containerID": "containerd://abc",
+                "state": {"running": {"startedAt": "2026-01-30T10:00:00Z"}},
+                "lastState": {"terminated": {"exitCode": 1}}
+            }]}
+        }))
+        .unwrap();
+        let ContainerProbe::Present(rt) = probe_pod(&pod, "app") else { panic!("present") };
+        assert_eq!(rt.phase, ContainerPhase::Running);
+        assert!(rt.has_previous && rt.will_restart);
+        assert_eq!(rt.restart_count, 2);
+        assert_eq!(probe_pod(&pod, "nope"), ContainerProbe::NoSuchContainer);
+        let mut restarted = rt.clone();
+        restarted.restart_count = 3;
+        assert!(!rt.same_instance(&restarted));
+        assert!(rt.same_instance(&rt.clone()));
+    }
+
+    #[test]
+    fn exited_container_under_never_policy_will_not_restart() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "job"}], "restartPolicy": "Never"},
+            "status": {"phase": "Succeeded", "containerStatuses": [{
+                "name": "job", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0}}
+            }]}
+        }))
+        .unwrap();
+        let ContainerProbe::Present(rt) = probe_pod(&pod, "job") else { panic!("present") };
+        assert_eq!(rt.phase, ContainerPhase::Terminated { exit_code: 0 });
+        assert!(!rt.will_restart && !rt.has_previous);
+    }
+}
