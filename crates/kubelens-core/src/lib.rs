@@ -8,10 +8,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod kubeclient;
 pub mod logs;
+pub mod metrics;
 pub mod names;
 pub mod readiness;
 
 pub use config::Config;
+pub use metrics::Metrics;
 pub use readiness::{Readiness, ReadinessCheck};
-pub mod kubeclient;

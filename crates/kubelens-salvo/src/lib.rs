@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod server;
 pub mod state;
 
@@ -15,16 +16,33 @@ use salvo::prelude::*;
 pub use error::ApiError;
 pub use state::AppState;
 
-/// The complete route tree.
+/// The complete route tree. `/metrics` is mounted here unless `server.metrics_listen` moves
+/// it to its own listener ([`metrics_router`]).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let metrics_here = state.config.server.metrics_listen.is_none();
+    let mut router = Router::new()
         .hoop(affix_state::inject(state))
         .push(Router::with_path("healthz").get(health::healthz))
         .push(Router::with_path("readyz").get(health::readyz))
-        .push(Router::with_path("api/v1"))
+        .push(Router::with_path("api/v1"));
+    if metrics_here {
+        router = router.push(Router::with_path("metrics").get(metrics::metrics));
+    }
+    router
 }
 
-/// The service: router plus the JSON catcher for unmatched routes.
+/// The router of the separate metrics listener (`server.metrics_listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .hoop(affix_state::inject(state))
+        .push(Router::with_path("metrics").get(metrics::metrics))
+}
+
+/// The service: router, request metrics (service-level, so unmatched requests count too)
+/// and the JSON catcher for unmatched routes.
 pub fn service(state: AppState) -> Service {
-    Service::new(router(state)).catcher(Catcher::default().hoop(error::json_catcher))
+    Service::new(router(state.clone()))
+        .hoop(affix_state::inject(state))
+        .hoop(metrics::count_requests)
+        .catcher(Catcher::default().hoop(error::json_catcher))
 }

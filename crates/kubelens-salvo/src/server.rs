@@ -32,6 +32,9 @@ pub async fn serve(
 
     let server = Server::new(acceptor);
     let handle = server.handle();
+    if let Some(metrics_addr) = state.config.server.metrics_listen {
+        spawn_metrics_listener(state.clone(), metrics_addr).await?;
+    }
     let grace = state.config.server.shutdown_grace;
     let readiness = state.readiness.clone();
     let streams = state.shutdown.clone();
@@ -46,6 +49,17 @@ pub async fn serve(
     });
     server.serve(crate::service(state)).await;
     tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` on its own listener until the process ends (it needs no draining: a
+/// scrape is one short request).
+async fn spawn_metrics_listener(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let acceptor = TcpAcceptor::try_from(tokio::net::TcpListener::from_std(std_listener)?)?;
+    tracing::info!(address = %addr, "metrics listening");
+    tokio::spawn(Server::new(acceptor).serve(crate::metrics_router(state)));
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kubelens_core::{Config, Readiness};
+use kubelens_core::{Config, Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// Everything handlers need; cheap to clone (all fields are shared).
@@ -14,11 +14,13 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Cancelled when shutdown starts; long-lived streams end with a final event.
     pub shutdown: CancellationToken,
+    /// Operational metrics shared by every subsystem.
+    pub metrics: Metrics,
 }
 
 impl AppState {
     /// State with no subsystems attached yet.
     pub fn new(config: Config, readiness: Readiness) -> Self {
-        Self { config: Arc::new(config), readiness, shutdown: CancellationToken::new() }
+        Self { config: Arc::new(config), readiness, shutdown: CancellationToken::new(), metrics: Metrics::new() }
     }
 }

@@ -1,0 +1,64 @@
+//! Prometheus exposition (`GET /metrics`) and the per-request HTTP metrics hoop.
+//!
+//! `/metrics` is unauthenticated by design (Prometheus scrapes it without a Keycloak token);
+//! it exposes counts only — no names of users, pods or namespaces. Serve it on a separate
+//! port (`server.metrics_listen`) and keep that port off the Ingress.
+
+use std::time::Instant;
+
+use salvo::http::header::{CONTENT_TYPE, HeaderValue};
+use salvo::prelude::*;
+
+use crate::state::AppState;
+
+/// Renders every metric in the Prometheus text format.
+#[handler]
+pub async fn metrics(depot: &mut Depot, res: &mut Response) {
+    let Ok(state) = depot.get_typed::<AppState>() else {
+        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+        return;
+    };
+    let body = state.metrics.render_prometheus();
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    res.render(body);
+}
+
+/// Counts every response by matched route pattern (never the raw path: bounded
+/// cardinality, no object names), method and status, and times it to the response head.
+#[handler]
+pub async fn count_requests(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let started = Instant::now();
+    ctrl.call_next(req, depot, res).await;
+    let Ok(state) = depot.get_typed::<AppState>() else { return };
+    let route = match req.matched_path() {
+        "" => "unmatched".to_owned(),
+        path => format!("/{}", path.trim_start_matches('/')),
+    };
+    let status = res.status_code.unwrap_or(StatusCode::OK);
+    state.metrics.http_requests.inc(&[&route, req.method().as_str(), status.as_str()]);
+    state.metrics.http_request_duration.observe(started.elapsed());
+}
+
+#[cfg(test)]
+mod tests {
+    use kubelens_core::{Config, Readiness};
+    use salvo::test::{ResponseExt, TestClient};
+
+    use crate::state::AppState;
+
+    #[tokio::test]
+    async fn metrics_count_requests_by_route_pattern() {
+        let state = AppState::new(Config::default(), Readiness::new());
+        let service = crate::service(state.clone());
+        for _ in 0..3 {
+            TestClient::get("http://localhost/healthz").send(&service).await;
+        }
+        TestClient::get("http://localhost/no/such/path").send(&service).await;
+        let mut res = TestClient::get("http://localhost/metrics").send(&service).await;
+        let text = res.take_string().await.unwrap();
+        assert!(text.contains("kubelens_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 3"), "{text}");
+        assert!(text.contains("route=\"unmatched\",method=\"GET\",status=\"404\"} 1"), "{text}");
+        assert!(!text.contains("no/such/path"), "raw paths must never become labels: {text}");
+    }
+}
