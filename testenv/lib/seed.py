@@ -36,8 +36,15 @@ def kubectl(*args, input_obj=None, check=True):
 def create_all(objs):
     """Create objects (one kubectl call) and return {(kind, ns, name): uid}."""
     out = kubectl("create", "-o", "json", "-f", "-", input_obj={"apiVersion": "v1", "kind": "List", "items": objs})
-    res = json.loads(out)
-    items = res.get("items", [res])
+    # kubectl prints one JSON document per created object.
+    dec, items, pos = json.JSONDecoder(), [], 0
+    while pos < len(out):
+        while pos < len(out) and out[pos].isspace():
+            pos += 1
+        if pos >= len(out):
+            break
+        doc, pos = dec.raw_decode(out, pos)
+        items.extend(doc.get("items", [doc]) if doc.get("kind", "").endswith("List") else [doc])
     return {(i["kind"], i["metadata"].get("namespace", ""), i["metadata"]["name"]): i["metadata"]["uid"] for i in items}
 
 
@@ -245,7 +252,13 @@ def main():
     nows = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     for name in ("migrate", "nightly-29000000"):
         patch_status("job", "team-a", name, {"startTime": nows, "completionTime": nows, "succeeded": 1,
-                                             "conditions": [{"type": "Complete", "status": "True"}]})
+                                             "conditions": [
+                                                 {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                                                  "message": "Reached expected number of succeeded pods",
+                                                  "lastProbeTime": nows, "lastTransitionTime": nows},
+                                                 {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                                                  "message": "Reached expected number of succeeded pods",
+                                                  "lastProbeTime": nows, "lastTransitionTime": nows}]})
     patch_status("cronjob", "team-a", "nightly", {"lastScheduleTime": nows, "lastSuccessfulTime": nows})
 
     # --- Wait for KWOK to run the pods, then give crashy its restart history ----------------
