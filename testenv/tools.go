@@ -8,4 +8,5 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl" // fallback only: the machine's kubectl is used when present
 )

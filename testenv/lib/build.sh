@@ -9,6 +9,7 @@ GO_BINARIES="kube-apiserver etcd kwok metrics-server loggen"
 _pkg_of() {
     case "$1" in
         kube-apiserver) echo "k8s.io/kubernetes/cmd/kube-apiserver" ;;
+        kubectl) echo "k8s.io/kubernetes/cmd/kubectl" ;;
         etcd) echo "./cmd/etcd" ;;
         kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
         metrics-server) echo "sigs.k8s.io/metrics-server/cmd/metrics-server" ;;
@@ -17,16 +18,17 @@ _pkg_of() {
 }
 _eta_of() {
     case "$1" in
-        kube-apiserver) echo "~15 min cold on 2 cores, 2-3 GiB RAM" ;;
-        etcd) echo "~2 min cold" ;;
-        kwok) echo "~4 min cold" ;;
-        metrics-server) echo "~2 min cold" ;;
+        kube-apiserver) echo "usually 7-10 min cold on 2 cores, ~2 GiB RAM" ;;
+        kubectl) echo "usually 3-5 min; only built when no kubectl is on PATH" ;;
+        etcd) echo "usually under 1 min after kube-apiserver, which shares its packages" ;;
+        kwok) echo "usually 1.5-3 min cold" ;;
+        metrics-server) echo "usually 5-6 min cold, only built for --metrics" ;;
         loggen) echo "seconds" ;;
     esac
 }
 _version_of() {
     case "$1" in
-        kube-apiserver) echo "$KUBERNETES_VERSION" ;;
+        kube-apiserver|kubectl) echo "$KUBERNETES_VERSION" ;;
         etcd) echo "$ETCD_VERSION" ;;
         kwok) echo "$KWOK_VERSION" ;;
         metrics-server) echo "$METRICS_SERVER_VERSION" ;;
@@ -53,7 +55,7 @@ _stamp_of() {
 _ldflags_of() {
     local name="$1" v
     case "$name" in
-        kube-apiserver)
+        kube-apiserver|kubectl)
             v="${KUBERNETES_VERSION#v}"
             echo "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=${v%%.*} -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
             ;;
@@ -107,7 +109,7 @@ ensure_binaries() {
 
 _build_one() {
     local go="$1" name="$2" t0 tmp
-    log "building $name $(_version_of "$name") from the Go module proxy ($(_eta_of "$name")); cached in $BIN_DIR"
+    log "building $name $(_version_of "$name") ($(_eta_of "$name")); cached in $BIN_DIR, later runs reuse it"
     t0=$SECONDS
     tmp="$BIN_DIR/.$name.tmp.$$"
     (
