@@ -1,0 +1,117 @@
+//! The SSE `data:` payload of a log line: `{"ts","pod","container","line","truncated"}`.
+//!
+//! Hand-written because it runs for every line sent to every viewer: it appends into a
+//! reused buffer, copies runs of plain bytes at once and only escapes what JSON requires
+//! (`"`, `\`, control characters). [`write_line_json_serde`] is the serde_json equivalent,
+//! kept for the benchmark comparison (`docs/benchmarks/pipeline.md`) and as the test oracle.
+
+use serde::Serialize;
+
+use super::LogLine;
+
+/// Appends the JSON object for `line` to `out`.
+#[inline]
+pub fn write_line_json(line: &LogLine, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    line.ts.write_rfc3339(out);
+    out.extend_from_slice(b"\",\"pod\":");
+    write_json_str(&line.source.pod, out);
+    out.extend_from_slice(b",\"container\":");
+    write_json_str(&line.source.container, out);
+    out.extend_from_slice(b",\"line\":");
+    write_json_str(&line.text, out);
+    out.extend_from_slice(if line.truncated { b",\"truncated\":true}" } else { b",\"truncated\":false}" });
+}
+
+/// Appends `s` as a JSON string literal (with quotes).
+#[inline]
+pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[derive(Serialize)]
+struct LineJson<'a> {
+    ts: String,
+    pod: &'a str,
+    container: &'a str,
+    line: &'a str,
+    truncated: bool,
+}
+
+/// The same payload through serde_json (slower; see the benchmark).
+pub fn write_line_json_serde(line: &LogLine, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(
+        out,
+        &LineJson {
+            ts: line.ts.to_string(),
+            pod: &line.source.pod,
+            container: &line.source.container,
+            line: &line.text,
+            truncated: line.truncated,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::{LogSource, LogTimestamp};
+    use proptest::prelude::*;
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            ts: LogTimestamp::parse_rfc3339("2026-01-30T10:00:00.123456789Z").unwrap(),
+            index: 0,
+            source: LogSource::new("web-7d9f-x2k4", "app"),
+            text: text.to_owned(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn matches_the_contract() {
+        let mut out = Vec::new();
+        write_line_json(&line("he said \"hi\"\t\u{1}"), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"ts":"2026-01-30T10:00:00.123456789Z","pod":"web-7d9f-x2k4","container":"app","line":"he said \"hi\"\t\u0001","truncated":false}"#
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn equals_serde_json(text in "\\PC*|[\\x00-\\x1f\"\\\\é€😀]{0,20}") {
+            let l = line(&text);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            write_line_json(&l, &mut a);
+            write_line_json_serde(&l, &mut b).unwrap();
+            let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
+            let b: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            prop_assert_eq!(a, b);
+        }
+    }
+}
