@@ -201,7 +201,10 @@ fn seeded_objects_and_service_account_rbac() {
     assert_eq!(can(&["get", "pods/log", "-n", "team-b"]), "yes");
     assert_eq!(can(&["watch", "deployments.apps", "-n", "team-a"]), "yes");
     assert_eq!(can(&["list", "cronjobs.batch", "-n", "team-b"]), "yes");
-    assert_eq!(can(&["list", "pods.metrics.k8s.io", "-n", "team-a"]), "yes");
+    if env.metrics {
+        // kubectl resolves the resource by discovery: only meaningful with metrics-server.
+        assert_eq!(can(&["list", "pods.metrics.k8s.io", "-n", "team-a"]), "yes");
+    }
     assert_eq!(can(&["list", "namespaces"]), "yes");
     assert_eq!(can(&["get", "secrets", "-n", "team-a"]), "no");
     assert_eq!(can(&["list", "pods", "-n", "secret-ns"]), "no");
@@ -228,7 +231,10 @@ fn metrics_when_enabled() {
 #[tokio::test]
 async fn keycloak_token_shapes() {
     let Some(env) = TestEnv::e2e() else { return };
-    let issuer = env.issuer_url.clone().expect("testenv started with --no-keycloak");
+    let Some(issuer) = env.issuer_url.clone() else {
+        eprintln!("testenv started with --no-keycloak: token shapes not checked");
+        return;
+    };
     let cases: [(&str, &str, &[&str]); 5] = [
         (env.cli_client_id.as_str(), "nogroup", &[]),
         (env.cli_client_id.as_str(), "viewer", &["/k8s-logs-access"]),
