@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod inspect;
 pub mod kubeclient;
 pub mod logs;
 pub mod metrics;
