@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 pub mod admission;
 pub mod grep;
+pub mod hub;
 pub mod id;
 pub mod json;
 pub mod split;
