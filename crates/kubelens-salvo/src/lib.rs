@@ -6,8 +6,10 @@
 
 pub mod error;
 pub mod health;
+pub mod logs;
 pub mod metrics;
 pub mod server;
+pub mod sse;
 pub mod state;
 
 use salvo::catcher::Catcher;
@@ -24,7 +26,7 @@ pub fn router(state: AppState) -> Router {
         .hoop(affix_state::inject(state))
         .push(Router::with_path("healthz").get(health::healthz))
         .push(Router::with_path("readyz").get(health::readyz))
-        .push(Router::with_path("api/v1"));
+        .push(Router::with_path("api/v1").append(&mut logs::routes()));
     if metrics_here {
         router = router.push(Router::with_path("metrics").get(metrics::metrics));
     }

@@ -105,15 +105,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // "kubernetes_config": a client configuration is obtainable (in-cluster or kubeconfig).
     // Reachability and cache sync are reported by the discovery subsystem's own check.
     let kube_check = readiness.register("kubernetes_config", "resolving client configuration");
+    let mut logs = None;
     match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
-        Ok((_, source)) => kube_check.ready(&format!("client configuration from {source:?}")),
+        Ok((kube_config, source)) => {
+            kube_check.ready(&format!("client configuration from {source:?}"));
+            match kubelens_salvo::logs::LogService::from_kube_config(kube_config, &config) {
+                Ok(service) => logs = Some(std::sync::Arc::new(service)),
+                Err(err) => tracing::warn!(error = %err, "cannot build the log streaming client"),
+            }
+        }
         Err(err) => {
             tracing::warn!(error = %err, "no Kubernetes client configuration");
             kube_check.not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
         }
     }
     let listen = config.server.listen;
-    let state = AppState::new(config, readiness);
+    let mut state = AppState::new(config, readiness);
+    state.logs = logs;
     kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
         .await?;
     Ok(())

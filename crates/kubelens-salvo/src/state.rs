@@ -16,11 +16,13 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Operational metrics shared by every subsystem.
     pub metrics: Metrics,
+    /// Log streaming (`None` when no Kubernetes client could be configured: 503).
+    pub logs: Option<Arc<crate::logs::LogService>>,
 }
 
 impl AppState {
     /// State with no subsystems attached yet.
     pub fn new(config: Config, readiness: Readiness) -> Self {
-        Self { config: Arc::new(config), readiness, shutdown: CancellationToken::new(), metrics: Metrics::new() }
+        Self { config: Arc::new(config), readiness, shutdown: CancellationToken::new(), metrics: Metrics::new(), logs: None }
     }
 }

@@ -1,0 +1,755 @@
+//! `GET /api/v1/namespaces/{ns}/pods/{name}/logs` and `GET /api/v1/namespaces/{ns}/apps/{name}/logs`.
+//!
+//! The handlers validate everything they can before opening anything upstream (names,
+//! query parameters, the container, `previous`, the resume id, admission), so a bad request
+//! is a clear 400/404/429 and never half a stream. Then a pod stream is one upstream source
+//! rendered as SSE, JSON or text; an app stream is the merge of every container of every pod
+//! of the app, joined and left as pods come and go. The contract is documented in
+//! `docs/logs.md`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kubelens_core::auth::Principal;
+use kubelens_core::config::LogsConfig;
+use kubelens_core::logs::admission::{AdmissionError, StreamAdmission};
+use kubelens_core::logs::upstream::{
+    ContainerProbe, LinePosition, PodLogUpstream, RawLine, SourceKey, SourceState, SourceStatus, StartAt,
+    StatusReason, UpstreamEvent, UpstreamOptions, probe_pod,
+};
+use salvo::http::header::{ACCEPT, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue};
+use salvo::prelude::*;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::sse::{SseBody, SseFrame};
+use crate::state::AppState;
+
+/// The annotation naming a pod's default container (as `kubectl logs` honours it).
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// How often an app stream re-reads the app's pods when no pod change stream is available.
+const APP_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+// ---- what the handlers need from the rest of the system -----------------------------------
+
+/// A pod of an app, as the app stream needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPod {
+    /// Pod name.
+    pub name: String,
+    /// Its containers (regular containers, in spec order).
+    pub containers: Vec<String>,
+}
+
+/// Finds visible pods and app members. Implemented over the discovery cache (policy applied:
+/// a hidden pod is `None`, exactly like a missing one) or, without it, over the API.
+pub trait LogTargets: Send + Sync + 'static {
+    /// A visible pod of an allowlisted namespace, or `None`.
+    fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>>;
+    /// The visible pods of a visible app, or `None` when there is no such app.
+    fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>>;
+}
+
+/// Everything the log endpoints use, attached to [`AppState`] by the binary.
+#[derive(Clone)]
+pub struct LogService {
+    /// Opens upstream Kubernetes log streams.
+    pub upstream: PodLogUpstream,
+    /// Stream caps.
+    pub admission: StreamAdmission,
+    /// Pod and app lookups (visibility applied).
+    pub targets: Arc<dyn LogTargets>,
+}
+
+impl fmt::Debug for LogService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogService").field("admission", &self.admission).finish_non_exhaustive()
+    }
+}
+
+/// [`LogTargets`] over direct API calls: the allowlist is enforced here; apps are resolved
+/// through ownerReferences (ReplicaSet → Deployment, Job → CronJob). Used until (and
+/// wherever) no watch cache is at hand.
+#[derive(Clone)]
+pub struct ApiLogTargets {
+    client: kube::Client,
+    allowed: Arc<Vec<String>>,
+}
+
+impl fmt::Debug for ApiLogTargets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiLogTargets").field("allowed", &self.allowed).finish_non_exhaustive()
+    }
+}
+
+impl ApiLogTargets {
+    /// Lookups through `client`, limited to `allowed` namespaces.
+    pub fn new(client: kube::Client, allowed: Vec<String>) -> Self {
+        Self { client, allowed: Arc::new(allowed) }
+    }
+
+    fn allowed(&self, namespace: &str) -> bool {
+        self.allowed.iter().any(|a| a == namespace)
+    }
+}
+
+fn kube_error(err: &kube::Error) -> ApiError {
+    tracing::warn!(error = %err, "Kubernetes API request failed");
+    ApiError::unavailable("kubernetes_unavailable", "the Kubernetes API is not reachable")
+}
+
+impl LogTargets for ApiLogTargets {
+    fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>> {
+        if !self.allowed(namespace) {
+            return futures::future::ready(Ok(None)).boxed();
+        }
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), namespace);
+        let name = name.to_owned();
+        async move { api.get_opt(&name).await.map_err(|e| kube_error(&e)) }.boxed()
+    }
+
+    fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>> {
+        if !self.allowed(namespace) {
+            return futures::future::ready(Ok(None)).boxed();
+        }
+        let client = self.client.clone();
+        let namespace = namespace.to_owned();
+        let app = app.to_owned();
+        async move {
+            use k8s_openapi::api::apps::v1::ReplicaSet;
+            use k8s_openapi::api::batch::v1::Job;
+            let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
+            let rs_api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &namespace);
+            let job_api: kube::Api<Job> = kube::Api::namespaced(client.clone(), &namespace);
+            let list = pods.list(&Default::default()).await.map_err(|e| kube_error(&e))?;
+            let mut owners: HashMap<(String, String), String> = HashMap::new();
+            let mut members = Vec::new();
+            for pod in list.items {
+                let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) else {
+                    continue;
+                };
+                let key = (owner.kind.clone(), owner.name.clone());
+                let top = match owners.get(&key) {
+                    Some(top) => top.clone(),
+                    None => {
+                        let parent = match owner.kind.as_str() {
+                            "ReplicaSet" => rs_api.get_opt(&owner.name).await.map_err(|e| kube_error(&e))?.map(|o| o.metadata),
+                            "Job" => job_api.get_opt(&owner.name).await.map_err(|e| kube_error(&e))?.map(|o| o.metadata),
+                            _ => None,
+                        };
+                        let top = parent
+                            .and_then(|m| m.owner_references)
+                            .and_then(|refs| refs.into_iter().find(|o| o.controller == Some(true)))
+                            .map_or_else(|| owner.name.clone(), |o| o.name);
+                        owners.insert(key, top.clone());
+                        top
+                    }
+                };
+                if top == app && pod.metadata.deletion_timestamp.is_none() {
+                    let containers =
+                        pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+                    members.push(AppPod { name: pod.metadata.name.clone().unwrap_or_default(), containers });
+                }
+            }
+            members.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok((!members.is_empty() || owners.values().any(|t| *t == app)).then_some(members))
+        }
+        .boxed()
+    }
+}
+
+// ---- query parameters ----------------------------------------------------------------------
+
+/// Parsed and validated query of a log request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Requested container.
+    pub container: Option<String>,
+    /// Where to start.
+    pub start: StartAt,
+    /// Keep streaming.
+    pub follow: bool,
+    /// Prefix text lines with their timestamp (text/plain output).
+    pub timestamps: bool,
+    /// The previous container instance.
+    pub previous: bool,
+    /// Plain-text download.
+    pub download: bool,
+}
+
+fn query_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.queries().get(name).map(String::as_str)
+}
+
+fn parse_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {
+    match query_str(req, name) {
+        None => Ok(default),
+        Some("true" | "1" | "") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(_) => Err(ApiError::bad_request(format!("`{name}` must be true or false"))),
+    }
+}
+
+/// Parses a pod-stream resume id: `<RFC3339>~<k>` (after that line) or `<RFC3339>` (from
+/// that time on).
+pub fn parse_resume_id(text: &str) -> Result<StartAt, ApiError> {
+    let bad = || ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_event_id", "`Last-Event-ID` is not a valid log event id");
+    if text.len() > 64 {
+        return Err(bad());
+    }
+    let (ts, index) = match text.split_once('~') {
+        Some((ts, k)) => {
+            if k.is_empty() || k.len() > 10 || !k.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            (ts, Some(k.parse::<u32>().map_err(|_| bad())?))
+        }
+        None => (text, None),
+    };
+    let ts = DateTime::parse_from_rfc3339(ts).map_err(|_| bad())?.with_timezone(&Utc);
+    Ok(match index {
+        Some(index) => StartAt::After(LinePosition { ts, index }),
+        None => StartAt::Since(ts),
+    })
+}
+
+/// The id of a line in a pod stream: `<RFC3339Nano>~<k>`.
+pub fn line_id(position: &LinePosition) -> String {
+    format!("{}~{}", position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true), position.index)
+}
+
+impl LogQuery {
+    /// Validates the query of `req` against the limits in `logs`.
+    pub fn parse(req: &Request, logs: &LogsConfig) -> Result<Self, ApiError> {
+        let container = query_str(req, "container").filter(|c| !c.is_empty()).map(str::to_owned);
+        if container.as_deref().is_some_and(|c| !kubelens_core::names::is_dns1123_label(c)) {
+            return Err(ApiError::bad_request("`container` is not a valid container name"));
+        }
+        let tail = match query_str(req, "tailLines") {
+            None => None,
+            Some(t) => match t.parse::<i64>() {
+                Ok(n) if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX).min(logs.max_tail_lines)),
+                _ => return Err(ApiError::bad_request("`tailLines` must be a non-negative integer")),
+            },
+        };
+        let now = Utc::now();
+        let since = match (query_str(req, "since"), query_str(req, "sinceSeconds")) {
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("`since` and `sinceSeconds` are mutually exclusive")),
+            (Some(s), None) => {
+                let ts = DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| ApiError::bad_request("`since` must be an RFC3339 time, e.g. 2026-01-30T10:00:00Z"))?
+                    .with_timezone(&Utc);
+                if ts > now + chrono::Duration::seconds(1) {
+                    return Err(ApiError::bad_request("`since` is in the future"));
+                }
+                Some(ts)
+            }
+            (None, Some(s)) => match s.parse::<i64>() {
+                Ok(n) if n > 0 => Some(now - chrono::Duration::seconds(n.min(100 * 365 * 86_400))),
+                _ => return Err(ApiError::bad_request("`sinceSeconds` must be a positive integer")),
+            },
+            (None, None) => None,
+        };
+        let resume = req
+            .headers()
+            .get("last-event-id")
+            .map(|v| v.to_str().map_err(|_| parse_resume_id("\u{0}").err().unwrap_or_else(ApiError::internal)))
+            .transpose()?
+            .or_else(|| query_str(req, "lastEventId"))
+            .filter(|s| !s.is_empty())
+            .map(parse_resume_id)
+            .transpose()?;
+        let start = match (resume, since, tail) {
+            (Some(resume), _, _) => resume,
+            (None, Some(ts), _) => StartAt::Since(ts),
+            (None, None, Some(n)) => StartAt::Tail(n),
+            (None, None, None) => StartAt::Tail(logs.default_tail_lines.min(logs.max_tail_lines)),
+        };
+        let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let download = parse_bool(req, "download", false)? || (accept.contains("text/plain") && !accept.contains("text/event-stream"));
+        Ok(Self {
+            container,
+            start,
+            follow: parse_bool(req, "follow", true)?,
+            timestamps: parse_bool(req, "timestamps", false)?,
+            previous: parse_bool(req, "previous", false)?,
+            download,
+        })
+    }
+}
+
+/// Picks the container: the requested one (must exist), else the default-container
+/// annotation, else the only container; ambiguity is a 400 listing the choices.
+pub fn choose_container(pod: &Pod, requested: Option<&str>) -> Result<String, ApiError> {
+    let spec = pod.spec.as_ref();
+    let regular: Vec<&str> = spec.map(|s| s.containers.iter().map(|c| c.name.as_str()).collect()).unwrap_or_default();
+    let others: Vec<&str> = spec
+        .map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .map(|c| c.name.as_str())
+                .chain(s.ephemeral_containers.iter().flatten().map(|c| c.name.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let list = || regular.iter().chain(others.iter()).copied().collect::<Vec<_>>().join(", ");
+    if let Some(want) = requested {
+        return if regular.contains(&want) || others.contains(&want) {
+            Ok(want.to_owned())
+        } else {
+            Err(ApiError::new(
+                salvo::http::StatusCode::BAD_REQUEST,
+                "unknown_container",
+                format!("the pod has no container `{want}`; containers: {}", list()),
+            ))
+        };
+    }
+    let annotated = pod.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CONTAINER_ANNOTATION));
+    if let Some(name) = annotated.filter(|n| regular.contains(&n.as_str())) {
+        return Ok(name.clone());
+    }
+    match regular.as_slice() {
+        [only] => Ok((*only).to_owned()),
+        _ => Err(ApiError::new(
+            salvo::http::StatusCode::BAD_REQUEST,
+            "container_required",
+            format!("the pod has several containers; choose one with `container`: {}", list()),
+        )),
+    }
+}
+
+fn admission_error(err: &AdmissionError) -> ApiError {
+    ApiError::too_many_streams(err.to_string())
+}
+
+fn principal(depot: &Depot) -> Result<Principal, ApiError> {
+    depot.get_typed::<Principal>().cloned().map_err(|_| ApiError::unauthorized("authentication required"))
+}
+
+fn state(depot: &Depot) -> Result<(AppState, LogService), ApiError> {
+    let state = depot.get_typed::<AppState>().map_err(|_| ApiError::internal())?.clone();
+    let logs = state
+        .logs
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("kubernetes_unavailable", "log streaming is not available: no Kubernetes client"))?;
+    Ok((state, (*logs).clone()))
+}
+
+fn path_names(req: &Request) -> Result<(String, String), ApiError> {
+    let ns = req.param::<String>("ns").unwrap_or_default();
+    let name = req.param::<String>("name").unwrap_or_default();
+    // Malformed names are indistinguishable from missing objects: 404, and they never reach
+    // an API URL.
+    if !kubelens_core::names::is_dns1123_label(&ns) || !kubelens_core::names::is_dns1123_subdomain(&name) {
+        return Err(ApiError::not_found("pod"));
+    }
+    Ok((ns, name))
+}
+
+// ---- wire formats ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct LineData<'a> {
+    ts: String,
+    pod: &'a str,
+    container: &'a str,
+    line: &'a str,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusData<'a> {
+    state: SourceState,
+    pod: &'a str,
+    container: &'a str,
+    reason: StatusReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+}
+
+fn line_frame(id: String, pod: &str, container: &str, line: &RawLine) -> SseFrame {
+    let data = LineData {
+        ts: line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        pod,
+        container,
+        line: &line.text,
+        truncated: line.truncated,
+    };
+    SseFrame::json("log", Some(id), &data)
+}
+
+fn status_frame(pod: &str, container: &str, status: &SourceStatus) -> SseFrame {
+    let data = StatusData { state: status.state, pod, container, reason: status.reason, exit_code: status.exit_code };
+    SseFrame::json("status", None, &data)
+}
+
+fn shutdown_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
+    Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, StatusReason::Shutdown))])
+}
+
+fn upstream_options(logs: &LogsConfig, query: &LogQuery) -> UpstreamOptions {
+    UpstreamOptions { start: query.start, follow: query.follow, max_line_length: logs.max_line_length, ..UpstreamOptions::default() }
+}
+
+// ---- pod logs --------------------------------------------------------------------------------
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/logs`.
+#[handler]
+pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    let who = principal(depot)?;
+    let (app_state, service) = state(depot)?;
+    let (ns, name) = path_names(req)?;
+    let logs = &app_state.config.logs;
+    let query = LogQuery::parse(req, logs)?;
+    let pod = service.targets.pod(&ns, &name).await?.ok_or_else(|| ApiError::not_found("pod"))?;
+    let container = choose_container(&pod, query.container.as_deref())?;
+    if query.previous {
+        let has_previous = matches!(probe_pod(&pod, &container), ContainerProbe::Present(rt) if rt.has_previous);
+        if !has_previous {
+            return Err(ApiError::new(
+                salvo::http::StatusCode::BAD_REQUEST,
+                "no_previous_instance",
+                format!("container `{container}` has not restarted: there is no previous instance"),
+            ));
+        }
+    }
+    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e))?;
+    let upstream_permit = service.admission.try_upstream().map_err(|e| admission_error(&e))?;
+    let key = SourceKey { namespace: ns.clone(), pod: name.clone(), container: container.clone(), previous: query.previous };
+    tracing::info!(namespace = %ns, pod = %name, container = %container, follow = query.follow, "log stream opened");
+    let upstream = service.upstream.stream(key, upstream_options(logs, &query), Some(upstream_permit));
+
+    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !query.follow && (query.download || !accept.contains("text/event-stream")) {
+        drop(viewer);
+        return one_shot(upstream, &ns, &name, &container, &query, logs.max_tail_lines, res).await;
+    }
+    let (pod_name, container_name) = (name.clone(), container.clone());
+    let frames = upstream
+        .map(move |event| match event {
+            UpstreamEvent::Line(line) => line_frame(line_id(&line.position), &pod_name, &container_name, &line),
+            UpstreamEvent::Status(status) => status_frame(&pod_name, &container_name, &status),
+        })
+        .boxed();
+    SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name, container))
+        .hold(viewer)
+        .respond(res);
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OneShotLine<'a> {
+    id: String,
+    ts: String,
+    pod: &'a str,
+    container: &'a str,
+    line: String,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OneShot<'a> {
+    pod: &'a str,
+    container: &'a str,
+    lines: Vec<OneShotLine<'a>>,
+    /// More lines exist than were returned (the one-shot cap was hit).
+    more: bool,
+}
+
+async fn one_shot(
+    mut upstream: BoxStream<'static, UpstreamEvent>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    query: &LogQuery,
+    cap: u32,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut lines = Vec::new();
+    let mut more = false;
+    while let Some(event) = upstream.next().await {
+        match event {
+            UpstreamEvent::Line(line) => {
+                if lines.len() == cap {
+                    more = true;
+                    break;
+                }
+                lines.push(line);
+            }
+            UpstreamEvent::Status(status) if status.state == SourceState::Ended => {
+                if lines.is_empty() && status.reason == StatusReason::Deleted {
+                    return Err(ApiError::not_found("pod"));
+                }
+                break;
+            }
+            UpstreamEvent::Status(_) => {}
+        }
+    }
+    drop(upstream);
+    if query.download {
+        let mut text = String::new();
+        for line in &lines {
+            if query.timestamps {
+                text.push_str(&line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true));
+                text.push(' ');
+            }
+            text.push_str(&line.text);
+            text.push('\n');
+        }
+        res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        let filename = format!("attachment; filename=\"{ns}_{pod}_{container}.log\"");
+        if let Ok(value) = HeaderValue::from_str(&filename) {
+            res.headers_mut().insert(CONTENT_DISPOSITION, value);
+        }
+        res.body(Bytes::from(text));
+        return Ok(());
+    }
+    let body = OneShot {
+        pod,
+        container,
+        lines: lines
+            .into_iter()
+            .map(|l| OneShotLine {
+                id: line_id(&l.position),
+                ts: l.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true),
+                pod,
+                container,
+                line: l.text,
+                truncated: l.truncated,
+            })
+            .collect(),
+        more,
+    };
+    res.render(Json(body));
+    Ok(())
+}
+
+// ---- app logs --------------------------------------------------------------------------------
+
+/// An app stream's item before rendering.
+enum AppItem {
+    Line(String, String, RawLine),
+    Status(String, String, SourceStatus),
+    /// Re-read the app's pods.
+    Refresh,
+}
+
+/// `GET /api/v1/namespaces/{ns}/apps/{name}/logs`.
+///
+/// Sources join when a pod appears (the app's pods are re-read every second) and leave when
+/// theirs ends. A source that cannot get an upstream slot gets a `status` event (`ended`,
+/// `too_many_streams`) instead of failing the whole stream.
+#[handler]
+pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    let who = principal(depot)?;
+    let (app_state, service) = state(depot)?;
+    let ns = req.param::<String>("ns").unwrap_or_default();
+    let app = req.param::<String>("name").unwrap_or_default();
+    if !kubelens_core::names::is_dns1123_label(&ns) || !kubelens_core::names::is_dns1123_subdomain(&app) {
+        return Err(ApiError::not_found("app"));
+    }
+    let logs = &app_state.config.logs;
+    let query = LogQuery::parse(req, logs)?;
+    if query.previous {
+        return Err(ApiError::bad_request("`previous` is only supported on pod log streams"));
+    }
+    let pods = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
+    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e))?;
+    // The first source must be admissible, or the request is a 429 rather than a stream of
+    // `too_many_streams` statuses.
+    let first_permit = if pods.iter().any(|p| !p.containers.is_empty()) {
+        Some(service.admission.try_upstream().map_err(|e| admission_error(&e))?)
+    } else {
+        None
+    };
+    tracing::info!(namespace = %ns, app = %app, pods = pods.len(), "app log stream opened");
+    let mut run = AppRun {
+        merged: SelectAll::new(),
+        joined: HashSet::new(),
+        service,
+        ns,
+        app: app.clone(),
+        options: upstream_options(logs, &query),
+        refreshing: None,
+        spare_permit: first_permit,
+    };
+    run.join(&pods);
+    // Pods that join later are read from their beginning: they started after the stream.
+    run.options.start = StartAt::Beginning;
+    if query.follow {
+        let ticker = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(APP_POLL_INTERVAL).await;
+            Some((AppItem::Refresh, ()))
+        });
+        run.merged.push(ticker.boxed());
+    }
+    let frames = futures::stream::unfold(run, |mut run| async move {
+        let frame = run.next_frame().await?;
+        Some((frame, run))
+    });
+    SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app, String::new()))
+        .hold(viewer)
+        .respond(res);
+    Ok(())
+}
+
+type PodsFuture = BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>>;
+
+/// State of one app stream.
+struct AppRun {
+    merged: SelectAll<BoxStream<'static, AppItem>>,
+    joined: HashSet<(String, String)>,
+    service: LogService,
+    ns: String,
+    app: String,
+    options: UpstreamOptions,
+    refreshing: Option<PodsFuture>,
+    spare_permit: Option<kubelens_core::logs::admission::UpstreamPermit>,
+}
+
+impl AppRun {
+    fn join(&mut self, pods: &[AppPod]) {
+        for pod in pods {
+            for container in &pod.containers {
+                let key = (pod.name.clone(), container.clone());
+                if !self.joined.insert(key) {
+                    continue;
+                }
+                let (p, c) = (pod.name.clone(), container.clone());
+                let permit = match self.spare_permit.take() {
+                    Some(permit) => Ok(permit),
+                    None => self.service.admission.try_upstream(),
+                };
+                match permit {
+                    Ok(permit) => {
+                        let key = SourceKey { namespace: self.ns.clone(), pod: p.clone(), container: c.clone(), previous: false };
+                        let stream = self.service.upstream.stream(key, self.options.clone(), Some(permit)).map(move |event| {
+                            match event {
+                                UpstreamEvent::Line(line) => AppItem::Line(p.clone(), c.clone(), line),
+                                UpstreamEvent::Status(status) => AppItem::Status(p.clone(), c.clone(), status),
+                            }
+                        });
+                        self.merged.push(stream.boxed());
+                    }
+                    Err(err) => {
+                        tracing::warn!(namespace = %self.ns, pod = %p, error = %err, "app stream source not admitted");
+                        let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
+                        self.merged.push(futures::stream::iter([AppItem::Status(p, c, status)]).boxed());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(refresh) = self.refreshing.take() {
+                match refresh.await {
+                    Ok(Some(pods)) => self.join(&pods),
+                    Ok(None) => {}
+                    Err(err) => tracing::debug!(error = %err, "app pod refresh failed"),
+                }
+            }
+            match self.merged.next().await? {
+                AppItem::Line(pod, container, line) => {
+                    return Some(line_frame(line_id(&line.position), &pod, &container, &line));
+                }
+                AppItem::Status(pod, container, status) => {
+                    if status.state == SourceState::Ended {
+                        // The source left; a pod recreated under the same name may join again.
+                        self.joined.remove(&(pod.clone(), container.clone()));
+                    }
+                    return Some(status_frame(&pod, &container, &status));
+                }
+                AppItem::Refresh => {
+                    self.refreshing = Some(self.service.targets.app_pods(&self.ns, &self.app));
+                }
+            }
+        }
+    }
+}
+
+/// Routes of the log endpoints, to be mounted under `/api/v1`.
+pub fn routes() -> Vec<Router> {
+    vec![
+        Router::with_path("namespaces/{ns}/pods/{name}/logs").get(pod_logs),
+        Router::with_path("namespaces/{ns}/apps/{name}/logs").get(app_logs),
+    ]
+}
+
+/// Read timeout of the log-stream client: an idle follow stream sends nothing, so the
+/// general request timeout would cut it every few seconds. A dead connection is still
+/// noticed within this bound (and the stream reconnects losslessly).
+pub const LOG_STREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl LogService {
+    /// The log service over a Kubernetes client configuration: its own client (long read
+    /// timeout), the API-backed container lookup and targets, and the caps from `config`.
+    pub fn from_kube_config(mut kube_config: kube::Config, config: &kubelens_core::Config) -> Result<Self, kube::Error> {
+        kube_config.read_timeout = Some(LOG_STREAM_READ_TIMEOUT);
+        let client = kube::Client::try_from(kube_config)?;
+        let lookup = Arc::new(kubelens_core::logs::upstream::ApiContainerLookup::new(client.clone()));
+        Ok(Self {
+            upstream: PodLogUpstream::new(client.clone(), lookup),
+            admission: StreamAdmission::from_config(&config.logs),
+            targets: Arc::new(ApiLogTargets::new(client, config.namespaces.allowed.clone())),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn pod(containers: &[&str], annotation: Option<&str>) -> Pod {
+        let mut value = serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": containers.iter().map(|c| serde_json::json!({"name": c})).collect::<Vec<_>>(),
+                     "initContainers": [{"name": "init"}]},
+        });
+        if let Some(a) = annotation {
+            value["metadata"]["annotations"] = serde_json::json!({ DEFAULT_CONTAINER_ANNOTATION: a });
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn container_defaults_follow_kubectl() {
+        assert_eq!(choose_container(&pod(&["app"], None), None).unwrap(), "app");
+        assert_eq!(choose_container(&pod(&["app", "sidecar"], Some("sidecar")), None).unwrap(), "sidecar");
+        let err = choose_container(&pod(&["app", "sidecar"], None), None).unwrap_err();
+        assert_eq!(err.code, "container_required");
+        assert!(err.message.contains("app, sidecar, init"), "{}", err.message);
+        // An annotation naming a missing container is ignored, not trusted.
+        assert_eq!(choose_container(&pod(&["app", "b"], Some("gone")), None).unwrap_err().code, "container_required");
+        assert_eq!(choose_container(&pod(&["app", "b"], None), Some("init")).unwrap(), "init");
+        assert_eq!(choose_container(&pod(&["app"], None), Some("nope")).unwrap_err().code, "unknown_container");
+    }
+
+    #[test]
+    fn resume_ids_parse_exactly_and_reject_garbage() {
+        let id = LinePosition { ts: DateTime::parse_from_rfc3339("2026-01-30T10:00:00.123456789Z").unwrap().with_timezone(&Utc), index: 3 };
+        let text = line_id(&id);
+        assert_eq!(text, "2026-01-30T10:00:00.123456789Z~3");
+        assert_eq!(parse_resume_id(&text).unwrap(), StartAt::After(id));
+        assert_eq!(parse_resume_id("2026-01-30T10:00:00.123456789Z").unwrap(), StartAt::Since(id.ts));
+        for bad in ["", "garbage", "2026-01-30T10:00:00Z~", "2026-01-30T10:00:00Z~-1", "2026-01-30T10:00:00Z~99999999999", "x~1", &"9".repeat(100)] {
+            assert_eq!(parse_resume_id(bad).unwrap_err().code, "bad_event_id", "{bad}");
+        }
+    }
+}
