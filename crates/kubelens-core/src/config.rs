@@ -382,11 +382,14 @@ pub struct PostgresConfig {
     pub url: Secret,
     /// Pool size.
     pub max_connections: u32,
+    /// Schema holding KubeLens tables (created when missing); `null` uses the connection's
+    /// default `search_path` (usually `public`). Lets several installations share a database.
+    pub schema: Option<String>,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        Self { url: Secret::default(), max_connections: 10 }
+        Self { url: Secret::default(), max_connections: 10, schema: None }
     }
 }
 

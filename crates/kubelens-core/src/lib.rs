@@ -14,6 +14,7 @@ pub mod logs;
 pub mod metrics;
 pub mod names;
 pub mod readiness;
+pub mod storage;
 
 pub use config::Config;
 pub use metrics::Metrics;
