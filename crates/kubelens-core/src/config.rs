@@ -154,6 +154,10 @@ pub struct AuthConfig {
     /// Regular JWKS refresh interval.
     #[serde(with = "humantime_serde")]
     pub jwks_refresh_interval: Duration,
+    /// Connect and total timeout of one discovery or JWKS request, so a hanging Keycloak
+    /// delays a token with an unknown key by at most this long.
+    #[serde(with = "humantime_serde")]
+    pub jwks_fetch_timeout: Duration,
     /// Lifetime of a one-time SSE stream ticket.
     #[serde(with = "humantime_serde")]
     pub stream_ticket_ttl: Duration,
@@ -180,6 +184,7 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(30),
             jwks_refetch_cooldown: Duration::from_secs(30),
             jwks_refresh_interval: Duration::from_secs(15 * 60),
+            jwks_fetch_timeout: Duration::from_secs(10),
             stream_ticket_ttl: Duration::from_secs(30),
             stream_token_grace: Duration::from_secs(5 * 60),
         }
@@ -590,6 +595,12 @@ impl Config {
         }
         if auth.leeway > Duration::from_secs(300) {
             problem("auth.leeway", "must be at most 5m".to_owned());
+        }
+        if auth.jwks_fetch_timeout.is_zero() || auth.jwks_fetch_timeout > Duration::from_secs(60) {
+            problem("auth.jwks_fetch_timeout", "must be between 1ms and 60s".to_owned());
+        }
+        if auth.jwks_refresh_interval < Duration::from_secs(1) {
+            problem("auth.jwks_refresh_interval", "must be at least 1s".to_owned());
         }
         if auth.stream_ticket_ttl.is_zero() || auth.stream_ticket_ttl > Duration::from_secs(300) {
             problem("auth.stream_ticket_ttl", "must be between 1s and 5m".to_owned());

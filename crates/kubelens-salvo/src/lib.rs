@@ -4,6 +4,7 @@
 //! (`src/main.rs`) loads configuration, wires subsystems into the state and serves it.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod logs;
@@ -26,7 +27,14 @@ pub fn router(state: AppState) -> Router {
         .hoop(affix_state::inject(state))
         .push(Router::with_path("healthz").get(health::healthz))
         .push(Router::with_path("readyz").get(health::readyz))
-        .push(Router::with_path("api/v1").append(&mut logs::routes()));
+        // Every /api/v1 route is behind the auth hoop; handlers get the caller through
+        // `auth::principal(depot)`.
+        .push(
+            Router::with_path("api/v1")
+                .hoop(auth::authenticate)
+                .push(auth::routes())
+                .append(&mut logs::routes()),
+        );
     if metrics_here {
         router = router.push(Router::with_path("metrics").get(metrics::metrics));
     }

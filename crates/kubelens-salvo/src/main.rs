@@ -119,8 +119,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             kube_check.not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
         }
     }
+    let authenticator = kubelens_core::auth::Authenticator::new(&config.auth)?;
+    // Loads discovery + JWKS in the background (retrying while Keycloak is down) and refreshes
+    // the keys periodically; the guard stops it when serving ends.
+    let _key_refresh = authenticator.spawn_key_refresh(readiness.register("oidc", "loading OIDC discovery"));
     let listen = config.server.listen;
-    let mut state = AppState::new(config, readiness);
+    let mut state = AppState::new(config, readiness).with_auth(authenticator);
     state.logs = logs;
     kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
         .await?;
