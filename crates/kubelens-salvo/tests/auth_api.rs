@@ -32,9 +32,12 @@ async fn fake_logs(depot: &mut Depot) -> Result<String, kubelens_salvo::ApiError
     Ok(format!("logs for {}", kubelens_salvo::auth::principal(depot)?.subject))
 }
 
+/// The hoop and auth routes as `router()` mounts them, with handlers that echo the principal
+/// in place of the real log endpoints (which need Kubernetes).
 fn service_with_fake_logs(state: AppState) -> Service {
-    let router = kubelens_salvo::router(state).push(
+    let router = Router::new().hoop(affix_state::inject(state)).push(
         Router::with_path("api/v1")
+            .push(kubelens_salvo::auth::routes())
             .hoop(kubelens_salvo::auth::authenticate)
             .push(Router::with_path("namespaces/{ns}/pods/{name}/logs").get(fake_logs))
             .push(Router::with_path("namespaces/{ns}/apps/{name}/logs").get(fake_logs))
@@ -162,6 +165,25 @@ async fn a_ticket_opens_one_sse_stream_once() {
     // A bearer token still works on SSE routes.
     let res = TestClient::get(&url).bearer_auth(issuer.viewer_token()).send(&svc).await;
     assert_eq!(res.status_code, Some(StatusCode::OK));
+}
+
+#[tokio::test]
+async fn the_real_log_routes_accept_tickets() {
+    let issuer = TestIssuer::new();
+    // No Kubernetes here: the log endpoints answer 503 once the caller got through the hoop.
+    let svc = service(&issuer);
+    for url in [
+        format!("{BASE}/api/v1/namespaces/team-a/pods/web-1/logs"),
+        format!("{BASE}/api/v1/namespaces/team-a/apps/web/logs"),
+    ] {
+        let ticket = issue_ticket(&svc, issuer.viewer_token()).await;
+        let res = TestClient::get(&url).query("ticket", &ticket).send(&svc).await;
+        assert_ne!(res.status_code, Some(StatusCode::UNAUTHORIZED), "{url}");
+        let res = TestClient::get(&url).query("ticket", &ticket).send(&svc).await;
+        assert_eq!(res.status_code, Some(StatusCode::UNAUTHORIZED), "{url}: second use");
+        let res = TestClient::get(&url).send(&svc).await;
+        assert_eq!(res.status_code, Some(StatusCode::UNAUTHORIZED), "{url}: no credentials");
+    }
 }
 
 #[tokio::test]
