@@ -29,6 +29,7 @@ pub mod grep;
 pub mod hub;
 pub mod id;
 pub mod json;
+pub mod merge;
 pub mod split;
 pub mod time;
 pub mod upstream;
