@@ -164,13 +164,19 @@ impl TestEnv {
     pub fn require() -> &'static TestEnv {
         match Self::get() {
             Some(env) => env,
-            None => panic!("{NOT_RUNNING} (no env file at {})", Self::env_file_path().display()),
+            None => panic!(
+                "{NOT_RUNNING} (no env file at {})",
+                Self::env_file_path().display()
+            ),
         }
     }
 
     /// `true` when `KUBELENS_SKIP_E2E=1` (or `true`).
     pub fn skip_e2e() -> bool {
-        matches!(std::env::var("KUBELENS_SKIP_E2E").as_deref(), Ok("1") | Ok("true"))
+        matches!(
+            std::env::var("KUBELENS_SKIP_E2E").as_deref(),
+            Ok("1") | Ok("true")
+        )
     }
 
     /// For e2e tests: `None` (skip) only when `KUBELENS_SKIP_E2E=1`; otherwise the running
@@ -185,7 +191,8 @@ impl TestEnv {
 
     /// Parse an env file (`KEY=VALUE` lines, `#` comments).
     pub fn load(path: &Path) -> anyhow::Result<TestEnv> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text)
     }
 
@@ -197,16 +204,23 @@ impl TestEnv {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line.split_once('=').ok_or_else(|| anyhow!("not KEY=VALUE: {line}"))?;
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| anyhow!("not KEY=VALUE: {line}"))?;
             vars.insert(k.trim().to_owned(), v.trim().to_owned());
         }
         let req = |k: &str| -> anyhow::Result<String> {
-            vars.get(k).cloned().ok_or_else(|| anyhow!("env file lacks {k}"))
+            vars.get(k)
+                .cloned()
+                .ok_or_else(|| anyhow!("env file lacks {k}"))
         };
         let opt = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
         let mut users = BTreeMap::new();
         for (k, v) in &vars {
-            if let Some(name) = k.strip_prefix("TESTENV_USER_").and_then(|r| r.strip_suffix("_PASSWORD")) {
+            if let Some(name) = k
+                .strip_prefix("TESTENV_USER_")
+                .and_then(|r| r.strip_suffix("_PASSWORD"))
+            {
                 users.insert(name.to_ascii_lowercase(), v.clone());
             }
         }
@@ -215,10 +229,15 @@ impl TestEnv {
         Ok(TestEnv {
             dir: req("TESTENV_DIR")?.into(),
             kubeconfig: req("TESTENV_KUBECONFIG")?.into(),
-            kubectl: opt("TESTENV_KUBECTL").unwrap_or_else(|| "kubectl".into()).into(),
+            kubectl: opt("TESTENV_KUBECTL")
+                .unwrap_or_else(|| "kubectl".into())
+                .into(),
             apiserver_url: req("TESTENV_APISERVER_URL")?,
             apiserver_host: opt("TESTENV_APISERVER_HOST").unwrap_or_else(|| "127.0.0.1".into()),
-            apiserver_port: opt("TESTENV_APISERVER_PORT").map(|p| p.parse()).transpose()?.unwrap_or(0),
+            apiserver_port: opt("TESTENV_APISERVER_PORT")
+                .map(|p| p.parse())
+                .transpose()?
+                .unwrap_or(0),
             apiserver_ca: req("TESTENV_APISERVER_CA")?.into(),
             admin_token: req("TESTENV_ADMIN_TOKEN")?,
             sa_token: req("TESTENV_SA_TOKEN")?,
@@ -230,12 +249,15 @@ impl TestEnv {
                 .unwrap_or_default(),
             node_name: opt("TESTENV_NODE_NAME").unwrap_or_else(|| "kwok-node-0".into()),
             log_dir: req("TESTENV_LOG_DIR")?.into(),
-            loggen: opt("TESTENV_LOGGEN").unwrap_or_else(|| "loggen".into()).into(),
+            loggen: opt("TESTENV_LOGGEN")
+                .unwrap_or_else(|| "loggen".into())
+                .into(),
             metrics: opt("TESTENV_METRICS").as_deref() == Some("1"),
             issuer_url: keycloak_url.as_ref().map(|u| format!("{u}/realms/{realm}")),
             keycloak_url,
             realm,
-            backend_client_id: opt("TESTENV_BACKEND_CLIENT_ID").unwrap_or_else(|| "kubelens".into()),
+            backend_client_id: opt("TESTENV_BACKEND_CLIENT_ID")
+                .unwrap_or_else(|| "kubelens".into()),
             backend_client_secret: opt("TESTENV_BACKEND_CLIENT_SECRET").unwrap_or_default(),
             cli_client_id: opt("TESTENV_CLI_CLIENT_ID").unwrap_or_else(|| "kubelens-cli".into()),
             web_client_id: opt("TESTENV_WEB_CLIENT_ID").unwrap_or_else(|| "kubelens-web".into()),
@@ -260,14 +282,26 @@ impl TestEnv {
 
     /// `{keycloak}/realms/{realm}/protocol/openid-connect/token`.
     pub fn token_endpoint(&self) -> anyhow::Result<String> {
-        let kc = self.keycloak_url.as_deref().context("testenv runs without Keycloak (--no-keycloak)")?;
-        Ok(format!("{kc}/realms/{}/protocol/openid-connect/token", self.realm))
+        let kc = self
+            .keycloak_url
+            .as_deref()
+            .context("testenv runs without Keycloak (--no-keycloak)")?;
+        Ok(format!(
+            "{kc}/realms/{}/protocol/openid-connect/token",
+            self.realm
+        ))
     }
 
     /// Password grant for a test user through `client_id` (a public direct-grant client:
     /// [`TestEnv::cli_client_id`] or [`TestEnv::web_client_id`]).
-    pub async fn try_password_token(&self, client_id: &str, user: &str) -> anyhow::Result<TokenResponse> {
-        let password = self.password(user).ok_or_else(|| anyhow!("unknown test user {user:?}"))?;
+    pub async fn try_password_token(
+        &self,
+        client_id: &str,
+        user: &str,
+    ) -> anyhow::Result<TokenResponse> {
+        let password = self
+            .password(user)
+            .ok_or_else(|| anyhow!("unknown test user {user:?}"))?;
         let form = [
             ("grant_type", "password"),
             ("client_id", client_id),
@@ -298,13 +332,30 @@ impl TestEnv {
 
     /// Access token of the Keycloak admin (master realm), for the admin REST API.
     pub async fn keycloak_admin_token(&self) -> anyhow::Result<String> {
-        let kc = self.keycloak_url.as_deref().context("testenv runs without Keycloak")?;
-        let user = self.keycloak_admin_user.as_deref().context("no Keycloak admin user")?;
-        let pass = self.keycloak_admin_password.as_deref().context("no Keycloak admin password")?;
-        let form = [("grant_type", "password"), ("client_id", "admin-cli"), ("username", user), ("password", pass)];
-        let resp = post_form(&format!("{kc}/realms/master/protocol/openid-connect/token"), &form)
-            .await?
-            .error_for_status()?;
+        let kc = self
+            .keycloak_url
+            .as_deref()
+            .context("testenv runs without Keycloak")?;
+        let user = self
+            .keycloak_admin_user
+            .as_deref()
+            .context("no Keycloak admin user")?;
+        let pass = self
+            .keycloak_admin_password
+            .as_deref()
+            .context("no Keycloak admin password")?;
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "admin-cli"),
+            ("username", user),
+            ("password", pass),
+        ];
+        let resp = post_form(
+            &format!("{kc}/realms/master/protocol/openid-connect/token"),
+            &form,
+        )
+        .await?
+        .error_for_status()?;
         Ok(resp.json::<TokenResponse>().await?.access_token)
     }
 
@@ -359,7 +410,10 @@ impl TestEnv {
             .write_all(manifest.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -375,8 +429,14 @@ impl TestEnv {
     /// `KUBERNETES_SERVICE_HOST`/`PORT` (token and CA are in [`TestEnv::sa_dir`]).
     pub fn in_cluster_env(&self) -> Vec<(String, String)> {
         vec![
-            ("KUBERNETES_SERVICE_HOST".into(), self.apiserver_host.clone()),
-            ("KUBERNETES_SERVICE_PORT".into(), self.apiserver_port.to_string()),
+            (
+                "KUBERNETES_SERVICE_HOST".into(),
+                self.apiserver_host.clone(),
+            ),
+            (
+                "KUBERNETES_SERVICE_PORT".into(),
+                self.apiserver_port.to_string(),
+            ),
         ]
     }
 
@@ -384,17 +444,28 @@ impl TestEnv {
 
     /// The CRI log file KWOK serves for a container of a seeded pod.
     pub fn log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
-        self.log_dir.join(namespace).join(pod).join(format!("{container}.log"))
+        self.log_dir
+            .join(namespace)
+            .join(pod)
+            .join(format!("{container}.log"))
     }
 
     /// The file KWOK serves for `previous=true`.
     pub fn previous_log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
-        self.log_dir.join(namespace).join(pod).join(format!("{container}.previous.log"))
+        self.log_dir
+            .join(namespace)
+            .join(pod)
+            .join(format!("{container}.previous.log"))
     }
 
     /// Map a (test-created) pod's containers to log files: creates or updates the KWOK
     /// `Logs` object named after the pod. Returns the log paths, in `containers` order.
-    pub fn ensure_pod_logs(&self, namespace: &str, pod: &str, containers: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    pub fn ensure_pod_logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        containers: &[&str],
+    ) -> anyhow::Result<Vec<PathBuf>> {
         let mut entries = Vec::new();
         let mut paths = Vec::new();
         for c in containers {
@@ -430,7 +501,10 @@ impl TestEnv {
 
 /// One CRI log line: `<RFC3339Nano UTC> <stream> F <text>\n`.
 pub fn cri_line(ts: DateTime<Utc>, stream: &str, text: &str) -> String {
-    format!("{} {stream} F {text}\n", ts.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    format!(
+        "{} {stream} F {text}\n",
+        ts.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    )
 }
 
 /// Append lines to a CRI log file (stdout, timestamped now, one write per call).
@@ -452,14 +526,18 @@ pub fn append_cri_lines_at<S: AsRef<str>>(
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     f.write_all(buf.as_bytes())
 }
 
 /// Decode (without verifying) the claims of a JWT.
 pub fn jwt_claims(token: &str) -> anyhow::Result<serde_json::Value> {
     let payload = token.split('.').nth(1).context("not a JWT")?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))?;
     Ok(serde_json::from_slice(&bytes)?)
 }
 
@@ -467,7 +545,10 @@ pub fn jwt_claims(token: &str) -> anyhow::Result<serde_json::Value> {
 pub fn jwt_audiences(claims: &serde_json::Value) -> Vec<String> {
     match claims.get("aud") {
         Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -477,12 +558,18 @@ pub fn jwt_groups(claims: &serde_json::Value) -> Vec<String> {
     claims
         .get("groups")
         .and_then(|g| g.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?)
+    Ok(reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?)
 }
 
 /// `application/x-www-form-urlencoded` encoding of `pairs`.
@@ -490,7 +577,9 @@ pub fn form_urlencode(pairs: &[(&str, &str)]) -> String {
     fn enc(s: &str, out: &mut String) {
         for b in s.bytes() {
             match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    out.push(b as char)
+                }
                 b' ' => out.push('+'),
                 _ => out.push_str(&format!("%{b:02X}")),
             }
@@ -534,7 +623,10 @@ fn run_cmd(cmd: &mut Command) -> anyhow::Result<String> {
 /// The workspace root (this crate lives at `<root>/testenv/support`).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors().nth(2).map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
+    here.ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
 }
 
 #[cfg(test)]
@@ -552,20 +644,25 @@ mod tests {
         assert_eq!(env.issuer_url, None);
         assert_eq!(env.password("viewer"), Some("viewer-pw"));
         assert!(env.metrics);
-        assert_eq!(env.log_path("ns", "p", "c"), PathBuf::from("/t/logs/ns/p/c.log"));
+        assert_eq!(
+            env.log_path("ns", "p", "c"),
+            PathBuf::from("/t/logs/ns/p/c.log")
+        );
         Ok(())
     }
 
     #[test]
     fn cri_line_format() {
-        let ts = DateTime::parse_from_rfc3339("2026-01-30T10:00:00.5Z").map(|t| t.with_timezone(&Utc));
+        let ts =
+            DateTime::parse_from_rfc3339("2026-01-30T10:00:00.5Z").map(|t| t.with_timezone(&Utc));
         let line = ts.map(|t| cri_line(t, "stdout", "hi")).unwrap_or_default();
         assert_eq!(line, "2026-01-30T10:00:00.500000000Z stdout F hi\n");
     }
 
     #[test]
     fn decodes_jwt_claims() -> anyhow::Result<()> {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"aud":"x","groups":["/g"]}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"aud":"x","groups":["/g"]}"#);
         let claims = jwt_claims(&format!("h.{payload}.s"))?;
         assert_eq!(jwt_audiences(&claims), vec!["x"]);
         assert_eq!(jwt_groups(&claims), vec!["/g"]);

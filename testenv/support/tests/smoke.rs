@@ -39,7 +39,9 @@ fn cri_file(path: &std::path::Path) -> Vec<(DateTime<Utc>, String)> {
         .lines()
         .map(|l| {
             let mut it = l.splitn(4, ' ');
-            let ts = DateTime::parse_from_rfc3339(it.next().unwrap()).unwrap().with_timezone(&Utc);
+            let ts = DateTime::parse_from_rfc3339(it.next().unwrap())
+                .unwrap()
+                .with_timezone(&Utc);
             let _stream = it.next();
             let _tag = it.next();
             (ts, it.next().unwrap_or_default().to_owned())
@@ -51,14 +53,23 @@ fn seqs_of(lines: &[String], src: &str) -> Vec<u64> {
     let needle = format!(" src={src}");
     lines
         .iter()
-        .filter(|l| l.contains(&needle) && (l.ends_with(&needle) || l.contains(&format!("{needle} "))))
+        .filter(|l| {
+            l.contains(&needle) && (l.ends_with(&needle) || l.contains(&format!("{needle} ")))
+        })
         .filter_map(|l| l.split("seq=").nth(1)?.split(' ').next()?.parse().ok())
         .collect()
 }
 
 /// Follow a container's log with `kubectl logs -f`, append `count` lines with loggen
 /// (optionally rotating the file), and check every line arrives once, in order.
-async fn follow_and_generate(env: &TestEnv, ns: &str, pod: &str, container: &str, count: u64, extra: &[&str]) {
+async fn follow_and_generate(
+    env: &TestEnv,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    count: u64,
+    extra: &[&str],
+) {
     let src = unique(pod);
     let mut child = Command::new(&env.kubectl)
         .arg("--kubeconfig")
@@ -75,11 +86,24 @@ async fn follow_and_generate(env: &TestEnv, ns: &str, pod: &str, container: &str
         .await
         .expect("kubectl logs -f printed nothing within 20s")
         .unwrap();
-    assert!(first.is_some(), "kubectl logs -f ended before the first line");
+    assert!(
+        first.is_some(),
+        "kubectl logs -f ended before the first line"
+    );
 
     let file = env.log_path(ns, pod, container);
     let count_s = count.to_string();
-    let mut args = vec!["--file", file.to_str().unwrap(), "--count", &count_s, "--rate", "2000", "--src", &src, "--quiet"];
+    let mut args = vec![
+        "--file",
+        file.to_str().unwrap(),
+        "--count",
+        &count_s,
+        "--rate",
+        "2000",
+        "--src",
+        &src,
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     let status = env.loggen_cmd().args(&args).status().expect("run loggen");
     assert!(status.success(), "loggen failed");
@@ -92,7 +116,10 @@ async fn follow_and_generate(env: &TestEnv, ns: &str, pod: &str, container: &str
             Ok(Ok(Some(l))) => got.push(l),
             Ok(Ok(None)) => panic!("kubectl logs -f ended after {} lines", got.len()),
             Ok(Err(e)) => panic!("reading kubectl logs -f: {e}"),
-            Err(_) => panic!("timed out: {} of {count} generated lines arrived", seqs_of(&got, &src).len()),
+            Err(_) => panic!(
+                "timed out: {} of {count} generated lines arrived",
+                seqs_of(&got, &src).len()
+            ),
         }
     }
     let seqs = seqs_of(&got, &src);
@@ -110,7 +137,15 @@ async fn logs_follow_receives_appended_lines() {
 #[tokio::test]
 async fn logs_follow_survives_rotation() {
     let Some(env) = TestEnv::e2e() else { return };
-    follow_and_generate(env, "team-a", "web-7d9f8b6c5d-m8n3q", "app", 300, &["--rotate-every", "100"]).await;
+    follow_and_generate(
+        env,
+        "team-a",
+        "web-7d9f8b6c5d-m8n3q",
+        "app",
+        300,
+        &["--rotate-every", "100"],
+    )
+    .await;
 }
 
 #[test]
@@ -118,7 +153,10 @@ fn tail_lines() {
     let Some(env) = TestEnv::e2e() else { return };
     let lines = logs(env, &["-n", "team-a", "db-0", "--tail=5"]);
     assert_eq!(lines.len(), 5, "{lines:?}");
-    assert_eq!(seqs_of(&lines, "team-a/db-0/postgres"), vec![16, 17, 18, 19, 20]);
+    assert_eq!(
+        seqs_of(&lines, "team-a/db-0/postgres"),
+        vec![16, 17, 18, 19, 20]
+    );
 }
 
 #[test]
@@ -129,9 +167,20 @@ fn since_time() {
     let since = file[10].0; // line seq=11
     let lines = logs(
         env,
-        &["-n", "team-a", "db-1", &format!("--since-time={}", since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))],
+        &[
+            "-n",
+            "team-a",
+            "db-1",
+            &format!(
+                "--since-time={}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            ),
+        ],
     );
-    assert_eq!(seqs_of(&lines, "team-a/db-1/postgres"), (11..=20).collect::<Vec<_>>());
+    assert_eq!(
+        seqs_of(&lines, "team-a/db-1/postgres"),
+        (11..=20).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -142,7 +191,8 @@ fn timestamps() {
     assert_eq!(lines.len(), 3);
     for (line, (ts, msg)) in lines.iter().zip(&file[file.len() - 3..]) {
         let (t, rest) = line.split_once(' ').unwrap();
-        let t = DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("timestamp of {line:?}: {e}"));
+        let t = DateTime::parse_from_rfc3339(t)
+            .unwrap_or_else(|e| panic!("timestamp of {line:?}: {e}"));
         assert_eq!(t.with_timezone(&Utc), *ts);
         assert_eq!(rest, msg);
     }
@@ -157,11 +207,22 @@ fn previous_and_containers() {
     let prev = logs(env, &["-n", "team-a", "crashy", "--previous"]);
     assert_eq!(prev.len(), 11, "{prev:?}");
     assert!(prev.last().unwrap().contains("panic: simulated crash"));
-    assert!(prev.iter().all(|l| !l.contains("src=team-a/crashy/app ")), "previous must not serve the current file");
+    assert!(
+        prev.iter().all(|l| !l.contains("src=team-a/crashy/app ")),
+        "previous must not serve the current file"
+    );
     let cur = logs(env, &["-n", "team-a", "crashy", "--tail=2"]);
     assert_eq!(seqs_of(&cur, "team-a/crashy/app"), vec![19, 20]);
     let status = env
-        .kubectl(&["-n", "team-a", "get", "pod", "crashy", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])
+        .kubectl(&[
+            "-n",
+            "team-a",
+            "get",
+            "pod",
+            "crashy",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])
         .unwrap();
     assert_eq!(status, "3");
 
@@ -170,23 +231,61 @@ fn previous_and_containers() {
     assert!(l[0].contains("src=team-a/multi/app "), "{l:?}");
     let l = logs(env, &["-n", "team-a", "multi", "-c", "sidecar", "--tail=1"]);
     assert!(l[0].contains("src=team-a/multi/sidecar "), "{l:?}");
-    let l = logs(env, &["-n", "team-a", "multi", "-c", "init-config", "--tail=1"]);
+    let l = logs(
+        env,
+        &["-n", "team-a", "multi", "-c", "init-config", "--tail=1"],
+    );
     assert!(l[0].contains("src=team-a/multi/init-config "), "{l:?}");
 }
 
 #[test]
 fn seeded_objects_and_service_account_rbac() {
     let Some(env) = TestEnv::e2e() else { return };
-    let pods = env.kubectl(&["-n", "team-a", "get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}"]).unwrap();
-    for want in ["web-7d9f8b6c5d-x2k4p=Running", "db-0=Running", "agent-q4v9t=Running", "debug=Running", "multi=Running",
-        "crashy=Running", "hidden-canary=Running", "migrate-8xk2d=Succeeded", "nightly-29000000-h5j2k=Succeeded"]
-    {
+    let pods = env
+        .kubectl(&[
+            "-n",
+            "team-a",
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+        ])
+        .unwrap();
+    for want in [
+        "web-7d9f8b6c5d-x2k4p=Running",
+        "db-0=Running",
+        "agent-q4v9t=Running",
+        "debug=Running",
+        "multi=Running",
+        "crashy=Running",
+        "hidden-canary=Running",
+        "migrate-8xk2d=Succeeded",
+        "nightly-29000000-h5j2k=Succeeded",
+    ] {
         assert!(pods.contains(want), "{want} not in {pods}");
     }
     let owner = env
-        .kubectl(&["-n", "team-a", "get", "rs", "web-7d9f8b6c5d", "-o", "jsonpath={.metadata.ownerReferences[0].uid}"])
+        .kubectl(&[
+            "-n",
+            "team-a",
+            "get",
+            "rs",
+            "web-7d9f8b6c5d",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].uid}",
+        ])
         .unwrap();
-    let uid = env.kubectl(&["-n", "team-a", "get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    let uid = env
+        .kubectl(&[
+            "-n",
+            "team-a",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap();
     assert_eq!(owner, uid);
 
     // The backend's ServiceAccount: read in the allowlist, nothing else.
@@ -210,9 +309,14 @@ fn seeded_objects_and_service_account_rbac() {
     assert_eq!(can(&["list", "pods", "-n", "secret-ns"]), "no");
     assert_eq!(can(&["create", "pods/exec", "-n", "team-a"]), "no");
     assert_eq!(can(&["list", "nodes"]), "no");
-    let logs = env.kubectl_sa(&["logs", "-n", "team-a", "db-0", "--tail=1"]).unwrap();
+    let logs = env
+        .kubectl_sa(&["logs", "-n", "team-a", "db-0", "--tail=1"])
+        .unwrap();
     assert!(logs.contains("src=team-a/db-0/postgres"));
-    assert!(env.kubectl_sa(&["logs", "-n", "secret-ns", "forbidden"]).is_err());
+    assert!(
+        env.kubectl_sa(&["logs", "-n", "secret-ns", "forbidden"])
+            .is_err()
+    );
 }
 
 #[test]
@@ -222,10 +326,24 @@ fn metrics_when_enabled() {
         eprintln!("testenv started without --metrics: metrics.k8s.io not checked");
         return;
     }
-    let raw = env.kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/team-a/pods/multi"]).unwrap();
+    let raw = env
+        .kubectl(&[
+            "get",
+            "--raw",
+            "/apis/metrics.k8s.io/v1beta1/namespaces/team-a/pods/multi",
+        ])
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let names: Vec<&str> = v["containers"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
-    assert!(names.contains(&"app") && names.contains(&"sidecar"), "{raw}");
+    let names: Vec<&str> = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"app") && names.contains(&"sidecar"),
+        "{raw}"
+    );
 }
 
 #[tokio::test]
@@ -238,8 +356,16 @@ async fn keycloak_token_shapes() {
     let cases: [(&str, &str, &[&str]); 5] = [
         (env.cli_client_id.as_str(), "nogroup", &[]),
         (env.cli_client_id.as_str(), "viewer", &["/k8s-logs-access"]),
-        (env.cli_client_id.as_str(), "admin", &["/k8s-admin-access", "/k8s-logs-access"]),
-        (env.cli_client_id.as_str(), "evil", &["/k8s-logs-access-evil", "/other/k8s-logs-access"]),
+        (
+            env.cli_client_id.as_str(),
+            "admin",
+            &["/k8s-admin-access", "/k8s-logs-access"],
+        ),
+        (
+            env.cli_client_id.as_str(),
+            "evil",
+            &["/k8s-logs-access-evil", "/other/k8s-logs-access"],
+        ),
         (env.web_client_id.as_str(), "viewer", &["/k8s-logs-access"]),
     ];
     for (client, user, groups) in cases {
@@ -253,16 +379,31 @@ async fn keycloak_token_shapes() {
         assert_eq!(claims["preferred_username"], user);
         let aud = jwt_audiences(&claims);
         if client == env.web_client_id {
-            assert!(aud.contains(&env.backend_client_id), "web tokens carry aud {}: {aud:?}", env.backend_client_id);
+            assert!(
+                aud.contains(&env.backend_client_id),
+                "web tokens carry aud {}: {aud:?}",
+                env.backend_client_id
+            );
         } else {
-            assert!(!aud.contains(&env.backend_client_id), "cli tokens have the default shape: {aud:?}");
-            assert!(aud.iter().all(|a| a == "account"), "cli aud is 'account' or absent: {aud:?}");
+            assert!(
+                !aud.contains(&env.backend_client_id),
+                "cli tokens have the default shape: {aud:?}"
+            );
+            assert!(
+                aud.iter().all(|a| a == "account"),
+                "cli aud is 'account' or absent: {aud:?}"
+            );
         }
     }
     // Wrong password is refused.
     let bad = kubelens_testenv::post_form(
         &env.token_endpoint().unwrap(),
-        &[("grant_type", "password"), ("client_id", env.cli_client_id.as_str()), ("username", "viewer"), ("password", "nope")],
+        &[
+            ("grant_type", "password"),
+            ("client_id", env.cli_client_id.as_str()),
+            ("username", "viewer"),
+            ("password", "nope"),
+        ],
     )
     .await
     .unwrap();
