@@ -412,3 +412,42 @@ async fn keycloak_token_shapes() {
     let admin = env.keycloak_admin_token().await.unwrap();
     assert!(!admin.is_empty());
 }
+
+#[test]
+fn test_created_pod_with_restart() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let pod = unique("restart");
+    let pod = pod.to_lowercase().replace('_', "-");
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": "team-a", "labels": {"app": "restart-test"}},
+        "spec": {"nodeName": env.node_name, "containers": [{"name": "app", "image": "registry.invalid/x:1"}]},
+    });
+    env.kubectl_apply(&manifest.to_string()).unwrap();
+    let paths = env.ensure_pod_logs("team-a", &pod, &["app"]).unwrap();
+    let file = paths[0].to_str().unwrap();
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["--file", file, "--rate", "0", "--src", "r", "--quiet"];
+        args.extend_from_slice(extra);
+        assert!(env.loggen_cmd().args(&args).status().unwrap().success());
+    };
+    generate(&["--count", "5"]);
+    generate(&["--count", "3", "--start-seq", "6", "--restart"]);
+    env.kubectl(&[
+        "-n",
+        "team-a",
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=30s",
+        &format!("pod/{pod}"),
+    ])
+    .unwrap();
+    let cur = logs(env, &["-n", "team-a", &pod]);
+    assert_eq!(seqs_of(&cur, "r"), vec![6, 7, 8], "{cur:?}");
+    let prev = logs(env, &["-n", "team-a", &pod, "--previous"]);
+    assert_eq!(seqs_of(&prev, "r"), vec![1, 2, 3, 4, 5], "{prev:?}");
+    env.kubectl(&["-n", "team-a", "delete", "pod", &pod, "--wait=false"])
+        .unwrap();
+    env.kubectl(&["-n", "team-a", "delete", "logs.kwok.x-k8s.io", &pod])
+        .unwrap();
+}
