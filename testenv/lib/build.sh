@@ -155,7 +155,7 @@ ensure_keycloak() {
     local dl="$CACHE_ROOT/.download" t0=$SECONDS
     mkdir -p "$dl"
     log "fetching Keycloak $KEYCLOAK_VERSION (org.keycloak:keycloak-quarkus-dist, ~160 MB) with Maven; cached in $KEYCLOAK_DIST"
-    mvn -B -q dependency:copy \
+    mvn -B -q -Dstyle.color=never dependency:copy \
         "-Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz" \
         "-DoutputDirectory=$dl" -Dmdep.useBaseVersion=true >&2 \
         || die "mvn could not fetch org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz"
@@ -165,5 +165,5 @@ ensure_keycloak() {
     rm -rf "$KEYCLOAK_DIST"; mv "$KEYCLOAK_DIST.tmp" "$KEYCLOAK_DIST"
     rm -f "$dl/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz"
     touch "$KEYCLOAK_DIST/.complete"
-    log "Keycloak ready in $((SECONDS - t0))s"
+    log "Keycloak $KEYCLOAK_VERSION fetched and unpacked in $((SECONDS - t0))s"
 }
