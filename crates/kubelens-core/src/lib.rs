@@ -6,13 +6,16 @@
 //! its storage traits. The `examples/` crate embeds it directly.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod inspect;
 pub mod kubeclient;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod policy;
 pub mod readiness;
 pub mod storage;
 
