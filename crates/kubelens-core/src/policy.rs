@@ -166,6 +166,13 @@ impl AccessPolicy {
         })
     }
 
+    /// A policy that allows no namespace: the fail-closed fallback when filters cannot be
+    /// built.
+    pub fn deny_all() -> Self {
+        let none = NameFilter { include: None, exclude: None };
+        Self { allowed: BTreeSet::new(), pods: none.clone(), apps: none, exclude_labels: Vec::new() }
+    }
+
     /// Shorthand for [`AccessPolicy::new`] from a whole [`crate::Config`].
     pub fn from_config(config: &crate::Config) -> Result<Self, PolicyConfigError> {
         Self::new(&config.namespaces, &config.filters)

@@ -40,7 +40,8 @@ pub fn api_error(err: &AuthError) -> ApiError {
 }
 
 /// Whether `?ticket=` is accepted on this request: `GET` on the SSE log routes
-/// `/api/v1/namespaces/{ns}/pods/{name}/logs` and `/api/v1/namespaces/{ns}/apps/{name}/logs`.
+/// `/api/v1/namespaces/{ns}/pods/{name}/logs` and `/api/v1/namespaces/{ns}/apps/{name}/logs`,
+/// and the pod change stream `/api/v1/namespaces/{ns}/pods/watch`.
 /// A new SSE route must be added here (and to its test) to accept tickets.
 pub fn accepts_ticket(method: &Method, path: &str) -> bool {
     if method != Method::GET {
@@ -51,7 +52,7 @@ pub fn accepts_ticket(method: &Method, path: &str) -> bool {
     matches!(
         segments.as_slice(),
         ["namespaces", ns, "pods" | "apps", name, "logs"] if !ns.is_empty() && !name.is_empty()
-    )
+    ) || matches!(segments.as_slice(), ["namespaces", ns, "pods", "watch"] if !ns.is_empty())
 }
 
 /// The `Authorization: Bearer` token: `Ok(None)` when there is no such header,

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod logs;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
             Router::with_path("api/v1")
                 .hoop(auth::authenticate)
                 .push(auth::routes())
+                .push(discovery::routes())
                 .append(&mut logs::routes()),
         );
     if metrics_here {

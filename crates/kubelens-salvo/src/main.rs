@@ -123,9 +123,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Loads discovery + JWKS in the background (retrying while Keycloak is down) and refreshes
     // the keys periodically; the guard stops it when serving ends.
     let _key_refresh = authenticator.spawn_key_refresh(readiness.register("oidc", "loading OIDC discovery"));
+    let policy = kubelens_core::policy::AccessPolicy::from_config(&config)?;
+    // The caches register the `kubernetes` readiness check and flip it once synced. Without a
+    // client configuration the process still serves (healthz, a 503 readyz saying why).
+    let cluster = match kubelens_core::cluster::Cluster::start(&config.kubernetes, &policy, &readiness).await {
+        Ok((cluster, source)) => {
+            tracing::info!(source = ?source, namespaces = config.namespaces.allowed.len(), "Kubernetes caches starting");
+            Some(cluster)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "no Kubernetes client");
+            readiness
+                .register(kubelens_core::cluster::READINESS_CHECK, "no Kubernetes client")
+                .not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
+            None
+        }
+    };
     let listen = config.server.listen;
     let mut state = AppState::new(config, readiness).with_auth(authenticator);
     state.logs = logs;
+    if let Some(cluster) = cluster {
+        state = state.with_cluster(cluster);
+    }
     kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
         .await?;
     Ok(())

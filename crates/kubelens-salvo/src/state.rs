@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use kubelens_core::auth::{Authenticator, StreamTickets};
+use kubelens_core::cluster::Cluster;
+use kubelens_core::policy::AccessPolicy;
 use kubelens_core::{Config, Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
@@ -23,18 +25,31 @@ pub struct AppState {
     pub auth: Authenticator,
     /// One-time tickets for SSE streams opened by browsers.
     pub tickets: StreamTickets,
+    /// Namespace allowlist and pod/app filters; every endpoint checks it first.
+    pub policy: Arc<AccessPolicy>,
+    /// Kubernetes client and watch-fed caches; `None` until [`AppState::with_cluster`]
+    /// (discovery endpoints answer 503 then).
+    pub cluster: Option<Cluster>,
 }
 
 impl AppState {
     /// State with no subsystems attached yet. Its authenticator accepts no token (503) until
     /// [`AppState::with_auth`] installs a real one.
     pub fn new(config: Config, readiness: Readiness) -> Self {
+        // Validated configs always build; a broken filter fails closed (nothing visible)
+        // rather than silently dropping an exclusion.
+        let policy = AccessPolicy::from_config(&config).unwrap_or_else(|err| {
+            tracing::error!(error = %err, "filters do not compile; hiding everything");
+            AccessPolicy::deny_all()
+        });
         let auth = Authenticator::without_keys(&config.auth);
         let tickets = StreamTickets::new(config.auth.stream_ticket_ttl);
         Self {
             config: Arc::new(config),
             readiness,
             shutdown: CancellationToken::new(),
+            policy: Arc::new(policy),
+            cluster: None,
             metrics: Metrics::new(),
             logs: None,
             auth,
@@ -46,6 +61,12 @@ impl AppState {
     /// `kubelens_core::auth::testing`).
     pub fn with_auth(mut self, auth: Authenticator) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Attaches the Kubernetes caches.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 }

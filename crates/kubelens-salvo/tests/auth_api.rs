@@ -223,7 +223,7 @@ async fn tickets_expire_after_their_ttl() {
 fn ticket_routes_are_exactly_the_sse_log_routes() {
     use kubelens_salvo::auth::accepts_ticket;
     use salvo::http::Method;
-    for ok in ["/api/v1/namespaces/a/pods/p/logs", "/api/v1/namespaces/a/apps/web/logs"] {
+    for ok in ["/api/v1/namespaces/a/pods/p/logs", "/api/v1/namespaces/a/apps/web/logs", "/api/v1/namespaces/a/pods/watch"] {
         assert!(accepts_ticket(&Method::GET, ok), "{ok}");
         assert!(!accepts_ticket(&Method::POST, ok), "{ok}");
     }
@@ -234,6 +234,10 @@ fn ticket_routes_are_exactly_the_sse_log_routes() {
         "/api/v1/namespaces/a/pods/p",
         "/api/v1/namespaces/a/pods/p/details",
         "/api/v1/namespaces/a/pods/p/logs/x",
+        "/api/v1/namespaces/a/pods",
+        "/api/v1/namespaces//pods/watch",
+        "/api/v1/namespaces/a/apps/watch",
+        "/api/v1/namespaces/a/pods/watch/x",
         "/api/v1/namespaces//pods/p/logs",
         "/api/v1/namespaces/a/pods//logs",
         "/api/v1/namespaces/a/secrets/p/logs",
