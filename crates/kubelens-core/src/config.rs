@@ -80,6 +80,17 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Per-user UI session limits.
     pub session: SessionConfig,
+    /// Pod inspector masking.
+    pub inspector: InspectorConfig,
+}
+
+/// Pod inspector settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectorConfig {
+    /// Annotation keys whose values non-admins see masked, on top of the built-in ones
+    /// (`kubectl.kubernetes.io/last-applied-configuration`, …).
+    pub sensitive_annotations: Vec<String>,
 }
 
 /// HTTP listener settings.
