@@ -21,6 +21,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kubelens_core::auth::Principal;
 use kubelens_core::config::LogsConfig;
 use kubelens_core::logs::admission::{AdmissionError, StreamAdmission};
+use kubelens_core::logs::grep::LineFilter;
+use kubelens_core::logs::hub::{HubEvent, LogHub, ResumePoint};
+use kubelens_core::logs::json::write_line_json;
+use kubelens_core::logs::{LogLine, LogSource, SourceCursor};
 use kubelens_core::logs::upstream::{
     ContainerProbe, LinePosition, PodLogUpstream, RawLine, SourceKey, SourceState, SourceStatus, StartAt,
     StatusReason, UpstreamEvent, UpstreamOptions, probe_pod,
@@ -68,6 +72,8 @@ pub struct LogService {
     pub admission: StreamAdmission,
     /// Pod and app lookups (visibility applied).
     pub targets: Arc<dyn LogTargets>,
+    /// Fan-out: one upstream per (pod, container, previous) however many viewers.
+    pub hub: LogHub,
 }
 
 impl fmt::Debug for LogService {
@@ -170,7 +176,7 @@ impl LogTargets for ApiLogTargets {
 // ---- query parameters ----------------------------------------------------------------------
 
 /// Parsed and validated query of a log request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LogQuery {
     /// Requested container.
     pub container: Option<String>,
@@ -184,6 +190,8 @@ pub struct LogQuery {
     pub previous: bool,
     /// Plain-text download.
     pub download: bool,
+    /// Server-side include/exclude regexes (`grep`, `grepExclude`).
+    pub filter: LineFilter,
 }
 
 fn query_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
@@ -199,32 +207,27 @@ fn parse_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError
     }
 }
 
-/// Parses a pod-stream resume id: `<RFC3339>~<k>` (after that line) or `<RFC3339>` (from
-/// that time on).
+/// Parses a pod-stream resume id (`Last-Event-ID`): `<RFC3339>~<k>` (after that line) or
+/// `<RFC3339>` (from that time on). See `docs/log-ids.md`.
 pub fn parse_resume_id(text: &str) -> Result<StartAt, ApiError> {
-    let bad = || ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_event_id", "`Last-Event-ID` is not a valid log event id");
-    if text.len() > 64 {
-        return Err(bad());
-    }
-    let (ts, index) = match text.split_once('~') {
-        Some((ts, k)) => {
-            if k.is_empty() || k.len() > 10 || !k.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            (ts, Some(k.parse::<u32>().map_err(|_| bad())?))
-        }
-        None => (text, None),
-    };
-    let ts = DateTime::parse_from_rfc3339(ts).map_err(|_| bad())?.with_timezone(&Utc);
-    Ok(match index {
-        Some(index) => StartAt::After(LinePosition { ts, index }),
-        None => StartAt::Since(ts),
-    })
+    SourceCursor::parse_last_event_id(text)
+        .map(|c| c.to_start_at())
+        .map_err(|e| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_event_id", e.to_string()))
 }
 
 /// The id of a line in a pod stream: `<RFC3339Nano>~<k>`.
 pub fn line_id(position: &LinePosition) -> String {
-    format!("{}~{}", position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true), position.index)
+    kubelens_core::logs::LineId { ts: position.ts.into(), index: position.index }.to_string()
+}
+
+/// Where a hub subscriber starts, for a query's start point.
+fn resume_point(start: StartAt) -> ResumePoint {
+    match start {
+        StartAt::Beginning => ResumePoint::Beginning,
+        StartAt::Tail(n) => ResumePoint::Tail(n),
+        StartAt::Since(ts) => ResumePoint::After(SourceCursor::from_time(ts.into())),
+        StartAt::After(position) => ResumePoint::After(SourceCursor::after_position(position)),
+    }
 }
 
 impl LogQuery {
@@ -283,6 +286,8 @@ impl LogQuery {
             timestamps: parse_bool(req, "timestamps", false)?,
             previous: parse_bool(req, "previous", false)?,
             download,
+            filter: LineFilter::new(query_str(req, "grep"), query_str(req, "grepExclude"))
+                .map_err(|e| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_pattern", e.to_string()))?,
         })
     }
 }
@@ -389,6 +394,18 @@ fn line_frame(id: String, pod: &str, container: &str, line: &RawLine) -> SseFram
     SseFrame::json("log", Some(id), &data)
 }
 
+fn log_line_frame(line: &LogLine) -> SseFrame {
+    let mut data = Vec::with_capacity(96 + line.text.len());
+    write_line_json(line, &mut data);
+    SseFrame::Event { id: Some(line.id().to_string()), event: "log", data: Bytes::from(data) }
+}
+
+#[derive(Serialize)]
+struct LaggedData {
+    /// The id to resume from (also sent as this event's `id`).
+    resume: Option<String>,
+}
+
 fn status_frame(pod: &str, container: &str, status: &SourceStatus) -> SseFrame {
     let data = StatusData { state: status.state, pod, container, reason: status.reason, exit_code: status.exit_code };
     SseFrame::json("status", None, &data)
@@ -425,21 +442,67 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         }
     }
     let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e))?;
-    let upstream_permit = service.admission.try_upstream().map_err(|e| admission_error(&e))?;
     let key = SourceKey { namespace: ns.clone(), pod: name.clone(), container: container.clone(), previous: query.previous };
     tracing::info!(namespace = %ns, pod = %name, container = %container, follow = query.follow, "log stream opened");
-    let upstream = service.upstream.stream(key, upstream_options(logs, &query), Some(upstream_permit));
 
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
         drop(viewer);
+        let permit = service.admission.try_upstream().map_err(|e| admission_error(&e))?;
+        let upstream = service.upstream.stream(key, upstream_options(logs, &query), Some(permit));
         return one_shot(upstream, &ns, &name, &container, &query, logs.max_tail_lines, res).await;
     }
+    if !query.follow {
+        // A finite SSE read is not shared: the hub's upstreams follow.
+        let permit = service.admission.try_upstream().map_err(|e| admission_error(&e))?;
+        let source = LogSource::new(name.clone(), container.clone());
+        let filter = query.filter.clone();
+        let frames = service
+            .upstream
+            .stream(key, upstream_options(logs, &query), Some(permit))
+            .filter_map(move |event| {
+                let frame = match event {
+                    UpstreamEvent::Line(raw) => {
+                        let line = LogLine::from_raw(raw, Arc::clone(&source));
+                        filter.accepts(&line.text).then(|| log_line_frame(&line))
+                    }
+                    UpstreamEvent::Status(status) => Some(status_frame(&source.pod, &source.container, &status)),
+                };
+                futures::future::ready(frame)
+            })
+            .boxed();
+        SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name, container))
+            .hold(viewer)
+            .respond(res);
+        return Ok(());
+    }
+    // Shared follow upstream through the hub. A new upstream needs a slot; joining an existing
+    // one does not (the slot taken here is then released at once).
+    let permit = match service.admission.try_upstream() {
+        Ok(permit) => Some(permit),
+        Err(_) if service.hub.viewers(&key) > 0 => None,
+        Err(err) => return Err(admission_error(&err)),
+    };
+    let upstream = service.upstream.clone();
+    let mut options = upstream_options(logs, &query);
+    let open_key = key.clone();
+    let subscription = service.hub.subscribe(key, resume_point(query.start), move |start| {
+        options.start = start;
+        upstream.stream(open_key, options, permit)
+    });
     let (pod_name, container_name) = (name.clone(), container.clone());
-    let frames = upstream
-        .map(move |event| match event {
-            UpstreamEvent::Line(line) => line_frame(line_id(&line.position), &pod_name, &container_name, &line),
-            UpstreamEvent::Status(status) => status_frame(&pod_name, &container_name, &status),
+    let filter = query.filter.clone();
+    let frames = subscription
+        .filter_map(move |event| {
+            let frame = match event {
+                HubEvent::Line(line) => filter.accepts(&line.text).then(|| log_line_frame(&line)),
+                HubEvent::Status(status) => Some(status_frame(&pod_name, &container_name, &status)),
+                HubEvent::Lagged { resume } => {
+                    let resume = resume.map(|c| c.to_string());
+                    Some(SseFrame::json("lagged", resume.clone(), &LaggedData { resume }))
+                }
+            };
+            futures::future::ready(frame)
         })
         .boxed();
     SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name, container))
@@ -484,6 +547,9 @@ async fn one_shot(
     while let Some(event) = upstream.next().await {
         match event {
             UpstreamEvent::Line(line) => {
+                if !query.filter.accepts(&line.text) {
+                    continue;
+                }
                 if lines.len() == cap {
                     more = true;
                     break;
@@ -585,6 +651,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         app: app.clone(),
         options: upstream_options(logs, &query),
         refreshing: None,
+        filter: query.filter.clone(),
         spare_permit: first_permit,
     };
     run.join(&pods);
@@ -618,6 +685,7 @@ struct AppRun {
     app: String,
     options: UpstreamOptions,
     refreshing: Option<PodsFuture>,
+    filter: LineFilter,
     spare_permit: Option<kubelens_core::logs::admission::UpstreamPermit>,
 }
 
@@ -666,7 +734,9 @@ impl AppRun {
             }
             match self.merged.next().await? {
                 AppItem::Line(pod, container, line) => {
-                    return Some(line_frame(line_id(&line.position), &pod, &container, &line));
+                    if self.filter.accepts(&line.text) {
+                        return Some(line_frame(line_id(&line.position), &pod, &container, &line));
+                    }
                 }
                 AppItem::Status(pod, container, status) => {
                     if status.state == SourceState::Ended {
@@ -707,6 +777,12 @@ impl LogService {
             upstream: PodLogUpstream::new(client.clone(), lookup),
             admission: StreamAdmission::from_config(&config.logs),
             targets: Arc::new(ApiLogTargets::new(client, config.namespaces.allowed.clone())),
+            hub: LogHub::new(
+                kubelens_core::logs::hub::HubConfig::from_logs(&config.logs),
+                Arc::new(|task| {
+                    tokio::spawn(task);
+                }),
+            ),
         })
     }
 }
