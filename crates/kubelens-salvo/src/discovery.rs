@@ -76,7 +76,7 @@ impl From<ClusterError> for ApiError {
 }
 
 /// The state, after making sure the auth hoop ran (fails closed with 401 otherwise).
-fn state(depot: &Depot) -> Result<&AppState, ApiError> {
+pub(crate) fn state(depot: &Depot) -> Result<&AppState, ApiError> {
     crate::auth::principal(depot)?;
     depot.get_typed::<AppState>().map_err(|_| {
         tracing::error!("discovery: no AppState in the depot");
@@ -84,7 +84,7 @@ fn state(depot: &Depot) -> Result<&AppState, ApiError> {
     })
 }
 
-fn cluster(state: &AppState) -> Result<&Cluster, ApiError> {
+pub(crate) fn cluster(state: &AppState) -> Result<&Cluster, ApiError> {
     state
         .cluster
         .as_ref()
@@ -93,7 +93,7 @@ fn cluster(state: &AppState) -> Result<&Cluster, ApiError> {
 
 /// Rejects query parameters outside `allowed` (and repeated ones), naming the first offender
 /// only when it is short and printable.
-fn strict_query(req: &Request, allowed: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn strict_query(req: &Request, allowed: &[&str]) -> Result<(), ApiError> {
     for (key, values) in req.queries().iter_all() {
         if !allowed.contains(&key.as_str()) {
             let shown = if key.len() <= 40 && key.chars().all(|c| c.is_ascii_graphic()) { key.as_str() } else { "…" };
@@ -107,11 +107,11 @@ fn strict_query(req: &Request, allowed: &[&str]) -> Result<(), ApiError> {
 }
 
 /// The path parameter `name`, percent-decoded by salvo. Missing → 404 (no such route).
-fn param<'a>(req: &'a Request, name: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn param<'a>(req: &'a Request, name: &str) -> Result<&'a str, ApiError> {
     req.params().get(name).map(String::as_str).ok_or_else(|| ApiError::not_found("object"))
 }
 
-fn namespace(policy: &AccessPolicy, req: &Request) -> Result<AllowedNamespace, ApiError> {
+pub(crate) fn namespace(policy: &AccessPolicy, req: &Request) -> Result<AllowedNamespace, ApiError> {
     Ok(policy.namespace(param(req, "ns")?)?)
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod inspect;
 pub mod logs;
 pub mod metrics;
 pub mod server;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
                 .hoop(auth::authenticate)
                 .push(auth::routes())
                 .push(discovery::routes())
+                .push(inspect::routes())
                 .append(&mut logs::routes()),
         );
     if metrics_here {

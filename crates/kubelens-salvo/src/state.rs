@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use kubelens_core::auth::{Authenticator, StreamTickets};
 use kubelens_core::cluster::Cluster;
+use kubelens_core::inspect::PodMetricsReader;
 use kubelens_core::policy::AccessPolicy;
 use kubelens_core::{Config, Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,8 @@ pub struct AppState {
     /// Kubernetes client and watch-fed caches; `None` until [`AppState::with_cluster`]
     /// (discovery endpoints answer 503 then).
     pub cluster: Option<Cluster>,
+    /// Reads pod usage from metrics.k8s.io; set together with the cluster.
+    pub pod_metrics: Option<Arc<PodMetricsReader>>,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             policy: Arc::new(policy),
             cluster: None,
+            pod_metrics: None,
             metrics: Metrics::new(),
             logs: None,
             auth,
@@ -66,6 +70,7 @@ impl AppState {
 
     /// Attaches the Kubernetes caches.
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.pod_metrics = Some(Arc::new(PodMetricsReader::new(cluster.client())));
         self.cluster = Some(cluster);
         self
     }

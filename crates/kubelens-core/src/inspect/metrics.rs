@@ -140,7 +140,15 @@ impl PodMetricsReader {
         let request = http::Request::get(path).body(Vec::new()).map_err(|e| MetricsError::Request(e.to_string()))?;
         let raw: RawPodMetrics = match self.client.request(request).await {
             Ok(raw) => raw,
-            Err(kube::Error::Api(status)) if status.code == 404 => return Err(MetricsError::NoSample),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                // Either no sample for this pod yet, or the metrics API went away since the
+                // availability answer was cached: ask again to tell them apart.
+                if let Ok(mut guard) = self.availability.lock() {
+                    *guard = None;
+                }
+                self.check_available().await?;
+                return Err(MetricsError::NoSample);
+            }
             Err(kube::Error::Api(status)) if status.code == 503 => {
                 if let Ok(mut guard) = self.availability.lock() {
                     *guard = None;

@@ -1,0 +1,126 @@
+//! Runs the real `kubelens` binary against the running testenv, the way an operator would:
+//! the ServiceAccount's token (bound only by `deploy/`'s RBAC) in a kubeconfig, the testenv
+//! Keycloak as issuer, a config file written for the test.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelens_testenv::TestEnv;
+
+/// A running `kubelens` process; killed on drop.
+pub struct Kubelens {
+    child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// Working directory (config, kubeconfig, sqlite file).
+    pub dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A kubeconfig that authenticates as the backend's ServiceAccount.
+pub fn sa_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority: {}\ncontexts:\n- name: sa\n  context:\n    cluster: testenv\n    user: kubelens\ncurrent-context: sa\nusers:\n- name: kubelens\n  user:\n    token: {}\n",
+        env.apiserver_url,
+        env.apiserver_ca.display(),
+        env.sa_token
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The config the e2e tests run with; `extra` is appended verbatim (top-level sections).
+pub fn e2e_config(env: &TestEnv, port: u16, kubeconfig: &Path, extra: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  shutdown_grace: 3s\nauth:\n  keycloak_url: {kc}\n  realm: {realm}\n  client_id: {client}\n  trusted_clients: [{cli}, {web}]\n  allowed_groups: [k8s-logs-access]\n  admin_group: k8s-admin-access\nkubernetes:\n  kubeconfig: {kubeconfig}\nnamespaces:\n  allowed: [team-a, team-b]\nfilters:\n  exclude_labels:\n    kubelens.io/hide: \"true\"\nstorage:\n  backend: memory\n{extra}",
+        kc = env.keycloak_url.as_deref().expect("testenv must run with Keycloak"),
+        realm = env.realm,
+        client = env.backend_client_id,
+        cli = env.cli_client_id,
+        web = env.web_client_id,
+        kubeconfig = kubeconfig.display(),
+    )
+}
+
+impl Kubelens {
+    /// Starts kubelens with [`e2e_config`] and waits until `/readyz` is 200.
+    pub fn start(env: &TestEnv, extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = sa_kubeconfig(env, dir.path());
+        let port = free_port();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, e2e_config(env, port, &kubeconfig, extra_config)).unwrap();
+        Self::start_with_config(dir, &config, port)
+    }
+
+    /// Starts kubelens with a prepared config file listening on `port`.
+    pub fn start_with_config(dir: tempfile::TempDir, config: &Path, port: u16) -> Self {
+        let stderr_path = dir.path().join("kubelens.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kubelens"))
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("KUBELENS_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let server = Self { child, url: format!("http://127.0.0.1:{port}"), dir, stderr_path };
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if get_status(&self.url, "/readyz") == Some(200) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("kubelens not ready after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.stderr_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Kubelens {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status code of a plain blocking `GET` (readiness polling from sync code; no client
+/// library needed).
+pub fn get_status(base: &str, path: &str) -> Option<u16> {
+    use std::io::Write;
+    let host = base.strip_prefix("http://")?;
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 32];
+    let n = stream.read(&mut head).ok()?;
+    std::str::from_utf8(&head[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+}
