@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod logs;
 pub mod metrics;
 pub mod server;
+pub mod session;
 pub mod sse;
 pub mod state;
 
@@ -37,7 +38,8 @@ pub fn router(state: AppState) -> Router {
                 .push(auth::routes())
                 .push(discovery::routes())
                 .push(inspect::routes())
-                .append(&mut logs::routes()),
+                .append(&mut logs::routes())
+                .append(&mut session::routes()),
         );
     if metrics_here {
         router = router.push(Router::with_path("metrics").get(metrics::metrics));

@@ -139,9 +139,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    // Storage opens in the background (with backoff) so /healthz answers and log streaming
+    // works while the database is still unreachable; the session API answers 503 until then.
+    let storage_check = readiness.register("storage", "connecting");
+    let limits = kubelens_core::storage::StoreLimits::from_config(&config);
+    let backend = config.storage.backend;
+    let (deferred, _opener) =
+        kubelens_storage::DeferredStores::open_in_background(config.storage.clone(), limits, {
+            let check = storage_check.clone();
+            move |err| {
+                tracing::warn!(error = %err, "cannot open storage yet; retrying");
+                check.not_ready("connecting (backend unreachable or failing migrations)");
+            }
+        });
+    let stores = deferred.as_stores(backend);
+    tokio::spawn(kubelens_storage::watch_health(
+        stores.clone(),
+        storage_check,
+        std::time::Duration::from_secs(5),
+        12,
+    ));
     let listen = config.server.listen;
     let mut state = AppState::new(config, readiness).with_auth(authenticator);
     state.logs = logs;
+    state.storage = Some(stores);
     if let Some(cluster) = cluster {
         state = state.with_cluster(cluster);
     }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// Reads pod usage from metrics.k8s.io; set together with the cluster.
     pub pod_metrics: Option<Arc<PodMetricsReader>>,
+    /// Session store and log archive (`None` when not wired: the session API answers 503).
+    pub storage: Option<kubelens_storage::Stores>,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
             pod_metrics: None,
             metrics: Metrics::new(),
             logs: None,
+            storage: None,
             auth,
             tickets,
         }

@@ -97,3 +97,62 @@ pub(crate) fn sqlx_error(err: sqlx::Error) -> StorageError {
         _ => StorageError::Unavailable(err.to_string()),
     }
 }
+
+/// How long one readiness ping may take before storage counts as down.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Keeps `check` in step with the storage: pings every `interval` (ready / not ready, so
+/// readiness recovers by itself when the backend returns) and runs `purge_expired` on both
+/// stores every `purge_every` pings. Never returns; spawn it and abort it on shutdown.
+/// Failures are logged at `warn` once per transition, not on every ping.
+pub async fn watch_health(
+    stores: Stores,
+    check: kubelens_core::ReadinessCheck,
+    interval: std::time::Duration,
+    purge_every: u32,
+) {
+    let mut was_ready: Option<bool> = None;
+    let mut tick: u32 = 0;
+    loop {
+        let result = match tokio::time::timeout(PING_TIMEOUT, async {
+            stores.sessions.ping().await?;
+            stores.archive.ping().await
+        })
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::Unavailable(format!("ping timed out after {PING_TIMEOUT:?}"))),
+        };
+        let backend = format!("{:?}", stores.backend).to_lowercase();
+        match result {
+            Ok(()) => {
+                if was_ready != Some(true) {
+                    tracing::info!(backend = %backend, "storage reachable");
+                }
+                check.ready(&format!("{backend} reachable"));
+                was_ready = Some(true);
+                tick = tick.wrapping_add(1);
+                if purge_every > 0 && tick.is_multiple_of(purge_every) {
+                    let sessions = stores.sessions.purge_expired().await;
+                    let sources = stores.archive.purge_expired().await;
+                    match (sessions, sources) {
+                        (Ok(s), Ok(a)) if s + a > 0 => {
+                            tracing::debug!(sessions = s, sources = a, "purged expired storage entries");
+                        }
+                        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "storage purge failed"),
+                        _ => {}
+                    }
+                }
+            }
+            Err(err) => {
+                if was_ready != Some(false) {
+                    tracing::warn!(backend = %backend, error = %err, "storage unreachable");
+                }
+                // The detail is public (/readyz is unauthenticated): no driver message.
+                check.not_ready(&format!("{backend} unreachable"));
+                was_ready = Some(false);
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
