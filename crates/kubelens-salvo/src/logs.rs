@@ -476,20 +476,32 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             .respond(res);
         return Ok(());
     }
-    // Shared follow upstream through the hub. A new upstream needs a slot; joining an existing
-    // one does not (the slot taken here is then released at once).
-    let permit = match service.admission.try_upstream() {
-        Ok(permit) => Some(permit),
-        Err(_) if service.hub.viewers(&key) > 0 => None,
-        Err(err) => return Err(admission_error(&err)),
-    };
+    // Shared follow upstream through the hub. A new upstream needs a slot; joining an open
+    // (or lingering) one does not. The hub calls the opener synchronously inside `subscribe`
+    // only when it needs a new upstream, so "no slot" is known before answering.
+    let permit = service.admission.try_upstream();
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let upstream = service.upstream.clone();
     let mut options = upstream_options(logs, &query);
     let open_key = key.clone();
-    let subscription = service.hub.subscribe(key, resume_point(query.start), move |start| {
-        options.start = start;
-        upstream.stream(open_key, options, permit)
+    let refused_in_opener = Arc::clone(&refused);
+    let subscription = service.hub.subscribe(key, resume_point(query.start), move |start| match permit {
+        Ok(permit) => {
+            options.start = start;
+            upstream.stream(open_key, options, Some(permit))
+        }
+        Err(_) => {
+            refused_in_opener.store(true, std::sync::atomic::Ordering::Release);
+            let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
+            futures::stream::iter([UpstreamEvent::Status(status)]).boxed()
+        }
     });
+    if refused.load(std::sync::atomic::Ordering::Acquire) {
+        drop(subscription);
+        return Err(ApiError::too_many_streams(
+            AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }.to_string(),
+        ));
+    }
     let (pod_name, container_name) = (name.clone(), container.clone());
     let filter = query.filter.clone();
     let frames = subscription

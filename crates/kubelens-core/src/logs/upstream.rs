@@ -102,6 +102,11 @@ pub struct UpstreamOptions {
     pub max_backoff: Duration,
     /// How often a waiting container (not started yet, or about to restart) is polled.
     pub poll_interval: Duration,
+    /// While a request is open, how often the pod is re-checked for deletion or a restart.
+    /// Needed because an open follow request does not always end when the pod goes away
+    /// (and its first byte may never come for an empty log). With the watch-fed lookup this
+    /// is free; with [`ApiContainerLookup`] it is one GET per interval. `None` disables it.
+    pub liveness_interval: Option<Duration>,
 }
 
 impl Default for UpstreamOptions {
@@ -113,6 +118,7 @@ impl Default for UpstreamOptions {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
+            liveness_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -437,6 +443,10 @@ struct Run {
     not_before: Option<DateTime<Utc>>,
     /// Read the current instance from its beginning on the next connect (after a restart).
     from_instance_start: bool,
+    /// Last liveness check of the open request.
+    checked_at: tokio::time::Instant,
+    /// When the first request of a `tailLines` start was opened (see `connect`).
+    reconnect_floor: Option<DateTime<Utc>>,
     /// The instance being followed.
     instance: Option<ContainerRuntime>,
     connects: u32,
@@ -474,6 +484,8 @@ impl Run {
             delivered,
             not_before,
             from_instance_start: false,
+            reconnect_floor: None,
+            checked_at: tokio::time::Instant::now(),
             instance: None,
             connects: 0,
             failures: 0,
@@ -569,9 +581,30 @@ impl Run {
                 }
             }
         }
+        if self.connects > 0 && self.delivered.is_none() && self.not_before.is_none() && !self.from_instance_start {
+            // A `tailLines` start that has not produced a line yet must not replay that tail
+            // after a reconnect: only lines after the first connect are new.
+            self.not_before = self.reconnect_floor;
+        }
         let params = self.log_params();
         let opened_at = Utc::now();
-        match self.api.log_stream(&self.key.pod, &params).await {
+        let api = self.api.clone();
+        let pod = self.key.pod.clone();
+        let request = async move { api.log_stream(&pod, &params).await.map(|r| Box::pin(r) as Reader) };
+        futures::pin_mut!(request);
+        self.checked_at = tokio::time::Instant::now();
+        let opened = loop {
+            let Some(every) = self.liveness_due() else { break request.await };
+            match tokio::time::timeout_at(every, &mut request).await {
+                Ok(result) => break result,
+                Err(_) => {
+                    if !self.still_live().await {
+                        return;
+                    }
+                }
+            }
+        };
+        match opened {
             Ok(reader) => {
                 self.connects += 1;
                 let reason = if self.from_instance_start && self.connects > 1 {
@@ -586,16 +619,12 @@ impl Run {
                 }
                 // A `tailLines` start that yields no line must not replay that tail after a
                 // reconnect: from now on only lines after this connect are new.
-                if self.delivered.is_none()
-                    && self.not_before.is_none()
-                    && matches!(self.options.start, StartAt::Tail(_))
-                    && !self.from_instance_start
-                {
-                    self.not_before = Some(opened_at);
+                if self.connects == 1 && matches!(self.options.start, StartAt::Tail(_)) {
+                    self.reconnect_floor = Some(opened_at);
                 }
                 self.last_seen = None;
                 self.splitter.reset();
-                self.phase = Phase::Read(Box::pin(reader));
+                self.phase = Phase::Read(reader);
             }
             Err(kube::Error::Api(status)) => self.refused(status.code, &status.message).await,
             Err(err) => {
@@ -628,10 +657,22 @@ impl Run {
     }
 
     async fn read(&mut self, mut reader: Reader) {
+        if self.liveness_due().is_some_and(|due| due <= tokio::time::Instant::now()) && !self.still_live().await {
+            return;
+        }
         let mut buf = std::mem::take(&mut self.read_buf);
         buf.resize(READ_CHUNK, 0);
-        let result = reader.read(&mut buf).await;
+        let result = match self.liveness_due() {
+            None => Some(reader.read(&mut buf).await),
+            // Reading is cancel-safe: a read that times out consumed nothing.
+            Some(due) => tokio::time::timeout_at(due, reader.read(&mut buf)).await.ok(),
+        };
         self.read_buf = buf;
+        let Some(result) = result else {
+            // Quiet stream: check the pod at the top of the next read.
+            self.phase = Phase::Read(reader);
+            return;
+        };
         match result {
             Ok(0) => {
                 if !self.options.follow || self.key.previous {
@@ -660,6 +701,35 @@ impl Run {
                 self.splitter.reset();
                 self.phase = Phase::Probe;
             }
+        }
+    }
+
+    fn liveness_due(&self) -> Option<tokio::time::Instant> {
+        let every = self.options.liveness_interval.filter(|_| self.options.follow && !self.key.previous)?;
+        Some(self.checked_at + every)
+    }
+
+    /// Re-checks the pod while a request is open. False when the stream must stop reading
+    /// (pod deleted, container gone or replaced: `self.phase` says what comes next).
+    async fn still_live(&mut self) -> bool {
+        self.checked_at = tokio::time::Instant::now();
+        match self.lookup.probe(&self.key.namespace, &self.key.pod, &self.key.container).await {
+            Ok(ContainerProbe::PodGone) => {
+                self.end(SourceStatus::new(SourceState::Ended, StatusReason::Deleted));
+                false
+            }
+            Ok(ContainerProbe::NoSuchContainer) => {
+                self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoSuchContainer));
+                false
+            }
+            Ok(ContainerProbe::Present(rt)) if self.instance.as_ref().is_some_and(|old| !old.same_instance(&rt)) => {
+                // The rest of the old instance is lost only if it was not yet read; the probe
+                // path re-reads nothing of the new one twice (it starts at its beginning).
+                self.splitter.reset();
+                self.phase = Phase::Probe;
+                false
+            }
+            Ok(ContainerProbe::Present(_)) | Err(_) => true,
         }
     }
 

@@ -1,0 +1,4 @@
+demo:
+	scripts/demo.sh
+
+.PHONY: demo

@@ -1,0 +1,550 @@
+//! End-to-end log streaming against the real testenv (kube-apiserver + KWOK kubelet + loggen).
+//!
+//! Run: `testenv/run -- cargo test -p kubelens-salvo --test e2e_logs` (or `testenv/up`, then
+//! `cargo test -p kubelens-salvo --test e2e_logs`). The real salvo router runs in-process
+//! with the backend's ServiceAccount token (the RBAC of `deploy/`), and every test creates
+//! its own pods and log files, so tests run in parallel and never touch the seeded objects'
+//! logs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kubelens_core::Config;
+use kubelens_salvo::AppState;
+use kubelens_salvo::logs::LogService;
+use kubelens_testenv::TestEnv;
+use rand::Rng;
+use salvo::conn::tcp::TcpAcceptor;
+
+// ---- server harness ------------------------------------------------------------------------
+
+struct TestServer {
+    base: String,
+    state: AppState,
+    logs: Arc<LogService>,
+}
+
+async fn sa_kube_config(env: &TestEnv) -> kube::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+         users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: sa\ncurrent-context: t\n",
+        env.apiserver_url,
+        env.apiserver_ca.display(),
+        env.sa_token
+    );
+    std::fs::write(&path, text).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()
+}
+
+async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config::default();
+    config.namespaces.allowed = vec!["team-a".into(), "team-b".into()];
+    config.logs.keepalive_interval = Duration::from_secs(2);
+    config.auth.keycloak_url = env.keycloak_url.clone().expect("the log e2e tests need Keycloak");
+    config.auth.realm = env.realm.clone();
+    config.auth.client_id = env.backend_client_id.clone();
+    config.auth.allowed_groups = Some(vec!["k8s-logs-access".into()]);
+    tweak(&mut config);
+    let auth = kubelens_core::auth::Authenticator::new(&config.auth).unwrap();
+    assert!(auth.load_keys().await, "Keycloak keys");
+    let logs = Arc::new(LogService::from_kube_config(sa_kube_config(env).await, &config).unwrap());
+    let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(auth);
+    state.logs = Some(Arc::clone(&logs));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let acceptor = TcpAcceptor::try_from(listener).unwrap();
+    let service = kubelens_salvo::service(state.clone());
+    tokio::spawn(async move { salvo::Server::new(acceptor).serve(service).await });
+    TestServer { base: format!("http://{addr}/api/v1"), state, logs }
+}
+
+// ---- cluster fixtures ----------------------------------------------------------------------
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::rng().random::<u32>())
+}
+
+/// A pod on the KWOK node with log files for `containers`; waits until it runs.
+fn create_pod(env: &TestEnv, ns: &str, name: &str, containers: &[&str], owner: Option<(&str, &str, &str)>) -> Vec<PathBuf> {
+    let paths = env.ensure_pod_logs(ns, name, containers).unwrap();
+    let mut meta = serde_json::json!({"name": name, "namespace": ns, "labels": {"e2e": "logs"}});
+    if let Some((kind, owner_name, uid)) = owner {
+        meta["ownerReferences"] = serde_json::json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner_name, "uid": uid, "controller": true}]);
+    }
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+        "spec": {
+            "nodeName": env.node_name,
+            "containers": containers.iter().map(|c| serde_json::json!({"name": c, "image": "registry.invalid/e2e:1"})).collect::<Vec<_>>(),
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+        }
+    });
+    env.kubectl_apply(&pod.to_string()).unwrap();
+    wait_running(env, ns, name);
+    paths
+}
+
+fn wait_running(env: &TestEnv, ns: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let phase = env.kubectl(&["-n", ns, "get", "pod", name, "-o", "jsonpath={.status.phase}"]).unwrap_or_default();
+        if phase == "Running" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pod {ns}/{name} not Running (phase {phase:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A bare ReplicaSet (an app of kind ReplicaSet) with `replicas` pods of one container.
+fn create_app(env: &TestEnv, ns: &str, name: &str, pods: usize) -> (String, Vec<(String, PathBuf)>) {
+    let rs = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "registry.invalid/e2e:1"}]}}}
+    });
+    env.kubectl_apply(&rs.to_string()).unwrap();
+    let uid = env.kubectl(&["-n", ns, "get", "replicaset", name, "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    let mut out = Vec::new();
+    for i in 0..pods {
+        out.push(add_app_pod(env, ns, name, &uid, i));
+    }
+    (uid, out)
+}
+
+fn add_app_pod(env: &TestEnv, ns: &str, app: &str, uid: &str, i: usize) -> (String, PathBuf) {
+    let pod = format!("{app}-p{i}");
+    let path = create_pod(env, ns, &pod, &["app"], Some(("ReplicaSet", app, uid))).remove(0);
+    (pod, path)
+}
+
+fn loggen(env: &TestEnv, path: &PathBuf, src: &str, count: u64, rate: u64, extra: &[&str]) -> Child {
+    env.loggen_cmd()
+        .arg("--file")
+        .arg(path)
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string(), "--src", src, "--quiet"])
+        .args(extra)
+        .spawn()
+        .unwrap()
+}
+
+/// A real Keycloak access token of a test user (cached: Keycloak is slow on this machine).
+async fn token(user: &str) -> String {
+    static CACHE: std::sync::Mutex<BTreeMap<String, (String, Instant)>> = std::sync::Mutex::new(BTreeMap::new());
+    if let Some((t, at)) = CACHE.lock().unwrap().get(user)
+        && at.elapsed() < Duration::from_secs(120)
+    {
+        return t.clone();
+    }
+    let env = TestEnv::require();
+    let t = env.password_token(&env.web_client_id, user).await;
+    CACHE.lock().unwrap().insert(user.to_owned(), (t.clone(), Instant::now()));
+    t
+}
+
+// ---- SSE client ----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Event {
+    id: Option<String>,
+    event: String,
+    data: serde_json::Value,
+}
+
+struct SseClient {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl SseClient {
+    async fn open(url: &str, user: &str, last_event_id: Option<&str>) -> Result<SseClient, (u16, serde_json::Value)> {
+        let client = reqwest::Client::new();
+        let token = token(user).await;
+        let mut req = client.get(url).bearer_auth(token).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err((status, resp.json().await.unwrap_or_default()));
+        }
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        assert_eq!(resp.headers()["cache-control"], "no-cache");
+        assert_eq!(resp.headers()["x-accel-buffering"], "no");
+        assert!(resp.headers().get("content-encoding").is_none());
+        Ok(SseClient { body: resp.bytes_stream().boxed(), buf: Vec::new() })
+    }
+
+    /// Next event (comments and `retry:` are skipped), `None` at the end of the stream.
+    async fn next(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(frame).unwrap();
+                let (mut id, mut event, mut data) = (None, None, None);
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                if let (Some(event), Some(data)) = (event, data) {
+                    return Some(Event { id, event, data });
+                }
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(Err(_)) | None) => return None,
+                Err(_) => panic!("no SSE event within {timeout:?}"),
+            }
+        }
+    }
+}
+
+/// The `sub` of a test user's token (the per-user stream cap's key).
+async fn subject(user: &str) -> String {
+    let claims = kubelens_testenv::jwt_claims(&token(user).await).unwrap();
+    claims["sub"].as_str().unwrap().to_owned()
+}
+
+/// `seq=<n> src=<label>` of a loggen line.
+fn seq_of(line: &str) -> (u64, String) {
+    let mut seq = None;
+    let mut src = None;
+    for word in line.split(' ') {
+        if let Some(v) = word.strip_prefix("seq=") {
+            seq = v.parse().ok();
+        } else if let Some(v) = word.strip_prefix("src=") {
+            src = Some(v.to_owned());
+        }
+    }
+    (seq.unwrap_or_else(|| panic!("no seq in {line:?}")), src.unwrap_or_default())
+}
+
+/// Reads the stream, dropping the connection after a random number of lines and resuming
+/// with the last id, until every source reached `total`; asserts consecutive sequence
+/// numbers per source (no duplicate, no gap). Returns the number of drops.
+async fn drop_and_resume(url_first: &str, url_resume: &str, sources: &[String], total: u64, max_per_connection: u32) -> u32 {
+    let mut next: BTreeMap<String, u64> = sources.iter().map(|s| (s.clone(), 1)).collect();
+    let mut last_id: Option<String> = None;
+    let mut drops = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while next.values().any(|n| *n <= total) {
+        assert!(Instant::now() < deadline, "resume test did not finish: {next:?} after {drops} drops");
+        let url = if last_id.is_some() { url_resume } else { url_first };
+        let mut sse = SseClient::open(url, "viewer", last_id.as_deref()).await.unwrap();
+        let budget = rand::rng().random_range(1..=max_per_connection);
+        let mut got = 0;
+        while got < budget && next.values().any(|n| *n <= total) {
+            let Some(event) = sse.next(Duration::from_secs(20)).await else { break };
+            match event.event.as_str() {
+                "log" => {
+                    let (seq, src) = seq_of(event.data["line"].as_str().unwrap());
+                    let expected = next.get_mut(&src).unwrap_or_else(|| panic!("unexpected source {src}"));
+                    assert_eq!(seq, *expected, "source {src}: got seq {seq}, expected {expected} (id {:?}, after {drops} drops)", event.id);
+                    *expected += 1;
+                    last_id = Some(event.id.clone().expect("log events carry an id"));
+                    got += 1;
+                }
+                "lagged" => break,
+                _ => {}
+            }
+        }
+        drop(sse);
+        drops += 1;
+    }
+    drops
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_stream_resumes_exactly_across_200_random_drops() {
+    let Some(env) = TestEnv::e2e() else { return };
+    // Default server: 200+ drops during a 5k lines/s stream; resumes are served from the hub's
+    // ring while it covers the cursor, else by a private upstream from the cursor. Then a
+    // one-line ring, so that every resume re-reads from the apiserver at the cursor's second
+    // and dedupes (slower per reconnect on this machine, so fewer drops).
+    for (ring, total, max_per_connection, min_drops) in [(10_000usize, 30_000u64, 250u32, 200u32), (1, 8_000, 400, 30)] {
+        let server = start_server(env, |c| c.logs.hub_buffer_lines = ring).await;
+        let pod = unique("resume");
+        let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let mut gen_ = loggen(env, &path, &pod, total, 5_000, &[]);
+        let base = format!("{}/namespaces/team-a/pods/{pod}/logs", server.base);
+        let first = format!("{base}?since={since}");
+        let drops = drop_and_resume(&first, &base, std::slice::from_ref(&pod), total, max_per_connection).await;
+        assert!(drops >= min_drops, "only {drops} drops");
+        gen_.wait().unwrap();
+        eprintln!("ring {ring}: {total} lines, {drops} drops, upstream requests: {}", server.logs.hub.upstreams_opened());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let pod = unique("cancel");
+    create_pod(env, "team-a", &pod, &["app"], None);
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs", server.base);
+    let sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    // The upstream request is open (the kubelet answers an empty follow log only with its
+    // first line, so there is no event to wait for).
+    assert_eq!(server.logs.admission.upstream_in_use(), 1);
+    assert_eq!(server.logs.hub.active_upstreams(), 1);
+    assert_eq!(server.logs.admission.viewer_streams(&subject("viewer").await), 1);
+    drop(sse);
+    // The hub keeps an upstream without viewers for its linger (3 s), then drops it; the
+    // upstream permit lives inside the upstream stream, so it counts the open request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.logs.admission.upstream_in_use() > 0 || server.logs.admission.viewer_streams(&subject("viewer").await) > 0 {
+        assert!(Instant::now() < deadline, "upstream still open after the client left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.logs.hub.active_upstreams(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_caps_answer_429() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |c| {
+        c.logs.max_streams_per_user = 2;
+        c.logs.max_upstream_streams = 3;
+    })
+    .await;
+    let pod_url = |p: &str| format!("{}/namespaces/team-a/pods/{p}/logs", server.base);
+    let pods: Vec<String> = (0..4).map(|_| unique("caps")).collect();
+    for p in &pods {
+        create_pod(env, "team-a", p, &["app"], None);
+    }
+    let a = SseClient::open(&pod_url(&pods[0]), "viewer", None).await.unwrap();
+    let b = SseClient::open(&pod_url(&pods[1]), "viewer", None).await.unwrap();
+    let (status, body) = SseClient::open(&pod_url(&pods[2]), "viewer", None).await.err().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    // Another user is not affected by alice's cap, but the process-wide upstream cap is 3.
+    let c = SseClient::open(&pod_url(&pods[2]), "admin", None).await.unwrap();
+    let (status, _) = SseClient::open(&pod_url(&pods[3]), "admin", None).await.err().unwrap();
+    assert_eq!(status, 429, "upstream cap");
+    // Joining an upstream that is already open needs no new upstream slot.
+    let d = SseClient::open(&pod_url(&pods[0]), "admin", None).await.unwrap();
+    drop((a, b, c, d));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.logs.admission.viewer_streams(&subject("viewer").await) > 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    SseClient::open(&pod_url(&pods[0]), "viewer", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_clear_400s_and_404s() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{}{path}", server.base);
+        async move {
+            let resp = client.get(&url).bearer_auth(token("viewer").await).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let cases: &[(&str, u16, &str)] = &[
+        ("/namespaces/team-a/pods/debug/logs?tailLines=-1", 400, "bad_request"),
+        ("/namespaces/team-a/pods/debug/logs?tailLines=ten", 400, "bad_request"),
+        ("/namespaces/team-a/pods/debug/logs?since=2999-01-01T00:00:00Z", 400, "bad_request"),
+        ("/namespaces/team-a/pods/debug/logs?since=yesterday", 400, "bad_request"),
+        ("/namespaces/team-a/pods/debug/logs?since=2026-01-01T00:00:00Z&sinceSeconds=5", 400, "bad_request"),
+        ("/namespaces/team-a/pods/debug/logs?sinceSeconds=-5", 400, "bad_request"),
+        ("/namespaces/team-a/pods/debug/logs?lastEventId=garbage", 400, "bad_event_id"),
+        ("/namespaces/team-a/pods/debug/logs?container=nope", 400, "unknown_container"),
+        ("/namespaces/team-a/pods/debug/logs?previous=true", 400, "no_previous_instance"),
+        ("/namespaces/team-a/pods/debug/logs?grep=(unclosed", 400, "bad_pattern"),
+        ("/namespaces/team-a/pods/debug/logs?follow=maybe", 400, "bad_request"),
+        ("/namespaces/team-a/pods/no-such-pod/logs", 404, "not_found"),
+        ("/namespaces/secret-ns/pods/forbidden/logs", 404, "not_found"),
+        ("/namespaces/team-a/pods/..%2Fsecret/logs", 404, "not_found"),
+        ("/namespaces/team-a/apps/no-such-app/logs", 404, "not_found"),
+        ("/namespaces/team-a/apps/web/logs?previous=true", 400, "bad_request"),
+    ];
+    for (path, status, code) in cases {
+        let (got, body) = get((*path).to_owned()).await;
+        assert_eq!((got, body["error"]["code"].as_str().unwrap_or("")), (*status, *code), "{path}: {body}");
+    }
+    // A huge tailLines is clamped, not rejected.
+    let (status, body) = get("/namespaces/team-a/pods/debug/logs?follow=false&tailLines=99999999".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lines"].as_array().unwrap().len(), 20);
+    // Without credentials: 401.
+    let resp = client.get(format!("{}/namespaces/team-a/pods/debug/logs", server.base)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_json_download_previous_and_containers() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}/namespaces/team-a/pods/{p}", server.base);
+    // JSON one-shot with tail.
+    let body: serde_json::Value = client
+        .get(format!("{}/logs?follow=false&tailLines=5", url("debug")))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lines = body["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0]["line"].as_str().unwrap().starts_with("seq=16 "), "{}", lines[0]);
+    assert!(lines[4]["id"].as_str().unwrap().contains('~'));
+    // Plain-text download with timestamps and Content-Disposition.
+    let resp = client
+        .get(format!("{}/logs?follow=false&download=true&timestamps=true&tailLines=3", url("debug")))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(resp.headers()["content-disposition"], "attachment; filename=\"team-a_debug_debug.log\"");
+    let text = resp.text().await.unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.lines().all(|l| l.len() > 31 && l.as_bytes()[4] == b'-' && l.contains(" seq=")), "{text}");
+    // previous=true on a restarted container.
+    let body: serde_json::Value = client
+        .get(format!("{}/logs?follow=false&previous=true&tailLines=100", url("crashy")))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lines = body["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 11, "{body}");
+    assert!(lines[10]["line"].as_str().unwrap().contains("panic: simulated crash"));
+    // Default container from the annotation; explicit init container; grep.
+    let body: serde_json::Value = client
+        .get(format!("{}/logs?follow=false&grep=level%3Derror", url("multi")))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["container"], "app");
+    assert_eq!(body["lines"].as_array().unwrap().len(), 2, "{body}");
+    let body: serde_json::Value = client
+        .get(format!("{}/logs?follow=false&container=init-config&grepExclude=seq", url("multi")))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["container"], "init-config");
+    assert_eq!(body["lines"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_followed_without_loss_and_deletion_ends_the_stream() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let pod = unique("rotate");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs?since={since}", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    let total = 3_000;
+    let mut gen_ = loggen(env, &path, &pod, total, 2_000, &["--rotate-every", "700"]);
+    let mut next = 1;
+    while next <= total {
+        let event = sse.next(Duration::from_secs(20)).await.expect("stream ended early");
+        if event.event == "log" {
+            let (seq, _) = seq_of(event.data["line"].as_str().unwrap());
+            assert_eq!(seq, next, "rotation lost or repeated a line");
+            next += 1;
+        }
+    }
+    gen_.wait().unwrap();
+    env.kubectl(&["-n", "team-a", "delete", "pod", &pod, "--grace-period=0", "--force", "--wait=false"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no final status after deletion");
+        let Some(event) = sse.next(Duration::from_secs(30)).await else { panic!("stream ended without a final status") };
+        if event.event == "status" && event.data["state"] == "ended" {
+            assert_eq!(event.data["reason"], "deleted", "{:?}", event.data);
+            assert_eq!(event.data["pod"], pod.as_str());
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_a_final_status() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let url = format!("{}/namespaces/team-a/pods/debug/logs?tailLines=1", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    let mut saw_line = false;
+    while !saw_line {
+        saw_line = sse.next(Duration::from_secs(10)).await.unwrap().event == "log";
+    }
+    server.state.shutdown.cancel();
+    let last = sse.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((last.event.as_str(), last.data["state"].as_str(), last.data["reason"].as_str()), ("status", Some("ended"), Some("shutdown")));
+    assert!(sse.next(Duration::from_secs(5)).await.is_none(), "the stream ends after the final status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_stream_merges_pods_and_picks_up_new_pods() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let app = unique("app");
+    let (uid, pods) = create_app(env, "team-a", &app, 2);
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let url = format!("{}/namespaces/team-a/apps/{app}/logs?since={since}", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    for (pod, path) in &pods {
+        loggen(env, path, pod, 100, 500, &[]).wait().unwrap();
+    }
+    let (new_pod, new_path) = add_app_pod(env, "team-a", &app, &uid, 2);
+    loggen(env, &new_path, &new_pod, 100, 500, &[]).wait().unwrap();
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.len() < 3 || next.values().any(|n| *n <= 100) {
+        assert!(Instant::now() < deadline, "missing lines: {next:?}");
+        let e = sse.next(Duration::from_secs(20)).await.unwrap();
+        if e.event != "log" {
+            continue;
+        }
+        let (seq, src) = seq_of(e.data["line"].as_str().unwrap());
+        assert_eq!(e.data["pod"].as_str().unwrap(), src, "each line carries its pod");
+        assert_eq!(e.data["container"], "app");
+        let n = next.entry(src.clone()).or_insert(1);
+        assert_eq!(seq, *n, "source {src}");
+        *n += 1;
+    }
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# A newcomer's demo: start the testenv (real kube-apiserver + KWOK + Keycloak), run kubelens on
+# the embedded default storage (sqlite) against it with the backend's ServiceAccount, keep the
+# seeded app `team-a/web` logging, and print a ready-to-paste `curl -N` with a real Keycloak
+# token that live-tails the app's merged logs.
+#
+#   scripts/demo.sh            (or: make demo)      Ctrl-C stops everything it started.
+#
+# Environment: DEMO_DIR (default target/demo), DEMO_PORT (default: a free port),
+# DEMO_RATE (lines/s per pod, default 2), KUBELENS_RELEASE=1 to build in release mode.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEMO_DIR="${DEMO_DIR:-$ROOT/target/demo}"
+TESTENV_DIR="$DEMO_DIR/testenv"
+RATE="${DEMO_RATE:-2}"
+mkdir -p "$DEMO_DIR"
+
+say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PIDS=()
+STARTED_TESTENV=0
+cleanup() {
+    set +e
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "$STARTED_TESTENV" = 1 ]; then "$ROOT/testenv/down" "$TESTENV_DIR" >/dev/null 2>&1; fi
+    say "stopped"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 1. testenv (reused when one is already running in $TESTENV_DIR).
+if [ -f "$TESTENV_DIR/env" ] && \
+   curl -sfk "$(grep '^TESTENV_APISERVER_URL=' "$TESTENV_DIR/env" | cut -d= -f2-)/readyz" \
+        -H "Authorization: Bearer $(grep '^TESTENV_ADMIN_TOKEN=' "$TESTENV_DIR/env" | cut -d= -f2-)" >/dev/null 2>&1; then
+    say "reusing the testenv in $TESTENV_DIR"
+else
+    say "starting the testenv in $TESTENV_DIR (first run builds Kubernetes from source: ~15 min; later runs ~1 min)"
+    "$ROOT/testenv/up" "$TESTENV_DIR" --quiet
+    STARTED_TESTENV=1
+fi
+set -a
+# shellcheck disable=SC1091
+. "$TESTENV_DIR/env"
+set +a
+
+# 2. kubelens: sqlite storage, the ServiceAccount's kubeconfig, Keycloak of the testenv.
+PROFILE_FLAG=""; PROFILE_DIR=debug
+if [ "${KUBELENS_RELEASE:-0}" = 1 ]; then PROFILE_FLAG="--release"; PROFILE_DIR=release; fi
+say "building kubelens ($PROFILE_DIR)"
+(cd "$ROOT" && cargo build -q $PROFILE_FLAG -p kubelens-salvo --bin kubelens)
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET_DIR/$PROFILE_DIR/kubelens"
+
+cat > "$DEMO_DIR/sa-kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: $TESTENV_APISERVER_URL
+    certificate-authority: $TESTENV_APISERVER_CA
+users:
+- name: kubelens
+  user:
+    token: $TESTENV_SA_TOKEN
+contexts:
+- name: testenv
+  context: {cluster: testenv, user: kubelens}
+current-context: testenv
+EOF
+chmod 600 "$DEMO_DIR/sa-kubeconfig"
+PORT="${DEMO_PORT:-$(free_port)}"
+cat > "$DEMO_DIR/config.yaml" <<EOF
+server:
+  listen: 127.0.0.1:$PORT
+auth:
+  keycloak_url: $TESTENV_KEYCLOAK_URL
+  realm: ${TESTENV_REALM:-kubelens}
+  client_id: ${TESTENV_BACKEND_CLIENT_ID:-kubelens}
+  allowed_groups: [k8s-logs-access]
+kubernetes:
+  kubeconfig: $DEMO_DIR/sa-kubeconfig
+namespaces:
+  allowed: [team-a, team-b]
+storage:
+  backend: sqlite
+  sqlite:
+    path: $DEMO_DIR/kubelens.db
+EOF
+say "starting kubelens on 127.0.0.1:$PORT (log: $DEMO_DIR/kubelens.log)"
+KUBELENS_LOG_FORMAT=pretty "$BIN" --config "$DEMO_DIR/config.yaml" >"$DEMO_DIR/kubelens.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 120); do
+    if curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "${PIDS[0]}" 2>/dev/null; then say "kubelens exited:"; tail -20 "$DEMO_DIR/kubelens.log" >&2; exit 1; fi
+    sleep 0.5
+done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || say "warning: /readyz is not 200 yet (see $DEMO_DIR/kubelens.log)"
+
+# 3. Keep the seeded app team-a/web logging (one generator per pod).
+for pod in $(kubectl --kubeconfig "$TESTENV_KUBECONFIG" -n team-a get pods -l app=web -o name | sed 's|pod/||'); do
+    "$TESTENV_LOGGEN" --file "$TESTENV_LOG_DIR/team-a/$pod/app.log" --count 0 --rate "$RATE" \
+        --src "$pod" --start-seq 1000 --quiet &
+    PIDS+=($!)
+done
+
+# 4. A real token (user viewer, group /k8s-logs-access) and the command.
+token() {
+    curl -sf "$TESTENV_KEYCLOAK_URL/realms/${TESTENV_REALM:-kubelens}/protocol/openid-connect/token" \
+        -d grant_type=password -d client_id="${TESTENV_WEB_CLIENT_ID:-kubelens-web}" \
+        -d username=viewer -d password="${TESTENV_USER_VIEWER_PASSWORD:-viewer-pw}" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+TOKEN="$(token)"
+cat <<EOF
+
+  KubeLens is running on http://127.0.0.1:$PORT (storage: sqlite $DEMO_DIR/kubelens.db).
+  The seeded app team-a/web (3 pods) is logging $RATE lines/s per pod. Paste:
+
+curl -N -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/namespaces/team-a/apps/web/logs?tailLines=5"
+
+  More: .../pods/web-7d9f8b6c5d-x2k4p/logs?follow=false   .../pods/crashy/logs?previous=true
+  The token expires in a few minutes; a new one:
+    curl -s $TESTENV_KEYCLOAK_URL/realms/${TESTENV_REALM:-kubelens}/protocol/openid-connect/token -d grant_type=password \\
+      -d client_id=${TESTENV_WEB_CLIENT_ID:-kubelens-web} -d username=viewer -d password=viewer-pw | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 
+  Ctrl-C stops kubelens, the generators$( [ "$STARTED_TESTENV" = 1 ] && echo " and the testenv").
+
+EOF
+wait "${PIDS[0]}"
