@@ -223,8 +223,28 @@ impl PostgresStore {
     ) -> Result<AppendOutcome, StorageError> {
         validate_append(key, meta, lines, &self.limits)?;
         let meta_json = serde_json::to_string(meta).map_err(|e| StorageError::Invalid(e.to_string()))?;
-        let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(sqlx_error)?;
+        match self.append_in_tx(&mut tx, key, &meta_json, lines).await {
+            Ok(outcome) => {
+                tx.commit().await.map_err(sqlx_error)?;
+                Ok(outcome)
+            }
+            Err(err) => {
+                // Explicit, so the connection is clean before it returns to the pool.
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn append_in_tx(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        key: &SourceKey,
+        meta_json: &str,
+        lines: &[ArchivedLine],
+    ) -> Result<AppendOutcome, StorageError> {
+        let now = now_ms();
         let row = sqlx::query(
             "INSERT INTO kubelens_log_sources (namespace, pod, pod_uid, container, instance, meta, created_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -236,7 +256,7 @@ impl PostgresStore {
         .bind(&key.pod_uid)
         .bind(&key.container)
         .bind(i64::from(key.instance))
-        .bind(&meta_json)
+        .bind(meta_json)
         .bind(now)
         .fetch_one(&mut *tx)
         .await
@@ -317,7 +337,6 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(sqlx_error)?;
-        tx.commit().await.map_err(sqlx_error)?;
         Ok(AppendOutcome { inserted: fit as u64, duplicates, dropped: dropped as u64 })
     }
 

@@ -16,13 +16,41 @@ use kubelens_core::storage::{
     StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps, now_ms,
     validate_append, validate_query, validate_subject,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnection, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::sqlx_error;
 
 /// Rows per multi-row INSERT: 5 bound values each stays far below sqlite's variable limit.
 const INSERT_CHUNK: usize = 400;
+
+/// Starts a write transaction that holds sqlite's write lock from the start.
+///
+/// Transactions are driven with plain `BEGIN IMMEDIATE` / `COMMIT` / `ROLLBACK` statements
+/// (not sqlx's `Transaction`) so that a failed commit (disk full, I/O error) is rolled back
+/// right here, and a connection whose state is unknown is closed instead of going back to
+/// the pool: otherwise the next write on that pooled connection would fail too.
+async fn begin_immediate(conn: &mut SqliteConnection) -> Result<(), StorageError> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(sqlx_error)?;
+    Ok(())
+}
+
+/// Commits on success, rolls back on failure (closing the connection if even that fails).
+async fn finish<T>(
+    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    result: Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let result = match result {
+        Ok(value) => sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| value).map_err(sqlx_error),
+        Err(err) => Err(err),
+    };
+    if result.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+        // "no transaction is active" after sqlite already rolled back is harmless; anything
+        // else leaves the connection in an unknown state. Either way: do not reuse it.
+        let _ = sqlx::Connection::close(conn.detach()).await;
+    }
+    result
+}
 
 /// sqlite-backed sessions and archive; cheap to clone (pooled).
 #[derive(Debug, Clone)]
@@ -50,7 +78,11 @@ impl SqliteStore {
             .await
             .map_err(sqlx_error)?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| sqlx_error(e.into()))?;
-        Ok(Self { pool, limits })
+        let store = Self { pool, limits };
+        // sqlite silently opens an unwritable file read-only; fail here, clearly, instead of
+        // on the first user write.
+        store.ping_db().await?;
+        Ok(store)
     }
 
     async fn current_version(&self, subject: &str, now: i64) -> Result<Option<Version>, StorageError> {
@@ -202,8 +234,20 @@ impl SqliteStore {
     ) -> Result<AppendOutcome, StorageError> {
         validate_append(key, meta, lines, &self.limits)?;
         let meta_json = serde_json::to_string(meta).map_err(|e| StorageError::Invalid(e.to_string()))?;
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        begin_immediate(&mut conn).await?;
+        let result = self.append_in_tx(&mut conn, key, &meta_json, lines).await;
+        finish(conn, result).await
+    }
+
+    async fn append_in_tx(
+        &self,
+        tx: &mut SqliteConnection,
+        key: &SourceKey,
+        meta_json: &str,
+        lines: &[ArchivedLine],
+    ) -> Result<AppendOutcome, StorageError> {
         let now = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(sqlx_error)?;
         let row = sqlx::query(
             "INSERT INTO kubelens_log_sources (namespace, pod, pod_uid, container, instance, meta, created_at_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -215,7 +259,7 @@ impl SqliteStore {
         .bind(&key.pod_uid)
         .bind(&key.container)
         .bind(i64::from(key.instance))
-        .bind(&meta_json)
+        .bind(meta_json)
         .bind(now)
         .fetch_one(&mut *tx)
         .await
@@ -297,7 +341,6 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(sqlx_error)?;
-        tx.commit().await.map_err(sqlx_error)?;
         Ok(AppendOutcome { inserted: fit as u64, duplicates, dropped: dropped as u64 })
     }
 
@@ -397,8 +440,14 @@ impl SqliteStore {
     }
 
     async fn archive_purge(&self) -> Result<u64, StorageError> {
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        begin_immediate(&mut conn).await?;
+        let result = Self::purge_in_tx(&mut conn).await;
+        finish(conn, result).await
+    }
+
+    async fn purge_in_tx(tx: &mut SqliteConnection) -> Result<u64, StorageError> {
         let now = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(sqlx_error)?;
         sqlx::query(
             "DELETE FROM kubelens_log_lines WHERE source_id IN \
              (SELECT id FROM kubelens_log_sources WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1)",
@@ -414,7 +463,6 @@ impl SqliteStore {
                 .await
                 .map_err(sqlx_error)?
                 .rows_affected();
-        tx.commit().await.map_err(sqlx_error)?;
         Ok(removed)
     }
 
