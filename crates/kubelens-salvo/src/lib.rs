@@ -11,6 +11,7 @@ pub mod health;
 pub mod inspect;
 pub mod logs;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod session;
 pub mod sse;
@@ -30,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .hoop(affix_state::inject(state))
         .push(Router::with_path("healthz").get(health::healthz))
         .push(Router::with_path("readyz").get(health::readyz))
+        // Documentation needs no token: mounted before the authenticated api/v1 tree.
+        .push(Router::with_path("api/v1/openapi.json").get(openapi::openapi_json))
         // Every /api/v1 route is behind the auth hoop; handlers get the caller through
         // `auth::principal(depot)`.
         .push(
