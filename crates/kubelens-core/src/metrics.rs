@@ -29,6 +29,10 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Mirrors a monotonic count kept by a subsystem (pulled at scrape time).
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
 }
 
 /// A value that goes up and down (open streams, sync state).
@@ -152,8 +156,8 @@ pub struct MetricsInner {
     pub streams_rejected: CounterVec,
     /// Authentication failures by reason.
     pub auth_failures: CounterVec,
-    /// JWKS fetches by result (`ok`, `error`).
-    pub jwks_refreshes: CounterVec,
+    /// JWKS fetches attempted (mirrored from the authenticator at scrape time).
+    pub jwks_fetches: Counter,
     /// Watch caches synced (1) or not (0), by resource.
     pub cache_synced: CounterVec,
     /// Kubernetes API requests made by the backend (rate-limited client).
@@ -226,7 +230,7 @@ impl Metrics {
         counter(&mut out, "lagged_viewers_total", "Viewers cut loose because their queue was full (they resume without loss).", m.lagged_viewers.get());
         family(&mut out, "streams_rejected_total", "counter", "Streams refused by admission control (429).", &["limit"], &m.streams_rejected);
         family(&mut out, "auth_failures_total", "counter", "Authentication failures by reason.", &["reason"], &m.auth_failures);
-        family(&mut out, "jwks_refreshes_total", "counter", "JWKS fetches by result.", &["result"], &m.jwks_refreshes);
+        counter(&mut out, "jwks_fetches_total", "JWKS fetches attempted (startup, refresh, unknown key ids).", m.jwks_fetches.get());
         family(&mut out, "cache_synced", "gauge", "Watch cache synced (1) or not (0).", &["resource"], &m.cache_synced);
         counter(&mut out, "kube_api_requests_total", "Kubernetes API requests made by the backend.", m.kube_api_requests.get());
         family(&mut out, "storage_errors_total", "counter", "Storage errors by operation.", &["operation"], &m.storage_errors);

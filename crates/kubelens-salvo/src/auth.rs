@@ -93,6 +93,7 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
             depot.insert_typed(principal);
         }
         Err(err) => {
+            state.metrics.auth_failures.inc(&[err.reason()]);
             if err.kind() == AuthFailureKind::Forbidden {
                 tracing::info!(reason = err.reason(), "request refused: no allowed group");
             } else {

@@ -18,6 +18,13 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) {
         res.status_code(StatusCode::SERVICE_UNAVAILABLE);
         return;
     };
+    // Subsystems keep their own counts; mirror them at scrape time (pull model), so no hot
+    // path needs a metrics handle.
+    state.metrics.jwks_fetches.set(state.auth.jwks_fetch_count());
+    if let Some(cluster) = &state.cluster {
+        state.metrics.kube_api_requests.set(cluster.api_requests().total);
+        state.metrics.set_cache_synced("all", cluster.is_synced());
+    }
     let body = state.metrics.render_prometheus();
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
