@@ -102,7 +102,7 @@ async fn the_overlay_applies_and_kubelens_serves_every_endpoint_with_its_service
         (get.clone(), "/readyz".into(), 200),
         (get.clone(), "/api/v1/openapi.json".into(), 200),
         (get.clone(), "/api/v1/me".into(), 200),
-        (Method::POST, "/api/v1/stream-tickets".into(), 200),
+        (Method::POST, "/api/v1/stream-tickets".into(), 201),
         (get.clone(), "/api/v1/session".into(), 200),
         (Method::DELETE, "/api/v1/session".into(), 204),
         (get.clone(), "/api/v1/namespaces".into(), 200),

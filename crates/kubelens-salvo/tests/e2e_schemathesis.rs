@@ -61,5 +61,6 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     // It really exercised the API (not an empty run).
     let junit = std::fs::read_to_string(&report).unwrap();
     assert!(junit.contains("testcase"), "{junit}");
-    assert!(stdout.contains("GET /api/v1/namespaces"), "{stdout}");
+    assert!(junit.contains("/api/v1/namespaces/{ns}/pods/{name}/details"), "{junit}");
+    assert!(stdout.contains("passed"), "{stdout}");
 }
