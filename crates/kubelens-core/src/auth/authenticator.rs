@@ -276,6 +276,12 @@ impl Authenticator {
         outcome.result()
     }
 
+    /// Forgets every cached validation outcome, so the next request of each token is fully
+    /// validated again (e.g. after withdrawing a compromised key from Keycloak).
+    pub fn clear_cache(&self) {
+        self.inner.cache.invalidate_all();
+    }
+
     /// Starts the background task that loads discovery and keys (retrying with backoff while
     /// Keycloak is unreachable, reporting through `check`) and then refreshes the JWKS every
     /// `jwks_refresh_interval`. The task stops when the returned guard or every clone of this

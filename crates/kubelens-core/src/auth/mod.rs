@@ -33,3 +33,6 @@ pub use tickets::{StreamTickets, TICKET_CAPACITY};
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests_source;

@@ -19,3 +19,25 @@ pub struct Principal {
     /// Token expiry (seconds since the Unix epoch); long streams end a grace period after it.
     pub expires_at: i64,
 }
+
+impl Principal {
+    /// When a long-lived stream opened with this principal must end (seconds since the Unix
+    /// epoch): the token's expiry plus `grace` (`auth.stream_token_grace`). SSE streams cannot
+    /// re-authenticate mid-stream, so this bounds how long one outlives its token.
+    pub fn stream_deadline(&self, grace: std::time::Duration) -> i64 {
+        self.expires_at.saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_deadline_adds_the_grace_and_saturates() {
+        let mut p = Principal { subject: "s".into(), username: "u".into(), groups: vec![], is_admin: false, expires_at: 1_000 };
+        assert_eq!(p.stream_deadline(std::time::Duration::from_secs(300)), 1_300);
+        p.expires_at = i64::MAX - 1;
+        assert_eq!(p.stream_deadline(std::time::Duration::from_secs(300)), i64::MAX);
+    }
+}
