@@ -49,10 +49,11 @@ pub fn accepts_ticket(method: &Method, path: &str) -> bool {
     }
     let Some(rest) = path.strip_prefix("/api/v1/") else { return false };
     let segments: Vec<&str> = rest.split('/').collect();
-    matches!(
-        segments.as_slice(),
-        ["namespaces", ns, "pods" | "apps", name, "logs"] if !ns.is_empty() && !name.is_empty()
-    ) || matches!(segments.as_slice(), ["namespaces", ns, "pods", "watch"] if !ns.is_empty())
+    match segments.as_slice() {
+        ["namespaces", ns, "pods" | "apps", name, "logs"] => !ns.is_empty() && !name.is_empty(),
+        ["namespaces", ns, "pods", "watch"] => !ns.is_empty(),
+        _ => false,
+    }
 }
 
 /// The `Authorization: Bearer` token: `Ok(None)` when there is no such header,
