@@ -18,6 +18,10 @@ use serde_json::{Value, json};
 
 const BASE: &str = "http://127.0.0.1:5800";
 
+/// The rotation test adds and then deletes a realm key; the other tests hold this too so none
+/// of their tokens is signed by a key deleted under them.
+static REALM_KEYS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The backend's view of the testenv realm: client `kubelens`; the CLI client's default-shape
 /// tokens (`azp=kubelens-cli`, no `kubelens` audience) are accepted through `trusted_clients`.
 fn auth_config(env: &TestEnv, trust_cli: bool) -> AuthConfig {
@@ -35,10 +39,10 @@ fn auth_config(env: &TestEnv, trust_cli: bool) -> AuthConfig {
 async fn service(env: &TestEnv, trust_cli: bool) -> (Service, Authenticator) {
     let config = Config { auth: auth_config(env, trust_cli), ..Config::default() };
     let auth = Authenticator::new(&config.auth).unwrap();
-    let readiness = Readiness::new();
-    let _task = auth.spawn_key_refresh(readiness.register("oidc", "starting"));
+    // Keys loaded once up front (the background refresh loop is covered by the stub-server
+    // tests); fetch counts below are then exact.
     assert!(auth.load_keys().await, "discovery + JWKS from the real Keycloak");
-    let state = AppState::new(config, readiness).with_auth(auth.clone());
+    let state = AppState::new(config, Readiness::new()).with_auth(auth.clone());
     (kubelens_salvo::service(state), auth)
 }
 
@@ -58,6 +62,7 @@ async fn me(svc: &Service, token: Option<&str>) -> (StatusCode, Value) {
 #[tokio::test]
 async fn each_real_user_gets_the_expected_status() {
     let Some(env) = TestEnv::e2e() else { return };
+    let _realm_keys = REALM_KEYS.lock().await;
     let (svc, _) = service(env, true).await;
     let (cli, web) = (env.cli_client_id.as_str(), env.web_client_id.as_str());
     for (client, user, want, admin) in [
@@ -85,6 +90,7 @@ async fn each_real_user_gets_the_expected_status() {
 #[tokio::test]
 async fn id_refresh_and_tampered_tokens_are_401() {
     let Some(env) = TestEnv::e2e() else { return };
+    let _realm_keys = REALM_KEYS.lock().await;
     let (svc, auth) = service(env, true).await;
     let grant = env.try_password_token(&env.cli_client_id, "viewer").await.unwrap();
     let id_token = grant.id_token.expect("scope=openid yields an ID token");
@@ -106,6 +112,7 @@ async fn id_refresh_and_tampered_tokens_are_401() {
 #[tokio::test]
 async fn audience_rule_matches_both_real_token_shapes() {
     let Some(env) = TestEnv::e2e() else { return };
+    let _realm_keys = REALM_KEYS.lock().await;
     // Without trusting the CLI client, its default-shape tokens (azp=kubelens-cli, no
     // `kubelens` audience) are refused, while the web client's audience-mapped tokens pass.
     let (svc, auth) = service(env, false).await;
@@ -127,6 +134,7 @@ fn kid_of(token: &str) -> String {
 #[tokio::test]
 async fn a_key_rotated_in_keycloak_is_accepted_without_restart() {
     let Some(env) = TestEnv::e2e() else { return };
+    let _realm_keys = REALM_KEYS.lock().await;
     let (svc, auth) = service(env, true).await;
     let kc = env.keycloak_url.clone().unwrap();
     let http = reqwest::Client::new();
