@@ -132,18 +132,47 @@ impl NamespaceCaches {
 
     /// Summary of a pod if the policy lets the caller see it.
     fn visible_pod(&self, policy: &AccessPolicy, pod: &Pod, now: chrono::DateTime<Utc>) -> Option<PodSummary> {
+        self.visible_pod_memo(policy, pod, now, &mut HashMap::new())
+    }
+
+    /// [`NamespaceCaches::visible_pod`] with the visibility of each owning app computed once
+    /// per list (thousands of pods share a handful of apps).
+    fn visible_pod_memo(
+        &self,
+        policy: &AccessPolicy,
+        pod: &Pod,
+        now: chrono::DateTime<Utc>,
+        apps: &mut HashMap<OwnerApp, bool>,
+    ) -> Option<PodSummary> {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
         let owner = summary::resolve_owner(pod, self);
-        let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let owner_labels = owner.as_ref().map(|app| self.app_labels(app));
-        let visible = policy.pod_visible(name, &pod_labels, owner.as_ref().zip(owner_labels.as_ref()));
-        visible.then(|| summary::pod_summary(pod, owner, now))
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
+        // The pod's own checks; its app is checked below (through the memo).
+        if !policy.pod_visible(name, labels, None) {
+            return None;
+        }
+        if let Some(app) = &owner {
+            let app_visible = match apps.get(app) {
+                Some(visible) => *visible,
+                None => {
+                    let visible = policy.app_visible(&app.name, &self.app_labels(app));
+                    apps.insert(app.clone(), visible);
+                    visible
+                }
+            };
+            if !app_visible {
+                return None;
+            }
+        }
+        Some(summary::pod_summary(pod, owner, now))
     }
 
     fn visible_pods(&self, policy: &AccessPolicy) -> Vec<PodSummary> {
         let now = Utc::now();
+        let mut apps = HashMap::new();
         let mut pods: Vec<PodSummary> =
-            self.pods.state().iter().filter_map(|pod| self.visible_pod(policy, pod, now)).collect();
+            self.pods.state().iter().filter_map(|pod| self.visible_pod_memo(policy, pod, now, &mut apps)).collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
         pods
     }
