@@ -7,7 +7,7 @@
 //! of the app, joined and left as pods come and go. The contract is documented in
 //! `docs/logs.md`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::BoxFuture;
-use futures::stream::{BoxStream, SelectAll};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kubelens_core::auth::Principal;
@@ -24,9 +24,10 @@ use kubelens_core::logs::admission::{AdmissionError, StreamAdmission};
 use kubelens_core::logs::grep::LineFilter;
 use kubelens_core::logs::hub::{HubEvent, LogHub, ResumePoint};
 use kubelens_core::logs::json::write_line_json;
-use kubelens_core::logs::{LogLine, LogSource, SourceCursor};
+use kubelens_core::logs::merge::{AppLogMerge, MergeConfig, MergedEvent};
+use kubelens_core::logs::{AppLogId, LogLine, LogSource, SourceCursor};
 use kubelens_core::logs::upstream::{
-    ContainerProbe, LinePosition, PodLogUpstream, RawLine, SourceKey, SourceState, SourceStatus, StartAt,
+    ContainerProbe, LinePosition, PodLogUpstream, SourceKey, SourceState, SourceStatus, StartAt,
     StatusReason, UpstreamEvent, UpstreamOptions, probe_pod,
 };
 use salvo::http::header::{ACCEPT, CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue};
@@ -74,6 +75,8 @@ pub struct LogService {
     pub targets: Arc<dyn LogTargets>,
     /// Fan-out: one upstream per (pod, container, previous) however many viewers.
     pub hub: LogHub,
+    /// The log-stream client (long read timeout).
+    client: kube::Client,
 }
 
 impl fmt::Debug for LogService {
@@ -170,6 +173,55 @@ impl LogTargets for ApiLogTargets {
             Ok((!members.is_empty() || owners.values().any(|t| *t == app)).then_some(members))
         }
         .boxed()
+    }
+}
+
+/// [`LogTargets`] over the discovery watch cache and the access policy: a pod or app hidden
+/// by the allowlist or the filters is `None` (404), exactly like a missing one.
+#[derive(Debug, Clone)]
+pub struct ClusterLogTargets {
+    cluster: kubelens_core::cluster::Cluster,
+    policy: Arc<kubelens_core::policy::AccessPolicy>,
+}
+
+impl ClusterLogTargets {
+    /// Lookups in `cluster` under `policy`.
+    pub fn new(cluster: kubelens_core::cluster::Cluster, policy: Arc<kubelens_core::policy::AccessPolicy>) -> Self {
+        Self { cluster, policy }
+    }
+
+    fn lookup<T>(
+        &self,
+        namespace: &str,
+        f: impl FnOnce(&kubelens_core::policy::AllowedNamespace) -> Result<T, kubelens_core::cluster::ClusterError>,
+    ) -> Result<Option<T>, ApiError> {
+        use kubelens_core::cluster::ClusterError;
+        let Ok(ns) = self.policy.namespace(namespace) else { return Ok(None) };
+        match f(&ns) {
+            Ok(value) => Ok(Some(value)),
+            Err(ClusterError::Access(kubelens_core::policy::AccessError::NotFound { .. })) => Ok(None),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+impl LogTargets for ClusterLogTargets {
+    fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>> {
+        let result = self.lookup(namespace, |ns| self.cluster.pod_object(&self.policy, ns, name)).map(|p| p.map(|p| (*p).clone()));
+        futures::future::ready(result).boxed()
+    }
+
+    fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>> {
+        let result = self.lookup(namespace, |ns| self.cluster.app(&self.policy, ns, app, None)).map(|detail| {
+            detail.map(|d| {
+                d.pods
+                    .into_iter()
+                    .filter(|p| p.deletion_timestamp.is_none())
+                    .map(|p| AppPod { name: p.name, containers: p.containers.into_iter().map(|c| c.name).collect() })
+                    .collect()
+            })
+        });
+        futures::future::ready(result).boxed()
     }
 }
 
@@ -364,15 +416,6 @@ fn path_names(req: &Request) -> Result<(String, String), ApiError> {
 // ---- wire formats ---------------------------------------------------------------------------
 
 #[derive(Serialize)]
-struct LineData<'a> {
-    ts: String,
-    pod: &'a str,
-    container: &'a str,
-    line: &'a str,
-    truncated: bool,
-}
-
-#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StatusData<'a> {
     state: SourceState,
@@ -381,17 +424,6 @@ struct StatusData<'a> {
     reason: StatusReason,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
-}
-
-fn line_frame(id: String, pod: &str, container: &str, line: &RawLine) -> SseFrame {
-    let data = LineData {
-        ts: line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true),
-        pod,
-        container,
-        line: &line.text,
-        truncated: line.truncated,
-    };
-    SseFrame::json("log", Some(id), &data)
 }
 
 fn log_line_frame(line: &LogLine) -> SseFrame {
@@ -618,19 +650,12 @@ async fn one_shot(
 
 // ---- app logs --------------------------------------------------------------------------------
 
-/// An app stream's item before rendering.
-enum AppItem {
-    Line(String, String, RawLine),
-    Status(String, String, SourceStatus),
-    /// Re-read the app's pods.
-    Refresh,
-}
-
 /// `GET /api/v1/namespaces/{ns}/apps/{name}/logs`.
 ///
-/// Sources join when a pod appears (the app's pods are re-read every second) and leave when
-/// theirs ends. A source that cannot get an upstream slot gets a `status` event (`ended`,
-/// `too_many_streams`) instead of failing the whole stream.
+/// Every source goes through the hub and into an [`AppLogMerge`] (timestamp order within the
+/// watermark, exact resume ids). Sources join when a pod appears (the app's pods are re-read
+/// every second) and leave when theirs ends. A source that cannot get an upstream slot gets a
+/// `status` event (`ended`, `too_many_streams`) instead of failing the whole stream.
 #[handler]
 pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let who = principal(depot)?;
@@ -641,41 +666,56 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         return Err(ApiError::not_found("app"));
     }
     let logs = &app_state.config.logs;
-    let query = LogQuery::parse(req, logs)?;
-    if query.previous {
+    if query_str(req, "previous").is_some_and(|v| v == "true" || v == "1") {
         return Err(ApiError::bad_request("`previous` is only supported on pod log streams"));
     }
+    // App ids differ from pod ids: parse them here, and keep the pod parser for the rest.
+    let bad_id = |e: kubelens_core::logs::LogError| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_event_id", e.to_string());
+    let resume_text = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query_str(req, "lastEventId"))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let resume = resume_text.as_deref().map(AppLogId::parse).transpose().map_err(bad_id)?;
+    if resume.is_some() {
+        req.headers_mut().remove("last-event-id");
+        req.queries_mut().remove("lastEventId");
+    }
+    let query = LogQuery::parse(req, logs)?;
     let pods = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
     let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e))?;
-    // The first source must be admissible, or the request is a 429 rather than a stream of
-    // `too_many_streams` statuses.
-    let first_permit = if pods.iter().any(|p| !p.containers.is_empty()) {
-        Some(service.admission.try_upstream().map_err(|e| admission_error(&e))?)
-    } else {
-        None
-    };
     tracing::info!(namespace = %ns, app = %app, pods = pods.len(), "app log stream opened");
+    let start = match (&resume, query.start) {
+        (Some(_), _) => None,
+        (None, StartAt::Since(ts)) => Some(ResumePoint::After(SourceCursor::from_time(ts.into()))),
+        (None, other) => Some(resume_point(other)),
+    };
     let mut run = AppRun {
-        merged: SelectAll::new(),
-        joined: HashSet::new(),
+        merge: AppLogMerge::new(MergeConfig::from_logs(logs), resume),
+        joined: HashMap::new(),
         service,
         ns,
         app: app.clone(),
         options: upstream_options(logs, &query),
+        first_start: start,
         refreshing: None,
         filter: query.filter.clone(),
-        spare_permit: first_permit,
+        follow: query.follow,
+        ticker: tokio::time::interval(APP_POLL_INTERVAL),
+        admitted_any: false,
+        refused_any: false,
     };
+    run.ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     run.join(&pods);
-    // Pods that join later are read from their beginning: they started after the stream.
-    run.options.start = StartAt::Beginning;
-    if query.follow {
-        let ticker = futures::stream::unfold((), |()| async {
-            tokio::time::sleep(APP_POLL_INTERVAL).await;
-            Some((AppItem::Refresh, ()))
-        });
-        run.merged.push(ticker.boxed());
+    if run.refused_any && !run.admitted_any {
+        return Err(ApiError::too_many_streams(
+            AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }.to_string(),
+        ));
     }
+    // Pods that join later started after the stream: read them from their beginning.
+    run.first_start = Some(ResumePoint::Beginning);
     let frames = futures::stream::unfold(run, |mut run| async move {
         let frame = run.next_frame().await?;
         Some((frame, run))
@@ -686,51 +726,82 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     Ok(())
 }
 
+/// Marks a re-opened source as catching up: until it delivers, the merge must not let the
+/// frontier imply that its lines were sent (the re-open can take longer than the watermark).
+fn resuming(stream: BoxStream<'static, HubEvent>) -> BoxStream<'static, HubEvent> {
+    let status = SourceStatus::new(SourceState::Reconnecting, StatusReason::Resuming);
+    futures::stream::iter([HubEvent::Status(status)]).chain(stream).boxed()
+}
+
 type PodsFuture = BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>>;
 
 /// State of one app stream.
 struct AppRun {
-    merged: SelectAll<BoxStream<'static, AppItem>>,
-    joined: HashSet<(String, String)>,
+    merge: AppLogMerge<SourceKey>,
+    joined: HashMap<SourceKey, Arc<LogSource>>,
     service: LogService,
     ns: String,
     app: String,
     options: UpstreamOptions,
+    /// Start of sources without a resume cursor.
+    first_start: Option<ResumePoint>,
     refreshing: Option<PodsFuture>,
     filter: LineFilter,
-    spare_permit: Option<kubelens_core::logs::admission::UpstreamPermit>,
+    follow: bool,
+    ticker: tokio::time::Interval,
+    admitted_any: bool,
+    refused_any: bool,
 }
 
 impl AppRun {
+    /// Subscribes `key` through the hub (a new upstream needs a slot) from `from`.
+    fn subscribe(&mut self, key: &SourceKey, from: ResumePoint) -> BoxStream<'static, HubEvent> {
+        let permit = self.service.admission.try_upstream();
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused_in_opener = Arc::clone(&refused);
+        let upstream = self.service.upstream.clone();
+        let mut options = self.options.clone();
+        let open_key = key.clone();
+        let sub = self.service.hub.subscribe(key.clone(), from, move |start| match permit {
+            Ok(permit) => {
+                options.start = start;
+                upstream.stream(open_key, options, Some(permit))
+            }
+            Err(_) => {
+                refused_in_opener.store(true, std::sync::atomic::Ordering::Release);
+                let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
+                futures::stream::iter([UpstreamEvent::Status(status)]).boxed()
+            }
+        });
+        if refused.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::warn!(namespace = %self.ns, pod = %key.pod, "app stream source not admitted (upstream cap)");
+            self.refused_any = true;
+        } else {
+            self.admitted_any = true;
+        }
+        sub.boxed()
+    }
+
     fn join(&mut self, pods: &[AppPod]) {
         for pod in pods {
             for container in &pod.containers {
-                let key = (pod.name.clone(), container.clone());
-                if !self.joined.insert(key) {
+                let key = SourceKey { namespace: self.ns.clone(), pod: pod.name.clone(), container: container.clone(), previous: false };
+                if self.joined.contains_key(&key) {
                     continue;
                 }
-                let (p, c) = (pod.name.clone(), container.clone());
-                let permit = match self.spare_permit.take() {
-                    Some(permit) => Ok(permit),
-                    None => self.service.admission.try_upstream(),
+                let source = LogSource::new(pod.name.clone(), container.clone());
+                let cursor = self.merge.start_cursor_for(&source);
+                let from = match (cursor, self.first_start) {
+                    (Some(c), _) => ResumePoint::After(c),
+                    (None, Some(from)) => from,
+                    (None, None) => ResumePoint::Beginning,
                 };
-                match permit {
-                    Ok(permit) => {
-                        let key = SourceKey { namespace: self.ns.clone(), pod: p.clone(), container: c.clone(), previous: false };
-                        let stream = self.service.upstream.stream(key, self.options.clone(), Some(permit)).map(move |event| {
-                            match event {
-                                UpstreamEvent::Line(line) => AppItem::Line(p.clone(), c.clone(), line),
-                                UpstreamEvent::Status(status) => AppItem::Status(p.clone(), c.clone(), status),
-                            }
-                        });
-                        self.merged.push(stream.boxed());
-                    }
-                    Err(err) => {
-                        tracing::warn!(namespace = %self.ns, pod = %p, error = %err, "app stream source not admitted");
-                        let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
-                        self.merged.push(futures::stream::iter([AppItem::Status(p, c, status)]).boxed());
-                    }
+                let mut stream = self.subscribe(&key, from);
+                if cursor.is_some() {
+                    stream = resuming(stream);
                 }
+                self.merge.insert(key.clone(), Arc::clone(&source), cursor, stream);
+                self.joined.insert(key, source);
             }
         }
     }
@@ -744,21 +815,50 @@ impl AppRun {
                     Err(err) => tracing::debug!(error = %err, "app pod refresh failed"),
                 }
             }
-            match self.merged.next().await? {
-                AppItem::Line(pod, container, line) => {
-                    if self.filter.accepts(&line.text) {
-                        return Some(line_frame(line_id(&line.position), &pod, &container, &line));
+            let event = if self.merge.is_empty() {
+                if !self.follow {
+                    return None;
+                }
+                self.ticker.tick().await;
+                self.refreshing = Some(self.service.targets.app_pods(&self.ns, &self.app));
+                continue;
+            } else if self.follow {
+                tokio::select! {
+                    event = self.merge.next() => event,
+                    _ = self.ticker.tick() => {
+                        self.refreshing = Some(self.service.targets.app_pods(&self.ns, &self.app));
+                        continue;
                     }
                 }
-                AppItem::Status(pod, container, status) => {
+            } else {
+                self.merge.next().await
+            };
+            let Some(event) = event else { continue };
+            match event {
+                MergedEvent::Line { line, id } => {
+                    if self.filter.accepts(&line.text) {
+                        let mut data = Vec::with_capacity(96 + line.text.len());
+                        write_line_json(&line, &mut data);
+                        return Some(SseFrame::Event { id: Some(id.to_string()), event: "log", data: Bytes::from(data) });
+                    }
+                }
+                MergedEvent::Status { status, .. } if status.reason == StatusReason::Resuming => {}
+                MergedEvent::Status { key, source, status } => {
                     if status.state == SourceState::Ended {
                         // The source left; a pod recreated under the same name may join again.
-                        self.joined.remove(&(pod.clone(), container.clone()));
+                        self.merge.remove(&key);
+                        self.joined.remove(&key);
                     }
-                    return Some(status_frame(&pod, &container, &status));
+                    return Some(status_frame(&source.pod, &source.container, &status));
                 }
-                AppItem::Refresh => {
-                    self.refreshing = Some(self.service.targets.app_pods(&self.ns, &self.app));
+                MergedEvent::Lagged { key, resume } => {
+                    // This source's viewer queue overflowed: resubscribe it from what the
+                    // merge received; the merge tracks it as behind until it catches up.
+                    if let Some(source) = self.joined.get(&key).cloned() {
+                        let from = resume.map_or(ResumePoint::Beginning, ResumePoint::After);
+                        let stream = resuming(self.subscribe(&key, from));
+                        self.merge.insert(key, source, resume, stream);
+                    }
                 }
             }
         }
@@ -779,6 +879,15 @@ pub fn routes() -> Vec<Router> {
 pub const LOG_STREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl LogService {
+    /// Uses the discovery cache and the access policy for pod/app lookups and liveness
+    /// checks (no API request per check; hidden pods are 404).
+    pub fn with_cluster(mut self, cluster: kubelens_core::cluster::Cluster, policy: Arc<kubelens_core::policy::AccessPolicy>) -> Self {
+        let lookup = Arc::new(kubelens_core::logs::upstream::CachedContainerLookup::new(cluster.clone(), Arc::clone(&policy)));
+        self.upstream = PodLogUpstream::new(self.client.clone(), lookup);
+        self.targets = Arc::new(ClusterLogTargets::new(cluster, policy));
+        self
+    }
+
     /// The log service over a Kubernetes client configuration: its own client (long read
     /// timeout), the API-backed container lookup and targets, and the caps from `config`.
     pub fn from_kube_config(mut kube_config: kube::Config, config: &kubelens_core::Config) -> Result<Self, kube::Error> {
@@ -787,6 +896,7 @@ impl LogService {
         let lookup = Arc::new(kubelens_core::logs::upstream::ApiContainerLookup::new(client.clone()));
         Ok(Self {
             upstream: PodLogUpstream::new(client.clone(), lookup),
+            client: client.clone(),
             admission: StreamAdmission::from_config(&config.logs),
             targets: Arc::new(ApiLogTargets::new(client, config.namespaces.allowed.clone())),
             hub: LogHub::new(

@@ -161,10 +161,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let listen = config.server.listen;
     let mut state = AppState::new(config, readiness).with_auth(authenticator);
-    state.logs = logs;
     state.storage = Some(stores);
     if let Some(cluster) = cluster {
+        // Log lookups and liveness checks come from the watch cache, under the policy.
+        let logs = logs.map(|service| std::sync::Arc::new((*service).clone().with_cluster(cluster.clone(), state.policy.clone())));
+        state.logs = logs;
         state = state.with_cluster(cluster);
+    } else {
+        state.logs = logs;
     }
     kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
         .await?;

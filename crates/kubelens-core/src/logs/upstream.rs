@@ -187,6 +187,9 @@ pub enum StatusReason {
     TooManyStreams,
     /// The server is shutting down.
     Shutdown,
+    /// A viewer's source is being re-opened at its resume cursor and has not delivered yet
+    /// (used inside app merges so the merge tracks the source as behind; not sent to clients).
+    Resuming,
 }
 
 /// A status change of a source.
@@ -310,6 +313,41 @@ impl ContainerLookup for ApiContainerLookup {
             })
         }
         .boxed()
+    }
+}
+
+/// [`ContainerLookup`] over the discovery watch cache: no API request per question, so
+/// liveness checks of thousands of open streams cost nothing. A pod the cache does not hold
+/// (deleted, or never visible) is [`ContainerProbe::PodGone`].
+#[derive(Debug, Clone)]
+pub struct CachedContainerLookup {
+    cluster: crate::cluster::Cluster,
+    policy: Arc<crate::policy::AccessPolicy>,
+}
+
+impl CachedContainerLookup {
+    /// Lookups in `cluster`, as `policy` lets the backend see it.
+    pub fn new(cluster: crate::cluster::Cluster, policy: Arc<crate::policy::AccessPolicy>) -> Self {
+        Self { cluster, policy }
+    }
+}
+
+impl ContainerLookup for CachedContainerLookup {
+    fn probe(&self, namespace: &str, pod: &str, container: &str) -> BoxFuture<'static, Result<ContainerProbe, kube::Error>> {
+        let probe = match self.policy.namespace(namespace) {
+            Err(_) => ContainerProbe::PodGone,
+            Ok(ns) => match self.cluster.pod_object(&self.policy, &ns, pod) {
+                Ok(object) => probe_pod(&object, container),
+                Err(crate::cluster::ClusterError::Access(_)) => ContainerProbe::PodGone,
+                // Not synced yet (or another transient state): say "running, same instance"
+                // by reporting what we cannot know as an API error, which callers retry.
+                Err(other) => {
+                    let status = kube::core::Status::failure(&other.to_string(), "CacheNotReady").with_code(503);
+                    return futures::future::ready(Err(kube::Error::Api(Box::new(status)))).boxed();
+                }
+            },
+        };
+        futures::future::ready(Ok(probe)).boxed()
     }
 }
 
