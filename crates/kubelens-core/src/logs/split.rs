@@ -198,6 +198,13 @@ pub fn truncate_text(text: &[u8], dropped: usize, max: usize) -> (String, bool) 
         cut -= 1;
         back += 1;
     }
+    // The splitter may have cut inside a character too (text ends where the kept bytes end):
+    // drop an incomplete trailing sequence instead of rendering it as U+FFFD.
+    if let Err(e) = std::str::from_utf8(&text[..cut])
+        && e.error_len().is_none()
+    {
+        cut = e.valid_up_to();
+    }
     let removed = text.len() - cut + dropped;
     let mut out = lossy(&text[..cut]);
     out.push_str(TRUNCATION_MARKER_PREFIX);
@@ -329,6 +336,9 @@ mod tests {
         let cut = d.decode(long.as_bytes(), 1000);
         assert!(cut.truncated);
         assert_eq!(cut.text, format!("{} … [truncated 1002 bytes]", "x".repeat(63)));
+        // The splitter cut inside `é` (kept bytes end mid-character): no U+FFFD at the cut.
+        let cut = d.decode("2026-01-30T10:00:00.3Z abcé".as_bytes().split_last().unwrap().1, 10);
+        assert_eq!(cut.text, "abc … [truncated 11 bytes]");
     }
 
     #[tokio::test]
