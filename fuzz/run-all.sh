@@ -15,7 +15,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   exit 1
 fi
 echo "==> building fuzz targets"
-cargo fuzz build
+# FUZZ_ALLOW_BUILD_FAILURE=1 (scripts/test sets it): a toolchain that cannot build the
+# sanitizer-instrumented targets (they rely on RUSTC_BOOTSTRAP on stable) skips fuzzing with
+# a loud warning instead of failing the whole suite. A crash found while fuzzing always fails.
+if ! cargo fuzz build; then
+  if [ "${FUZZ_ALLOW_BUILD_FAILURE:-0}" = 1 ]; then
+    echo "WARNING: fuzz targets did not build on this toolchain; fuzzing skipped" >&2
+    exit 0
+  fi
+  exit 1
+fi
 for target in "${targets[@]}"; do
   echo "==> fuzz $target for ${seconds}s"
   mkdir -p "corpus/$target"
