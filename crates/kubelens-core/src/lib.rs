@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod readiness;
+pub mod retention;
 pub mod storage;
 
 pub use config::Config;
