@@ -4,6 +4,7 @@
 //! (`src/main.rs`) loads configuration, wires subsystems into the state and serves it.
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod auth;
 pub mod discovery;
 pub mod error;
@@ -42,7 +43,8 @@ pub fn router(state: AppState) -> Router {
                 .push(discovery::routes())
                 .push(inspect::routes())
                 .append(&mut logs::routes())
-                .append(&mut session::routes()),
+                .append(&mut session::routes())
+                .append(&mut archive::routes()),
         );
     if metrics_here {
         router = router.push(Router::with_path("metrics").get(metrics::metrics));

@@ -426,7 +426,7 @@ struct StatusData<'a> {
     exit_code: Option<i32>,
 }
 
-fn log_line_frame(line: &LogLine) -> SseFrame {
+pub(crate) fn log_line_frame(line: &LogLine) -> SseFrame {
     let mut data = Vec::with_capacity(96 + line.text.len());
     write_line_json(line, &mut data);
     SseFrame::Event { id: Some(line.id().to_string()), event: "log", data: Bytes::from(data) }
@@ -438,12 +438,12 @@ struct LaggedData {
     resume: Option<String>,
 }
 
-fn status_frame(pod: &str, container: &str, status: &SourceStatus) -> SseFrame {
+pub(crate) fn status_frame(pod: &str, container: &str, status: &SourceStatus) -> SseFrame {
     let data = StatusData { state: status.state, pod, container, reason: status.reason, exit_code: status.exit_code };
     SseFrame::json("status", None, &data)
 }
 
-fn shutdown_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
+pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
     Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, StatusReason::Shutdown))])
 }
 
@@ -461,7 +461,10 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let (ns, name) = path_names(req)?;
     let logs = &app_state.config.logs;
     let query = LogQuery::parse(req, logs)?;
-    let pod = service.targets.pod(&ns, &name).await?.ok_or_else(|| ApiError::not_found("pod"))?;
+    let Some(pod) = service.targets.pod(&ns, &name).await? else {
+        // The pod no longer exists: serve it from the log archive if it is there (404 if not).
+        return crate::archive::pod_logs_from_archive(req, &app_state, &ns, &name, &query, res).await;
+    };
     let container = choose_container(&pod, query.container.as_deref())?;
     if query.previous {
         let has_previous = matches!(probe_pod(&pod, &container), ContainerProbe::Present(rt) if rt.has_previous);
@@ -517,10 +520,18 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let mut options = upstream_options(logs, &query);
     let open_key = key.clone();
     let refused_in_opener = Arc::clone(&refused);
+    // The hub's upstream feeds an archive tap (one per upstream, not per viewer): a pod
+    // deleted while being followed keeps its tail, and its capture reuses these lines
+    // instead of fetching them again (see docs/retention.md).
+    let tap = crate::archive::tap_for(&app_state, &pod, &key, true);
     let subscription = service.hub.subscribe(key, resume_point(query.start), move |start| match permit {
         Ok(permit) => {
             options.start = start;
-            upstream.stream(open_key, options, Some(permit))
+            let stream = upstream.stream(open_key, options, Some(permit));
+            match tap.map(|open_tap| open_tap()) {
+                Some(tap) => stream.inspect(move |event| tap.observe(event)).boxed(),
+                None => stream,
+            }
         }
         Err(_) => {
             refused_in_opener.store(true, std::sync::atomic::Ordering::Release);
@@ -576,7 +587,7 @@ struct OneShot<'a> {
     more: bool,
 }
 
-async fn one_shot(
+pub(crate) async fn one_shot(
     mut upstream: BoxStream<'static, UpstreamEvent>,
     ns: &str,
     pod: &str,

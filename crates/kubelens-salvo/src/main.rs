@@ -106,9 +106,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Reachability and cache sync are reported by the discovery subsystem's own check.
     let kube_check = readiness.register("kubernetes_config", "resolving client configuration");
     let mut logs = None;
+    let mut retention_client = None;
     match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
         Ok((kube_config, source)) => {
             kube_check.ready(&format!("client configuration from {source:?}"));
+            match kube::Client::try_from(kube_config.clone()) {
+                Ok(client) => retention_client = Some(client),
+                Err(err) => tracing::warn!(error = %err, "cannot build the retention watch client"),
+            }
             match kubelens_salvo::logs::LogService::from_kube_config(kube_config, &config) {
                 Ok(service) => logs = Some(std::sync::Arc::new(service)),
                 Err(err) => tracing::warn!(error = %err, "cannot build the log streaming client"),
@@ -169,6 +174,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state = state.with_cluster(cluster);
     } else {
         state.logs = logs;
+    }
+    // Terminated pods' log archive, in the same (background-opened) storage: archive calls
+    // fail fast until it is open, and captures count those failures as missed.
+    if let (Some(client), Some(service), Some(stores)) = (retention_client, state.logs.clone(), state.storage.clone()) {
+        let archive = stores.archive;
+        state.retention =
+            Some(kubelens_salvo::archive::Retention::start_with_watches(&state, archive, client, service.upstream.clone()));
     }
     kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
         .await?;

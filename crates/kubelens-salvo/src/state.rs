@@ -35,6 +35,8 @@ pub struct AppState {
     pub pod_metrics: Option<Arc<PodMetricsReader>>,
     /// Session store and log archive (`None` when not wired: the session API answers 503).
     pub storage: Option<kubelens_storage::Stores>,
+    /// Terminated pods' log archive (`None`: no storage, nothing is archived or served).
+    pub retention: Option<Arc<crate::archive::Retention>>,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             storage: None,
             auth,
             tickets,
+            retention: None,
         }
     }
 

@@ -247,6 +247,17 @@ impl ArchiveRecorder {
                     }
                 });
             }
+            PodSignal::Listed { namespace, live_uids } => {
+                lock(&self.inner.pods).retain(|uid, _| live_uids.contains(uid));
+                let this = self.clone();
+                tokio::spawn(async move {
+                    match this.sweep_orphans(&namespace, &live_uids).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(namespace = %namespace, sources = n, "archived sources of pods deleted unseen marked terminated"),
+                        Err(err) => tracing::warn!(namespace = %namespace, error = %err, "archive orphan sweep failed"),
+                    }
+                });
+            }
         }
     }
 

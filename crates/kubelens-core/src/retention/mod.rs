@@ -29,6 +29,9 @@
 
 pub mod capture;
 pub mod read;
+pub mod watch;
+
+use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use serde::Serialize;
@@ -177,6 +180,15 @@ pub enum PodSignal {
     Observed(PodSnapshot),
     /// The pod object is gone (or became hidden by the policy).
     Deleted(PodSnapshot),
+    /// A complete list of the namespace's pods was observed (startup, relist): sources of
+    /// any other pod uid belong to pods deleted while nobody watched and are marked
+    /// terminated now.
+    Listed {
+        /// The namespace listed.
+        namespace: String,
+        /// Uids of the pods that exist.
+        live_uids: HashSet<String>,
+    },
 }
 
 /// Assigns archive positions to the lines of one container instance.

@@ -1,0 +1,238 @@
+//! Serving terminated pods from the log archive (see `docs/retention.md`).
+//!
+//! * `GET /api/v1/namespaces/{ns}/pods/{name}/logs` falls back here when the pod no longer
+//!   exists: the archived lines are served with the same ids as live lines (so
+//!   `Last-Event-ID` resumes exactly), preceded by a `status` event
+//!   `{"state":"archived", ...}` and followed by `{"state":"ended","reason":"complete"}`.
+//! * `GET /api/v1/namespaces/{ns}/archived-pods` lists the archived pods of a namespace
+//!   (`terminated: true` once deleted, with `expiresAt`).
+//!
+//! The archive is only ever read for allowlisted namespaces; only pods that were visible
+//! when captured are in it (capture is driven by the policy-filtered pod change stream).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use kubelens_core::logs::upstream::{SourceKey as UpstreamKey, SourceState, SourceStatus, StatusReason, UpstreamEvent};
+use kubelens_core::retention::read::{archived_pods, find_pod, read_lines};
+use kubelens_core::retention::capture::ArchiveTap;
+use kubelens_core::retention::{ArchiveRecorder, ArchivedPod, LogOpener, PodSignal, PodSnapshot, RecorderConfig, RetentionError};
+use kubelens_core::storage::LogArchive;
+use kubelens_core::storage::StorageError;
+use salvo::http::header::ACCEPT;
+use salvo::prelude::*;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::logs::{LogQuery, log_line_frame, one_shot, shutdown_frames};
+use crate::sse::{SseBody, SseFrame};
+use crate::state::AppState;
+
+/// The retention subsystem as handlers see it: the recorder (and through it the archive),
+/// plus its background tasks (capture loop, purge loop), aborted when the last handle drops.
+#[derive(Debug)]
+pub struct Retention {
+    /// Captures terminated pods; its archive serves them.
+    pub recorder: ArchiveRecorder,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Retention {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Retention {
+    /// A recorder without background tasks (serving only; tests drive `handle` directly).
+    pub fn new(recorder: ArchiveRecorder) -> Arc<Self> {
+        Arc::new(Self { recorder, tasks: Vec::new() })
+    }
+
+    /// Starts retention: captures driven by `signals` (the pod change streams of the
+    /// allowlisted namespaces, merged), reading through `opener`, writing to `archive`, and
+    /// the periodic purge of expired sources.
+    pub fn start(
+        archive: Arc<dyn LogArchive>,
+        opener: LogOpener,
+        config: RecorderConfig,
+        metrics: kubelens_core::Metrics,
+        signals: Vec<BoxStream<'static, PodSignal>>,
+    ) -> Arc<Self> {
+        let recorder = ArchiveRecorder::new(archive, opener, config, metrics);
+        let run = tokio::spawn(recorder.clone().run(futures::stream::select_all(signals)));
+        let purge = tokio::spawn(recorder.clone().purge_loop());
+        Arc::new(Self { recorder, tasks: vec![run, purge] })
+    }
+
+    /// [`Retention::start`] with a Kubernetes watch per allowlisted namespace as the pod
+    /// change stream and `upstream` (without admission permits) as the log reader.
+    pub fn start_with_watches(
+        state: &AppState,
+        archive: Arc<dyn LogArchive>,
+        client: kube::Client,
+        upstream: kubelens_core::logs::upstream::PodLogUpstream,
+    ) -> Arc<Self> {
+        let signals = state
+            .config
+            .namespaces
+            .allowed
+            .iter()
+            .map(|ns| kubelens_core::retention::watch::pod_signals(client.clone(), ns).boxed())
+            .collect();
+        let opener: LogOpener = Arc::new(move |key, options| upstream.stream(key, options, None));
+        Self::start(archive, opener, RecorderConfig::from_logs(&state.config.logs), state.metrics.clone(), signals)
+    }
+}
+
+fn retention_error(err: RetentionError) -> ApiError {
+    match err {
+        RetentionError::NotArchived { .. } => ApiError::not_found("pod"),
+        RetentionError::ContainerRequired { choices } => ApiError::new(
+            salvo::http::StatusCode::BAD_REQUEST,
+            "container_required",
+            format!("the pod has several containers; choose one with `container`: {choices}"),
+        ),
+        RetentionError::Storage(err) => storage_error(&err),
+        _ => ApiError::internal(),
+    }
+}
+
+fn storage_error(err: &StorageError) -> ApiError {
+    tracing::warn!(error = %err, "log archive read failed");
+    ApiError::unavailable("storage_unavailable", "the log archive is not reachable")
+}
+
+fn allowed(state: &AppState, ns: &str) -> bool {
+    state.config.namespaces.allowed.iter().any(|a| a == ns)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ArchivedStatus<'a> {
+    state: &'static str,
+    pod: &'a str,
+    container: &'a str,
+    reason: &'static str,
+    instance: u32,
+    pod_uid: &'a str,
+    terminated_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Serves the logs of a pod that no longer exists from the archive; 404 when it is not
+/// archived (never archived, expired, retention off, or namespace not allowlisted).
+pub async fn pod_logs_from_archive(
+    req: &Request,
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    query: &LogQuery,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let Some(retention) = state.retention.as_ref() else { return Err(ApiError::not_found("pod")) };
+    if !allowed(state, ns) {
+        return Err(ApiError::not_found("pod"));
+    }
+    let archive = retention.recorder.archive();
+    let pod = find_pod(archive.as_ref(), ns, name).await.map_err(retention_error)?.ok_or_else(|| ApiError::not_found("pod"))?;
+    let source = pod.source(query.container.as_deref(), query.previous).map_err(retention_error)?;
+    let logs = &state.config.logs;
+    let max = usize::try_from(logs.max_tail_lines).unwrap_or(usize::MAX).max(1);
+    let (lines, more) = read_lines(archive.as_ref(), &source, query.start, max).await.map_err(retention_error)?;
+    tracing::info!(namespace = %ns, pod = %name, container = %source.container, instance = source.instance, lines = lines.len(), "archived log served");
+    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let end = SourceStatus::new(SourceState::Ended, StatusReason::Complete);
+    if !query.follow && (query.download || !accept.contains("text/event-stream")) {
+        let events = lines.into_iter().map(UpstreamEvent::Line).chain(std::iter::once(UpstreamEvent::Status(end)));
+        return one_shot(futures::stream::iter(events).boxed(), ns, name, &source.container, query, u32::try_from(max).unwrap_or(u32::MAX), res).await;
+    }
+    let status = ArchivedStatus {
+        state: "archived",
+        pod: name,
+        container: &source.container,
+        reason: if pod.terminated_at.is_some() { "pod_deleted" } else { "pod_gone" },
+        instance: source.instance,
+        pod_uid: &pod.uid,
+        terminated_at: pod.terminated_at,
+        expires_at: pod.expires_at,
+    };
+    let mut frames = vec![SseFrame::json("status", None, &status)];
+    let (pod_name, container) = (name.to_owned(), source.container.clone());
+    let log_source = kubelens_core::logs::LogSource::new(pod_name.clone(), container.clone());
+    frames.extend(lines.into_iter().map(|l| log_line_frame(&kubelens_core::logs::LogLine::from_raw(l, Arc::clone(&log_source)))));
+    if !more {
+        frames.push(crate::logs::status_frame(&pod_name, &container, &end));
+    }
+    SseBody::new(futures::stream::iter(frames).boxed(), logs.keepalive_interval, state.shutdown.clone(), shutdown_frames(pod_name, container))
+        .respond(res);
+    Ok(())
+}
+
+/// An archived pod as listed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ArchivedPodItem {
+    #[serde(flatten)]
+    pod: ArchivedPod,
+    /// Always true: the entry comes from the archive.
+    archived: bool,
+    /// The pod was deleted (its archive expires at `expiresAt`).
+    terminated: bool,
+}
+
+/// Archived pods of an allowlisted namespace, for lists that include terminated pods.
+pub async fn archived_pod_items(state: &AppState, ns: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    let Some(retention) = state.retention.as_ref() else { return Ok(Vec::new()) };
+    if !allowed(state, ns) {
+        return Ok(Vec::new());
+    }
+    let pods = archived_pods(retention.recorder.archive().as_ref(), ns).await.map_err(retention_error)?;
+    Ok(pods
+        .into_iter()
+        .map(|pod| {
+            let terminated = pod.terminated_at.is_some();
+            serde_json::to_value(ArchivedPodItem { pod, archived: true, terminated }).unwrap_or_default()
+        })
+        .collect())
+}
+
+/// `GET /api/v1/namespaces/{ns}/archived-pods`: `{"items":[...]}`.
+#[handler]
+pub async fn list_archived_pods(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    crate::auth::principal(depot)?;
+    let state = depot.get_typed::<AppState>().map_err(|_| ApiError::internal())?.clone();
+    let ns = req.param::<String>("ns").unwrap_or_default();
+    if !kubelens_core::names::is_dns1123_label(&ns) || !allowed(&state, &ns) {
+        return Err(ApiError::not_found("namespace"));
+    }
+    let items = archived_pod_items(&state, &ns).await?;
+    res.render(Json(serde_json::json!({ "items": items })));
+    Ok(())
+}
+
+/// Routes of the archive endpoints, mounted under `/api/v1`.
+pub fn routes() -> Vec<Router> {
+    vec![Router::with_path("namespaces/{ns}/archived-pods").get(list_archived_pods)]
+}
+
+/// Opens an archive tap when the hub actually opens an upstream (so a viewer joining an
+/// existing upstream does not replace that upstream's tap).
+pub type TapOpener = Box<dyn FnOnce() -> ArchiveTap + Send>;
+
+/// A tap opener for a followed pod stream (current instance only), when retention is on.
+pub fn tap_for(state: &AppState, pod: &k8s_openapi::api::core::v1::Pod, key: &UpstreamKey, follow: bool) -> Option<TapOpener> {
+    let retention = state.retention.as_ref()?;
+    if !follow || key.previous {
+        return None;
+    }
+    let snapshot = PodSnapshot::from_pod(pod)?;
+    let instance = snapshot.containers.iter().find(|c| c.name == key.container).map_or(0, |c| c.restart_count);
+    let recorder = retention.recorder.clone();
+    let key = key.clone();
+    Some(Box::new(move || recorder.tap(key, &snapshot, instance)))
+}
