@@ -495,7 +495,22 @@ async fn write(inner: &Inner, job: &CaptureJob, pending: &mut Pending, totals: &
     totals.failed = false;
 }
 
+/// Attempts of a capture that read nothing while the pod still existed (a kubelet that has
+/// not flushed the log yet, a transient API error); an empty log is recorded after the last.
+const EMPTY_ATTEMPTS: u32 = 3;
+
 async fn capture(inner: &Inner, job: CaptureJob) {
+    for attempt in 1..=EMPTY_ATTEMPTS {
+        let retry = attempt < EMPTY_ATTEMPTS;
+        if capture_once(inner, &job, retry).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+    }
+}
+
+/// One read of the source; false when it read nothing and `retry_empty` asks for another try.
+async fn capture_once(inner: &Inner, job: &CaptureJob, retry_empty: bool) -> bool {
     let config = &inner.config;
     let options = UpstreamOptions {
         start: StartAt::Tail(u32::try_from(config.max_lines).unwrap_or(u32::MAX)),
@@ -528,7 +543,7 @@ async fn capture(inner: &Inner, job: CaptureJob) {
                 }
                 None => break,
             },
-            _ = flush.tick(), if job.follow => write(inner, &job, &mut pending, &mut totals).await,
+            _ = flush.tick(), if job.follow => write(inner, job, &mut pending, &mut totals).await,
             () = &mut deadline => {
                 tracing::warn!(source = %job.source.id(), "capture follow limit reached; keeping what was read");
                 break;
@@ -536,8 +551,14 @@ async fn capture(inner: &Inner, job: CaptureJob) {
         }
     }
     drop(stream);
-    write(inner, &job, &mut pending, &mut totals).await;
-    finish(inner, &job, seen, end, &pending, &totals).await;
+    let gone = matches!(end, Some(StatusReason::Deleted | StatusReason::NoPreviousInstance | StatusReason::NoSuchContainer | StatusReason::Refused));
+    if seen == 0 && retry_empty && !gone {
+        tracing::debug!(source = %job.source.id(), "capture read nothing; retrying");
+        return false;
+    }
+    write(inner, job, &mut pending, &mut totals).await;
+    finish(inner, job, seen, end, &pending, &totals).await;
+    true
 }
 
 /// The reason the followed instance's log is complete, if `status` says so.
@@ -655,7 +676,9 @@ impl TapShared {
             state.owned = Some(job);
             std::mem::take(&mut state.ring)
         };
-        self.write_lines(flush, false);
+        // Counts as the capture (and marks the source if the pod is already deleted);
+        // later lines are appended as they come.
+        self.write_lines(flush, true);
     }
 
     /// Writes `lines` of the current instance in a background task.
@@ -730,9 +753,10 @@ impl ArchiveTap {
                     let lines = {
                         let mut state = lock(&self.shared.state);
                         state.ended = true;
-                        let keep = state.owned.take().is_some()
-                            || matches!(reason, StatusReason::Deleted | StatusReason::Exited);
+                        let owned = state.owned.take().is_some();
+                        let keep = !owned && matches!(reason, StatusReason::Deleted | StatusReason::Exited);
                         let ring = std::mem::take(&mut state.ring);
+                        // An owned capture already wrote every line as it came.
                         keep.then_some(ring)
                     };
                     if let Some(lines) = lines {
@@ -770,7 +794,9 @@ impl Drop for ArchiveTap {
         }
         let job = {
             let mut state = lock(&self.shared.state);
-            if state.ended { None } else { state.owned.take() }
+            let pod_deleted = lock(&inner.deleted).contains_key(&state.source.pod_uid);
+            // After the pod's deletion the tap already wrote everything there will be.
+            if state.ended || pod_deleted { None } else { state.owned.take() }
         };
         if let Some(job) = job {
             // The viewer left before the source ended: the recorder finishes the capture.
