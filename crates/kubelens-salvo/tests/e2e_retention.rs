@@ -392,7 +392,7 @@ async fn job_pod_lifecycle(backend: Backend) {
     assert_eq!(events[0].data["state"], "archived");
     let resumed: Vec<String> = events.iter().filter(|e| e.event == "log").map(|e| e.data["line"].as_str().unwrap().to_owned()).collect();
     assert_eq!(resumed, lines[10..].to_vec(), "resume from the archive: no gap, no duplicate");
-    assert_eq!(events.iter().filter(|e| e.event == "log").next().unwrap().id.as_deref(), Some(from_a[10].0.as_str()));
+    assert_eq!(events.iter().find(|e| e.event == "log").unwrap().id.as_deref(), Some(from_a[10].0.as_str()));
     assert_eq!(events.last().unwrap().data["state"], "ended");
     // The namespace's archived pods list it as terminated.
     let list: Value = http()

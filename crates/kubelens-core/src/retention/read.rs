@@ -70,8 +70,11 @@ pub async fn archived_pods(archive: &dyn LogArchive, namespace: &str) -> Result<
     Ok(group(sources))
 }
 
+/// A pod being assembled: the pod, its earliest termination and latest expiry (ms).
+type Grouping = (ArchivedPod, Option<i64>, Option<i64>);
+
 fn group(sources: Vec<SourceInfo>) -> Vec<ArchivedPod> {
-    let mut pods: BTreeMap<(String, String), (ArchivedPod, Option<i64>, Option<i64>)> = BTreeMap::new();
+    let mut pods: BTreeMap<(String, String), Grouping> = BTreeMap::new();
     for info in sources {
         let key = info.key;
         let entry = pods.entry((key.pod.clone(), key.pod_uid.clone())).or_insert_with(|| {
