@@ -201,6 +201,74 @@ pub async fn archived_pod_items(state: &AppState, ns: &str) -> Result<Vec<serde_
         .collect())
 }
 
+/// Archived pods that no longer exist, shaped like pod summaries (phase `Terminated`, every
+/// container `terminated`) plus `archived: true`, `terminated: true`, `terminatedAt`,
+/// `expiresAt`: what `GET /namespaces/{ns}/pods?includeTerminated=true` appends.
+pub async fn terminated_pod_summaries(
+    state: &AppState,
+    ns: &str,
+    live: &[kubelens_core::api::PodSummary],
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    use kubelens_core::api::{ContainerState, ContainerSummary, OwnerApp, PodSummary};
+    let Some(retention) = state.retention.as_ref() else { return Ok(Vec::new()) };
+    if !allowed(state, ns) {
+        return Ok(Vec::new());
+    }
+    let pods = archived_pods(retention.recorder.archive().as_ref(), ns).await.map_err(retention_error)?;
+    let mut out = Vec::new();
+    for pod in pods {
+        if live.iter().any(|p| p.uid == pod.uid || p.name == pod.name) {
+            continue;
+        }
+        let owner_app = match (pod.app_kind.as_deref().and_then(|k| k.parse().ok()), pod.app_name.clone()) {
+            (Some(kind), Some(name)) => Some(OwnerApp { kind, name }),
+            _ => None,
+        };
+        let containers: Vec<ContainerSummary> = pod
+            .containers
+            .iter()
+            .map(|c| ContainerSummary {
+                name: c.name.clone(),
+                image: None,
+                ready: false,
+                state: ContainerState::Terminated,
+                state_reason: None,
+                restart_count: c.instances.last().copied().map_or(0, |i| i32::try_from(i).unwrap_or(i32::MAX)),
+                last_termination_reason: None,
+            })
+            .collect();
+        let summary = PodSummary {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            uid: pod.uid.clone(),
+            phase: Some("Terminated".to_owned()),
+            reason: Some("Archived".to_owned()),
+            ready: false,
+            ready_containers: 0,
+            total_containers: containers.len(),
+            restarts: containers.iter().map(|c| c.restart_count).sum(),
+            node: pod.node.clone(),
+            pod_ip: None,
+            containers,
+            init_containers: Vec::new(),
+            owner_app,
+            created_at: None,
+            age: 0,
+            labels: Default::default(),
+            deletion_timestamp: pod.terminated_at,
+        };
+        let mut value = serde_json::to_value(summary).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("archived".into(), serde_json::Value::Bool(true));
+            map.insert("terminated".into(), serde_json::Value::Bool(true));
+            map.insert("terminatedAt".into(), serde_json::to_value(pod.terminated_at).unwrap_or_default());
+            map.insert("expiresAt".into(), serde_json::to_value(pod.expires_at).unwrap_or_default());
+        }
+        out.push(value);
+    }
+    Ok(out)
+}
+
 /// `GET /api/v1/namespaces/{ns}/archived-pods`: `{"items":[...]}`.
 #[handler]
 pub async fn list_archived_pods(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {

@@ -128,11 +128,24 @@ pub async fn list_namespaces(req: &mut Request, depot: &mut Depot, res: &mut Res
 /// `GET /api/v1/namespaces/{ns}/pods`: visible pods, sorted by name.
 #[handler]
 pub async fn list_pods(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
-    strict_query(req, &[])?;
+    strict_query(req, &["includeTerminated"])?;
     let state = state(depot)?;
     let ns = namespace(&state.policy, req)?;
     let pods = cluster(state)?.pods(&state.policy, &ns)?;
-    res.render(Json(pods));
+    let include_terminated = match req.queries().get("includeTerminated").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(_) => return Err(ApiError::bad_request("`includeTerminated` must be true or false")),
+    };
+    if !include_terminated {
+        res.render(Json(pods));
+        return Ok(());
+    }
+    // Recently terminated pods from the log archive (docs/retention.md), after the live ones.
+    let archived = crate::archive::terminated_pod_summaries(state, ns.as_str(), &pods).await?;
+    let mut items: Vec<serde_json::Value> = pods.iter().filter_map(|p| serde_json::to_value(p).ok()).collect();
+    items.extend(archived);
+    res.render(Json(items));
     Ok(())
 }
 

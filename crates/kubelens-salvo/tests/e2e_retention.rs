@@ -508,6 +508,15 @@ async fn followed_and_crash_looping(backend: Backend) {
     }
     kubectl(env, &["-n", NS, "delete", "pod", &pod, "--wait=false"]);
     wait_gone(env, &pod).await;
+    // Let in-flight captures (the current instance, seen terminating) finish first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for r in [&a, &b] {
+        let recorder = &r.state.retention.as_ref().unwrap().recorder;
+        while recorder.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "captures did not finish");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let sources = wait_sources(archive.as_ref(), &uid, "marks", |s| s.iter().all(|s| s.terminated_at_ms.is_some())).await;
     let latest = sources.iter().map(|s| s.key.instance).max().unwrap();
     // The current instance (2) is captured when its deletion is seen in time; either way the
