@@ -107,4 +107,8 @@ async fn caches_recover_after_an_apiserver_restart() {
 
     delete_pod(env, "team-a", &name);
     events.wait_for("deleted", &name, Duration::from_secs(60)).await.expect("deleted after restart");
+
+    // Leave the environment as we found it: later test binaries create pods with their own
+    // KWOK `Logs` objects, and KWOK's watch on those may still be backing off.
+    env.wait_kwok_logs_current(Duration::from_secs(120)).expect("KWOK's Logs watch resumed after the restart");
 }

@@ -90,6 +90,9 @@ fn create_pod(env: &TestEnv, ns: &str, name: &str, containers: &[&str], owner: O
     });
     env.kubectl_apply(&pod.to_string()).unwrap();
     wait_running(env, ns, name);
+    for c in containers {
+        env.wait_logs_mapped(ns, name, c, Duration::from_secs(60)).unwrap();
+    }
     paths
 }
 

@@ -445,6 +445,7 @@ async fn followed_and_crash_looping(backend: Backend) {
     write_lines(&path, &texts(&pod, 0..5));
     let uid = create_pod(env, &pod, None);
     wait_phase(env, &pod, "Running").await;
+    env.wait_logs_mapped(NS, &pod, "app", Duration::from_secs(60)).unwrap();
     let mut res = http()
         .get(format!("{}/namespaces/{NS}/pods/{pod}/logs?tailLines=100", a.base))
         .bearer_auth(&token)
@@ -487,6 +488,7 @@ async fn followed_and_crash_looping(backend: Backend) {
     write_lines(&path, &texts("instance-0", 0..4));
     let uid = create_pod(env, &pod, None);
     wait_phase(env, &pod, "Running").await;
+    env.wait_logs_mapped(NS, &pod, "app", Duration::from_secs(60)).unwrap();
     for restart in 1..=2u32 {
         std::fs::rename(&path, &previous).unwrap();
         write_lines(&path, &texts(&format!("instance-{restart}"), 0..4));

@@ -492,12 +492,63 @@ impl TestEnv {
         Ok(paths)
     }
 
+    /// Wait until KWOK serves `pod`'s own log file for `container` rather than the seeded
+    /// "no KWOK Logs object" fallback. KWOK learns of `Logs` objects through a watch, so a
+    /// pod can be Running before its `Logs` object is seen (notably right after an apiserver
+    /// restart, while KWOK's watches back off). Call it once the pod exists.
+    pub fn wait_logs_mapped(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let out = self.kubectl(&["-n", namespace, "logs", pod, "-c", container, "--tail=1"]);
+            match out {
+                Ok(text) if !text.contains(UNMAPPED_LOG_MARKER) => return Ok(()),
+                Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Ok(_) => bail!("KWOK still serves the unmapped log for {namespace}/{pod} after {timeout:?}"),
+                Err(e) => return Err(e.context(format!("kubectl logs {namespace}/{pod}"))),
+            }
+        }
+    }
+
+    /// Wait until KWOK's `Logs` watch is current: creates a probe pod with its own `Logs`
+    /// object, waits until its log is served, then deletes both. Use after disrupting the
+    /// apiserver, so later tests do not race KWOK's watch back-off.
+    pub fn wait_kwok_logs_current(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let namespace = "team-a";
+        let pod = format!("testenv-logs-probe-{}", std::process::id());
+        self.ensure_pod_logs(namespace, &pod, &["app"])?;
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace, "labels": {"testenv": "probe"}},
+            "spec": {
+                "nodeName": self.node_name,
+                "containers": [{"name": "app", "image": "registry.invalid/probe:1"}],
+                "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            }
+        });
+        self.kubectl_apply(&manifest.to_string())?;
+        let waited = self.wait_logs_mapped(namespace, &pod, "app", timeout);
+        let _ = self.kubectl(&["-n", namespace, "delete", "pod", &pod, "--grace-period=0", "--force", "--wait=false"]);
+        let _ = self.kubectl(&["-n", namespace, "delete", "logs.kwok.x-k8s.io", &pod, "--wait=false"]);
+        waited
+    }
+
     /// A `loggen` command (see `testenv/README.md`: `--file --count --rate --size --src
     /// --start-seq --rotate-every --restart`).
     pub fn loggen_cmd(&self) -> Command {
         Command::new(&self.loggen)
     }
 }
+
+/// Text of the line KWOK serves for pods without a `Logs` object (seeded by `testenv/lib/seed.py`).
+pub const UNMAPPED_LOG_MARKER: &str = "this pod has no KWOK Logs object";
 
 /// One CRI log line: `<RFC3339Nano UTC> <stream> F <text>\n`.
 pub fn cri_line(ts: DateTime<Utc>, stream: &str, text: &str) -> String {
