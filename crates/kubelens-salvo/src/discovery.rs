@@ -205,27 +205,41 @@ pub async fn watch_pods(req: &mut Request, depot: &mut Depot, res: &mut Response
     let events = cluster(state)?.pod_events(&state.policy, &ns)?;
     let shutdown = state.shutdown.clone();
     let keepalive = state.config.logs.keepalive_interval;
+    // Like log streams, a change stream ends at its token's expiry plus the grace.
+    let deadline = match depot.get_typed::<kubelens_core::auth::Principal>() {
+        Ok(who) => Some(crate::logs::stream_deadline(who, state.config.auth.stream_token_grace)),
+        Err(_) => None,
+    };
     tracing::debug!(namespace = %ns, "pod change stream opened");
     res.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    SseKeepAlive::new(sse_events(events, shutdown)).max_interval(keepalive).comment("keepalive").stream(res);
+    SseKeepAlive::new(sse_events(events, shutdown, deadline)).max_interval(keepalive).comment("keepalive").stream(res);
     Ok(())
 }
 
 fn sse_events(
     events: impl Stream<Item = PodEvent> + Send + 'static,
     shutdown: tokio_util::sync::CancellationToken,
+    deadline: Option<tokio::time::Instant>,
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send + 'static {
     let hello = stream::once(async { SseEvent::default().retry(WATCH_RETRY).comment("pod change stream") });
-    let changes = events.take_until(shutdown.cancelled_owned()).map(|event| {
+    let expired = async move {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stop = futures::future::select(Box::pin(shutdown.cancelled_owned()), Box::pin(expired));
+    let changes = events.take_until(stop).map(|event| {
         let data = match event.pod() {
             Some(pod) => serde_json::to_string(pod).unwrap_or_else(|_| "{}".to_owned()),
             None => "{}".to_owned(),
         };
         SseEvent::default().name(event.name()).text(data)
     });
-    let end = stream::once(async {
-        SseEvent::default().name("status").text(json!({"state": "ended", "reason": "shutdown"}).to_string())
+    let end = stream::once(async move {
+        let reason = if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) { "token_expired" } else { "shutdown" };
+        SseEvent::default().name("status").text(json!({"state": "ended", "reason": reason}).to_string())
     });
     hello.chain(changes).chain(end).map(Ok)
 }

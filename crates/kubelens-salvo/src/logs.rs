@@ -447,6 +447,23 @@ pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::Shu
     Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, StatusReason::Shutdown))])
 }
 
+/// The final frames of a stream that reached its token deadline.
+pub(crate) fn token_expired_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
+    Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, StatusReason::TokenExpired))])
+}
+
+/// When a stream opened by `who` must end: the token's `exp` plus `grace`
+/// (`auth.stream_token_grace`), as a runtime instant. A stream cannot re-authenticate, so it
+/// must not outlive its credentials by more than the grace.
+pub(crate) fn stream_deadline(who: &Principal, grace: Duration) -> tokio::time::Instant {
+    /// Far enough to mean "never" without overflowing `Instant` arithmetic.
+    const MAX_WAIT: Duration = Duration::from_secs(365 * 86_400);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let left = u64::try_from(who.stream_deadline(grace).saturating_sub(now)).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_secs(left).min(MAX_WAIT)
+}
+
 fn upstream_options(logs: &LogsConfig, query: &LogQuery) -> UpstreamOptions {
     UpstreamOptions { start: query.start, follow: query.follow, max_line_length: logs.max_line_length, ..UpstreamOptions::default() }
 }
@@ -460,6 +477,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let (app_state, service) = state(depot)?;
     let (ns, name) = path_names(req)?;
     let logs = &app_state.config.logs;
+    let grace = app_state.config.auth.stream_token_grace;
     let query = LogQuery::parse(req, logs)?;
     let Some(pod) = service.targets.pod(&ns, &name).await? else {
         // The pod no longer exists: serve it from the log archive if it is there (404 if not).
@@ -506,7 +524,8 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 futures::future::ready(frame)
             })
             .boxed();
-        SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name, container))
+        SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
+            .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
             .hold(viewer)
             .respond(res);
         return Ok(());
@@ -560,7 +579,8 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             futures::future::ready(frame)
         })
         .boxed();
-    SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name, container))
+    SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
+        .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
         .hold(viewer)
         .respond(res);
     Ok(())
@@ -731,7 +751,8 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         let frame = run.next_frame().await?;
         Some((frame, run))
     });
-    SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app, String::new()))
+    SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app.clone(), String::new()))
+        .end_at(stream_deadline(&who, app_state.config.auth.stream_token_grace), token_expired_frames(app, String::new()))
         .hold(viewer)
         .respond(res);
     Ok(())

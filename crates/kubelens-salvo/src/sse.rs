@@ -9,6 +9,10 @@
 //!   balancers keep idle streams open.
 //! - **Shutdown**: when the server's shutdown token fires the body writes a final frame
 //!   (a `status` event `ended`/`shutdown`) and ends, instead of being cut mid-stream.
+//! - **Token expiry**: [`SseBody::end_at`] ends the body with final frames (a `status` event
+//!   `ended`/`token_expired`) at the caller's token expiry plus `auth.stream_token_grace`: a
+//!   stream cannot re-authenticate, so it must not outlive its credentials indefinitely. The
+//!   client reconnects with a fresh token and its last id, losing nothing.
 //! - **Cancellation**: the body owns the upstream stream; when the client disconnects,
 //!   hyper drops the body and with it the upstream Kubernetes request and any admission
 //!   permit stored in [`SseBody::hold`].
@@ -98,6 +102,8 @@ pub struct SseBody {
     keepalive: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     on_shutdown: Option<ShutdownFrames>,
+    /// When set: the moment the stream must end, and the frames it ends with.
+    deadline: Option<(Pin<Box<Sleep>>, ShutdownFrames)>,
     started: bool,
     done: bool,
     /// Values that must live exactly as long as the response (admission permits).
@@ -125,6 +131,7 @@ impl SseBody {
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
             shutdown: Box::pin(shutdown.cancelled_owned()),
             on_shutdown: Some(on_shutdown),
+            deadline: None,
             started: false,
             done: false,
             hold: Vec::new(),
@@ -135,6 +142,12 @@ impl SseBody {
     /// ended): used for admission permits.
     pub fn hold(mut self, value: impl Any + Send) -> Self {
         self.hold.push(Box::new(value));
+        self
+    }
+
+    /// Ends the body at `deadline` with `frames()` (see the module docs: token expiry).
+    pub fn end_at(mut self, deadline: Instant, frames: ShutdownFrames) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(deadline)), frames));
         self
     }
 
@@ -169,6 +182,17 @@ impl Stream for SseBody {
         if this.shutdown.as_mut().poll(cx).is_ready() {
             this.done = true;
             if let Some(frames) = this.on_shutdown.take() {
+                for frame in frames() {
+                    frame.encode(&mut out);
+                }
+            }
+            return Poll::Ready(Some(Ok(out.freeze())));
+        }
+        if let Some((sleep, _)) = this.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            this.done = true;
+            if let Some((_, frames)) = this.deadline.take() {
                 for frame in frames() {
                     frame.encode(&mut out);
                 }
@@ -261,6 +285,18 @@ mod tests {
         assert_eq!(&keepalive[..], b": keepalive\n\n");
         token.cancel();
         assert_eq!(&body.next().await.unwrap().unwrap()[..], b": bye\n\n");
+        assert!(body.next().await.is_none());
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_ends_the_stream_with_its_final_frames() {
+        let (tx, rx) = futures::channel::mpsc::channel::<SseFrame>(4);
+        let mut body = SseBody::new(rx.boxed(), Duration::from_secs(15), CancellationToken::new(), Box::new(Vec::new))
+            .end_at(Instant::now() + Duration::from_secs(20), Box::new(|| vec![SseFrame::Comment("expired")]));
+        assert!(body.next().await.unwrap().unwrap().starts_with(b"retry:"));
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], b": keepalive\n\n", "15 s of silence");
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], b": expired\n\n", "at 20 s");
         assert!(body.next().await.is_none());
         drop(tx);
     }

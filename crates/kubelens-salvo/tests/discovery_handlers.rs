@@ -327,3 +327,26 @@ async fn change_stream_sends_events_keepalives_and_a_final_event() {
     assert!(body.contains(":keepalive\n"), "{body}");
     assert!(!body.contains("sneaky") && !body.contains("other-ns"), "{body}");
 }
+
+#[tokio::test]
+async fn change_stream_ends_at_token_expiry_plus_grace() {
+    let issuer = issuer();
+    let mut config = config(issuer);
+    config.auth.stream_token_grace = Duration::from_secs(1);
+    let state = AppState::new(config, Readiness::new()).with_auth(issuer.authenticator());
+    let fake = FakeCluster::new(&state.policy, objects());
+    let service = kubelens_salvo::service(state.with_cluster(fake.cluster()));
+    let mut claims = issuer.claims("viewer", &["/k8s-logs-access"]);
+    claims["exp"] = Value::from(kubelens_core::auth::testing::now() + 2);
+    let started = std::time::Instant::now();
+    let mut res = TestClient::get("http://127.0.0.1/api/v1/namespaces/team-a/pods/watch")
+        .bearer_auth(issuer.token(&claims))
+        .send(&service)
+        .await;
+    assert_eq!(res.status_code.unwrap_or(StatusCode::OK), StatusCode::OK);
+    // Nothing changes and nobody shuts down: only the token deadline (exp + 1 s) ends it.
+    let body = tokio::time::timeout(Duration::from_secs(15), res.take_string()).await.unwrap().unwrap();
+    let elapsed = started.elapsed();
+    assert!(body.contains(r#""reason":"token_expired""#), "{body}");
+    assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+}

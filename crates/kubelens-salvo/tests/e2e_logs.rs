@@ -56,6 +56,11 @@ async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestSer
     tweak(&mut config);
     let auth = kubelens_core::auth::Authenticator::new(&config.auth).unwrap();
     assert!(auth.load_keys().await, "Keycloak keys");
+    serve(env, config, auth).await
+}
+
+/// The server with a given authenticator (e.g. a test issuer's, to mint short-lived tokens).
+async fn serve(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> TestServer {
     let logs = Arc::new(LogService::from_kube_config(sa_kube_config(env).await, &config).unwrap());
     let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(auth);
     state.logs = Some(Arc::clone(&logs));
@@ -171,8 +176,11 @@ struct SseClient {
 
 impl SseClient {
     async fn open(url: &str, user: &str, last_event_id: Option<&str>) -> Result<SseClient, (u16, serde_json::Value)> {
+        Self::open_with_token(url, &token(user).await, last_event_id).await
+    }
+
+    async fn open_with_token(url: &str, token: &str, last_event_id: Option<&str>) -> Result<SseClient, (u16, serde_json::Value)> {
         let client = reqwest::Client::new();
-        let token = token(user).await;
         let mut req = client.get(url).bearer_auth(token).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
@@ -590,4 +598,62 @@ async fn app_stream_resumes_exactly_across_200_random_drops_in_timestamp_order()
         seen += 1;
     }
     assert_eq!(out_of_order, 0, "lines out of timestamp order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_at_token_expiry_plus_grace_and_resume_with_a_fresh_token() {
+    let Some(env) = TestEnv::e2e() else { return };
+    // A stream cannot re-authenticate: it ends at the token's `exp` + `stream_token_grace`
+    // with a final status, and the client resumes with a new token and its last id. Keycloak
+    // tokens live minutes here, so a test issuer mints one that expires in 3 s.
+    let issuer = kubelens_core::auth::testing::TestIssuer::new();
+    let mut config = Config::default();
+    config.namespaces.allowed = vec!["team-a".into()];
+    config.logs.keepalive_interval = Duration::from_secs(1);
+    config.auth = issuer.config();
+    config.auth.stream_token_grace = Duration::from_secs(1);
+    let server = serve(env, config, issuer.authenticator()).await;
+    let pod = unique("expiry");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let line = |n: u64| format!("seq={n} src={pod} expiry test");
+    kubelens_testenv::append_cri_lines(&path, &(1..=5).map(line).collect::<Vec<_>>()).unwrap();
+
+    let mut claims = issuer.claims("viewer", &["/k8s-logs-access"]);
+    claims["exp"] = serde_json::Value::from(kubelens_core::auth::testing::now() + 3);
+    let short_lived = issuer.token(&claims);
+    let pod_url = format!("{}/namespaces/team-a/pods/{pod}/logs?tailLines=100", server.base);
+    let app_url = format!("{}/namespaces/team-a/apps/nonexistent-app/logs", server.base);
+    assert_eq!(SseClient::open_with_token(&app_url, &short_lived, None).await.err().map(|e| e.0), Some(404));
+    let opened = Instant::now();
+    let mut sse = SseClient::open_with_token(&pod_url, &short_lived, None).await.unwrap();
+    let mut last_id = None;
+    let mut seqs = Vec::new();
+    let ended = loop {
+        let event = sse.next(Duration::from_secs(20)).await.expect("the stream ends with a status, not silently");
+        match event.event.as_str() {
+            "log" => {
+                seqs.push(seq_of(event.data["line"].as_str().unwrap()).0);
+                last_id = event.id;
+            }
+            "status" if event.data["state"] == "ended" => break event,
+            _ => {}
+        }
+    };
+    let lived = opened.elapsed();
+    assert_eq!(ended.data["reason"], "token_expired", "{:?}", ended.data);
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert!(lived >= Duration::from_secs(2) && lived < Duration::from_secs(12), "ended after {lived:?}");
+    assert!(sse.next(Duration::from_secs(5)).await.is_none(), "nothing after the final status");
+
+    // Lines written meanwhile arrive on the resumed stream: nothing lost, nothing repeated.
+    kubelens_testenv::append_cri_lines(&path, &(6..=8).map(line).collect::<Vec<_>>()).unwrap();
+    let mut sse = SseClient::open_with_token(&pod_url, &issuer.viewer_token(), last_id.as_deref()).await.unwrap();
+    let mut resumed = Vec::new();
+    while resumed.len() < 3 {
+        let event = sse.next(Duration::from_secs(20)).await.expect("resumed stream");
+        if event.event == "log" {
+            resumed.push(seq_of(event.data["line"].as_str().unwrap()).0);
+        }
+    }
+    assert_eq!(resumed, [6, 7, 8]);
 }

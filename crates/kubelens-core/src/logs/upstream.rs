@@ -187,6 +187,9 @@ pub enum StatusReason {
     TooManyStreams,
     /// The server is shutting down.
     Shutdown,
+    /// The viewer's token expired (plus `auth.stream_token_grace`): the stream ends; the client
+    /// reconnects with a fresh token and its last id.
+    TokenExpired,
     /// A viewer's source is being re-opened at its resume cursor and has not delivered yet
     /// (used inside app merges so the merge tracks the source as behind; not sent to clients).
     Resuming,
