@@ -22,9 +22,11 @@ use kubelens_core::auth::Principal;
 use kubelens_core::config::LogsConfig;
 use kubelens_core::logs::admission::{AdmissionError, StreamAdmission};
 use kubelens_core::logs::grep::LineFilter;
+pub use kubelens_core::logs::app::AppPod;
+use kubelens_core::logs::app::{AppEvent, AppLogStream, AppStreamOptions, DEFAULT_MEMBER_POLL_INTERVAL, UpstreamTap, subscribe_shared};
 use kubelens_core::logs::hub::{HubEvent, LogHub, ResumePoint};
 use kubelens_core::logs::json::write_line_json;
-use kubelens_core::logs::merge::{AppLogMerge, MergeConfig, MergedEvent};
+use kubelens_core::logs::merge::MergeConfig;
 use kubelens_core::logs::{AppLogId, LogLine, LogSource, SourceCursor};
 use kubelens_core::logs::upstream::{
     ContainerProbe, LinePosition, PodLogUpstream, SourceKey, SourceState, SourceStatus, StartAt,
@@ -41,19 +43,7 @@ use crate::state::AppState;
 /// The annotation naming a pod's default container (as `kubectl logs` honours it).
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 
-/// How often an app stream re-reads the app's pods when no pod change stream is available.
-const APP_POLL_INTERVAL: Duration = Duration::from_secs(1);
-
 // ---- what the handlers need from the rest of the system -----------------------------------
-
-/// A pod of an app, as the app stream needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppPod {
-    /// Pod name.
-    pub name: String,
-    /// Its containers (regular containers, in spec order).
-    pub containers: Vec<String>,
-}
 
 /// Finds visible pods and app members. Implemented over the discovery cache (policy applied:
 /// a hidden pod is `None`, exactly like a missing one) or, without it, over the API.
@@ -166,7 +156,11 @@ impl LogTargets for ApiLogTargets {
                 if top == app && pod.metadata.deletion_timestamp.is_none() {
                     let containers =
                         pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
-                    members.push(AppPod { name: pod.metadata.name.clone().unwrap_or_default(), containers });
+                    members.push(AppPod {
+                        name: pod.metadata.name.clone().unwrap_or_default(),
+                        uid: pod.metadata.uid.clone().unwrap_or_default(),
+                        containers,
+                    });
                 }
             }
             members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -217,7 +211,7 @@ impl LogTargets for ClusterLogTargets {
                 d.pods
                     .into_iter()
                     .filter(|p| p.deletion_timestamp.is_none())
-                    .map(|p| AppPod { name: p.name, containers: p.containers.into_iter().map(|c| c.name).collect() })
+                    .map(|p| AppPod { name: p.name, uid: p.uid, containers: p.containers.into_iter().map(|c| c.name).collect() })
                     .collect()
             })
         });
@@ -531,39 +525,31 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         return Ok(());
     }
     // Shared follow upstream through the hub. A new upstream needs a slot; joining an open
-    // (or lingering) one does not. The hub calls the opener synchronously inside `subscribe`
-    // only when it needs a new upstream, so "no slot" is known before answering.
-    let permit = service.admission.try_upstream();
-    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let upstream = service.upstream.clone();
-    let mut options = upstream_options(logs, &query);
-    let open_key = key.clone();
-    let refused_in_opener = Arc::clone(&refused);
+    // (or lingering) one does not, so "no slot" is known before answering.
     // The hub's upstream feeds an archive tap (one per upstream, not per viewer): a pod
     // deleted while being followed keeps its tail, and its capture reuses these lines
     // instead of fetching them again (see docs/retention.md).
-    let tap = crate::archive::tap_for(&app_state, &pod, &key, true);
-    let subscription = service.hub.subscribe(key, resume_point(query.start), move |start| match permit {
-        Ok(permit) => {
-            options.start = start;
-            let stream = upstream.stream(open_key, options, Some(permit));
-            match tap.map(|open_tap| open_tap()) {
-                Some(tap) => stream.inspect(move |event| tap.observe(event)).boxed(),
-                None => stream,
-            }
-        }
-        Err(_) => {
-            refused_in_opener.store(true, std::sync::atomic::Ordering::Release);
-            let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
-            futures::stream::iter([UpstreamEvent::Status(status)]).boxed()
-        }
+    let tap = crate::archive::tap_for(&app_state, &pod, &key, true).map(|open_tap| -> UpstreamTap {
+        Box::new(move || {
+            let tap = open_tap();
+            Box::new(move |event: &UpstreamEvent| tap.observe(event))
+        })
     });
-    if refused.load(std::sync::atomic::Ordering::Acquire) {
-        drop(subscription);
+    let shared = subscribe_shared(
+        &service.hub,
+        &service.upstream,
+        key,
+        resume_point(query.start),
+        upstream_options(logs, &query),
+        service.admission.try_upstream(),
+        tap,
+    );
+    if !shared.admitted {
         return Err(ApiError::too_many_streams(
             AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }.to_string(),
         ));
     }
+    let subscription = shared.subscription;
     let (pod_name, container_name) = (name.clone(), container.clone());
     let filter = query.filter.clone();
     let frames = subscription
@@ -723,178 +709,68 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         (None, StartAt::Since(ts)) => Some(ResumePoint::After(SourceCursor::from_time(ts.into()))),
         (None, other) => Some(resume_point(other)),
     };
-    let mut run = AppRun {
-        merge: AppLogMerge::new(MergeConfig::from_logs(logs), resume),
-        joined: HashMap::new(),
-        service,
-        ns,
-        app: app.clone(),
-        options: upstream_options(logs, &query),
-        first_start: start,
-        refreshing: None,
-        filter: query.filter.clone(),
-        follow: query.follow,
-        ticker: tokio::time::interval(APP_POLL_INTERVAL),
-        admitted_any: false,
-        refused_any: false,
+    let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = {
+        let (service, options) = (service.clone(), upstream_options(logs, &query));
+        let (admitted, refused) = (Arc::clone(&admitted), Arc::clone(&refused));
+        Box::new(move |key: &SourceKey, from: ResumePoint| {
+            let permit = service.admission.try_upstream();
+            let shared = subscribe_shared(&service.hub, &service.upstream, key.clone(), from, options.clone(), permit, None);
+            if shared.admitted {
+                admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                tracing::warn!(namespace = %key.namespace, pod = %key.pod, "app stream source not admitted (upstream cap)");
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            shared.subscription.boxed()
+        })
     };
-    run.ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    run.join(&pods);
-    if run.refused_any && !run.admitted_any {
+    let members = {
+        let (targets, ns, app) = (Arc::clone(&service.targets), ns.clone(), app.clone());
+        Box::new(move || {
+            let read = targets.app_pods(&ns, &app);
+            async move {
+                read.await.unwrap_or_else(|err| {
+                    tracing::debug!(error = %err, "app pod refresh failed");
+                    None
+                })
+            }
+            .boxed()
+        })
+    };
+    let options = AppStreamOptions {
+        merge: MergeConfig::from_logs(logs),
+        resume,
+        start,
+        follow: query.follow,
+        poll_interval: DEFAULT_MEMBER_POLL_INTERVAL,
+    };
+    let mut stream = AppLogStream::new(ns, options, members, open);
+    stream.join(&pods);
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    if refused.load(ordering) > 0 && admitted.load(ordering) == 0 {
         return Err(ApiError::too_many_streams(
             AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }.to_string(),
         ));
     }
-    // Pods that join later started after the stream: read them from their beginning.
-    run.first_start = Some(ResumePoint::Beginning);
-    let frames = futures::stream::unfold(run, |mut run| async move {
-        let frame = run.next_frame().await?;
-        Some((frame, run))
+    let filter = query.filter.clone();
+    let frames = stream.into_stream().filter_map(move |event| {
+        let frame = match event {
+            AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| {
+                let mut data = Vec::with_capacity(96 + line.text.len());
+                write_line_json(&line, &mut data);
+                SseFrame::Event { id: Some(id.to_string()), event: "log", data: Bytes::from(data) }
+            }),
+            AppEvent::Status { source, status } => Some(status_frame(&source.pod, &source.container, &status)),
+        };
+        futures::future::ready(frame)
     });
     SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app.clone(), String::new()))
         .end_at(stream_deadline(&who, app_state.config.auth.stream_token_grace), token_expired_frames(app, String::new()))
         .hold(viewer)
         .respond(res);
     Ok(())
-}
-
-/// Marks a re-opened source as catching up: until it delivers, the merge must not let the
-/// frontier imply that its lines were sent (the re-open can take longer than the watermark).
-fn resuming(stream: BoxStream<'static, HubEvent>) -> BoxStream<'static, HubEvent> {
-    let status = SourceStatus::new(SourceState::Reconnecting, StatusReason::Resuming);
-    futures::stream::iter([HubEvent::Status(status)]).chain(stream).boxed()
-}
-
-type PodsFuture = BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>>;
-
-/// State of one app stream.
-struct AppRun {
-    merge: AppLogMerge<SourceKey>,
-    joined: HashMap<SourceKey, Arc<LogSource>>,
-    service: LogService,
-    ns: String,
-    app: String,
-    options: UpstreamOptions,
-    /// Start of sources without a resume cursor.
-    first_start: Option<ResumePoint>,
-    refreshing: Option<PodsFuture>,
-    filter: LineFilter,
-    follow: bool,
-    ticker: tokio::time::Interval,
-    admitted_any: bool,
-    refused_any: bool,
-}
-
-impl AppRun {
-    /// Subscribes `key` through the hub (a new upstream needs a slot) from `from`.
-    fn subscribe(&mut self, key: &SourceKey, from: ResumePoint) -> BoxStream<'static, HubEvent> {
-        let permit = self.service.admission.try_upstream();
-        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let refused_in_opener = Arc::clone(&refused);
-        let upstream = self.service.upstream.clone();
-        let mut options = self.options.clone();
-        let open_key = key.clone();
-        let sub = self.service.hub.subscribe(key.clone(), from, move |start| match permit {
-            Ok(permit) => {
-                options.start = start;
-                upstream.stream(open_key, options, Some(permit))
-            }
-            Err(_) => {
-                refused_in_opener.store(true, std::sync::atomic::Ordering::Release);
-                let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
-                futures::stream::iter([UpstreamEvent::Status(status)]).boxed()
-            }
-        });
-        if refused.load(std::sync::atomic::Ordering::Acquire) {
-            tracing::warn!(namespace = %self.ns, pod = %key.pod, "app stream source not admitted (upstream cap)");
-            self.refused_any = true;
-        } else {
-            self.admitted_any = true;
-        }
-        sub.boxed()
-    }
-
-    fn join(&mut self, pods: &[AppPod]) {
-        for pod in pods {
-            for container in &pod.containers {
-                let key = SourceKey { namespace: self.ns.clone(), pod: pod.name.clone(), container: container.clone(), previous: false };
-                if self.joined.contains_key(&key) {
-                    continue;
-                }
-                let source = LogSource::new(pod.name.clone(), container.clone());
-                let cursor = self.merge.start_cursor_for(&source);
-                let from = match (cursor, self.first_start) {
-                    (Some(c), _) => ResumePoint::After(c),
-                    (None, Some(from)) => from,
-                    (None, None) => ResumePoint::Beginning,
-                };
-                let mut stream = self.subscribe(&key, from);
-                if cursor.is_some() {
-                    stream = resuming(stream);
-                }
-                self.merge.insert(key.clone(), Arc::clone(&source), cursor, stream);
-                self.joined.insert(key, source);
-            }
-        }
-    }
-
-    async fn next_frame(&mut self) -> Option<SseFrame> {
-        loop {
-            if let Some(refresh) = self.refreshing.take() {
-                match refresh.await {
-                    Ok(Some(pods)) => self.join(&pods),
-                    Ok(None) => {}
-                    Err(err) => tracing::debug!(error = %err, "app pod refresh failed"),
-                }
-            }
-            let event = if self.merge.is_empty() {
-                if !self.follow {
-                    return None;
-                }
-                self.ticker.tick().await;
-                self.refreshing = Some(self.service.targets.app_pods(&self.ns, &self.app));
-                continue;
-            } else if self.follow {
-                tokio::select! {
-                    event = self.merge.next() => event,
-                    _ = self.ticker.tick() => {
-                        self.refreshing = Some(self.service.targets.app_pods(&self.ns, &self.app));
-                        continue;
-                    }
-                }
-            } else {
-                self.merge.next().await
-            };
-            let Some(event) = event else { continue };
-            match event {
-                MergedEvent::Line { line, id } => {
-                    if self.filter.accepts(&line.text) {
-                        let mut data = Vec::with_capacity(96 + line.text.len());
-                        write_line_json(&line, &mut data);
-                        return Some(SseFrame::Event { id: Some(id.to_string()), event: "log", data: Bytes::from(data) });
-                    }
-                }
-                MergedEvent::Status { status, .. } if status.reason == StatusReason::Resuming => {}
-                MergedEvent::Status { key, source, status } => {
-                    if status.state == SourceState::Ended {
-                        // The source left; a pod recreated under the same name may join again.
-                        self.merge.remove(&key);
-                        self.joined.remove(&key);
-                    }
-                    return Some(status_frame(&source.pod, &source.container, &status));
-                }
-                MergedEvent::Lagged { key, resume } => {
-                    // This source's viewer queue overflowed: resubscribe it from what the
-                    // merge received; the merge tracks it as behind until it catches up.
-                    if let Some(source) = self.joined.get(&key).cloned() {
-                        let from = resume.map_or(ResumePoint::Beginning, ResumePoint::After);
-                        let stream = resuming(self.subscribe(&key, from));
-                        self.merge.insert(key, source, resume, stream);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Routes of the log endpoints, to be mounted under `/api/v1`.

@@ -12,7 +12,8 @@
 //!    drops exactly the lines a client already has (Kubernetes only resumes to the second).
 //! 3. [`hub`] fans one upstream per (namespace, pod, container, previous) out to any number of
 //!    viewers through a ring buffer and bounded per-viewer queues.
-//! 4. [`merge`] merges the sources of an app in timestamp order with a watermark window and
+//! 4. [`app`] composes an app's live log (membership, shared sources, merge);
+//!    [`merge`] merges the sources of an app in timestamp order with a watermark window and
 //!    emits ids that resume a merged stream exactly ([`AppLogId`]).
 //! 5. [`grep`] applies include/exclude regexes before a line leaves the server, and
 //!    [`json`] renders the SSE `data:` payload.
@@ -25,6 +26,7 @@
 use std::sync::Arc;
 
 pub mod admission;
+pub mod app;
 pub mod grep;
 pub mod hub;
 pub mod id;
