@@ -1,1 +1,2 @@
-//! Shared bits of the example programs (none yet).
+//! Shared bits of the example programs. The programs are in `src/bin/`: `kubetail` tails an
+//! app's merged logs with `kubelens-core` alone.

@@ -386,6 +386,13 @@ mod tests {
         assert_eq!(texts(&events), ["a1", "b2", "b3", "a4"]);
         let ended = events.iter().filter(|e| matches!(e, AppEvent::Status { status, .. } if status.state == SourceState::Ended)).count();
         assert_eq!(ended, 2, "each source reports its end");
+        // …after its last line, never before.
+        let position = |what: &dyn Fn(&AppEvent) -> bool| events.iter().position(what).unwrap();
+        let a_end = position(&|e| matches!(e, AppEvent::Status { source, .. } if source.pod == "a"));
+        let a4 = position(&|e| matches!(e, AppEvent::Line { line, .. } if line.text == "a4"));
+        let b_end = position(&|e| matches!(e, AppEvent::Status { source, .. } if source.pod == "b"));
+        let b3 = position(&|e| matches!(e, AppEvent::Line { line, .. } if line.text == "b3"));
+        assert!(a_end > a4 && b_end > b3, "{events:?}");
     }
 
     #[tokio::test]

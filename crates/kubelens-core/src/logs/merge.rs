@@ -105,6 +105,9 @@ struct Slot<K> {
     sent: Option<SourceCursor>,
     behind: bool,
     state: SourceState,
+    /// An `ended` status that arrived while lines were still buffered: sent after the last
+    /// of them, so a client never sees a source's lines after its end.
+    pending_end: Option<SourceStatus>,
     last_activity: Instant,
 }
 
@@ -188,6 +191,7 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
             // Assume live until the source says otherwise (hub subscriptions start with the
             // current status when one is known).
             state: SourceState::Streaming,
+            pending_end: None,
             last_activity: now,
         });
     }
@@ -222,7 +226,11 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
                         if matches!(status.state, SourceState::Reconnecting | SourceState::Waiting) && self.frontier.is_some() {
                             slot.behind = true;
                         }
-                        self.out.push_back(MergedEvent::Status { key: slot.key.clone(), source: slot.source.clone(), status });
+                        if status.state == SourceState::Ended && !slot.buf.is_empty() {
+                            slot.pending_end = Some(status);
+                        } else {
+                            self.out.push_back(MergedEvent::Status { key: slot.key.clone(), source: slot.source.clone(), status });
+                        }
                     }
                     Poll::Ready(Some(HubEvent::Lagged { .. })) => {
                         slot.stream = None;
@@ -277,6 +285,12 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
         };
         let key = MergeKey { ts: line.ts, tag: slot.source.tag, index: line.index };
         slot.sent = Some(SourceCursor::after(line.id()));
+        if slot.buf.is_empty()
+            && let Some(status) = slot.pending_end.take()
+        {
+            // Queued behind this line: `poll_next` returns the line first.
+            self.out.push_back(MergedEvent::Status { key: slot.key.clone(), source: slot.source.clone(), status });
+        }
         match self.frontier {
             Some(f) if key <= f => slot.behind = true,
             _ => {
