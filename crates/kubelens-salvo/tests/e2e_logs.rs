@@ -657,3 +657,72 @@ async fn streams_end_at_token_expiry_plus_grace_and_resume_with_a_fresh_token() 
     }
     assert_eq!(resumed, [6, 7, 8]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_restart_is_followed_into_the_new_instance_without_loss_or_repeat() {
+    let Some(env) = TestEnv::e2e() else { return };
+    // A kubelet writes a restarted container's log to a new file and ends the old follow
+    // request; KWOK is told the same way: the `Logs` object moves to a new file (the old one
+    // becomes `previous`) and the pod status gets restartCount 1. The stream notices the new
+    // instance (liveness check), says `restarted`, and reads the new instance from its start.
+    let server = start_server(env, |_| {}).await;
+    let pod = unique("restart");
+    let first_file = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let line = |n: u64| format!("seq={n} src={pod} restart test");
+    kubelens_testenv::append_cri_lines(&first_file, &(1..=5).map(line).collect::<Vec<_>>()).unwrap();
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs?tailLines=100", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let event = sse.next(Duration::from_secs(20)).await.expect("first instance");
+        if event.event == "log" {
+            seqs.push(seq_of(event.data["line"].as_str().unwrap()).0);
+        }
+    }
+
+    let second_file = first_file.with_file_name("app-instance-1.log");
+    kubelens_testenv::append_cri_lines(&second_file, &(6..=8).map(line).collect::<Vec<_>>()).unwrap();
+    let logs = serde_json::json!({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
+        "metadata": {"name": pod, "namespace": "team-a"},
+        "spec": {"logs": [{"containers": ["app"], "logsFile": second_file, "previousLogsFile": first_file, "follow": true}]},
+    });
+    env.kubectl_apply(&logs.to_string()).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&env.kubectl(&["-n", "team-a", "get", "pod", &pod, "-o", "json"]).unwrap()).unwrap();
+    let mut statuses = status["status"]["containerStatuses"].clone();
+    for c in statuses.as_array_mut().unwrap() {
+        c["restartCount"] = serde_json::Value::from(1);
+        c["lastState"] = serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}});
+    }
+    let patch = serde_json::json!({"status": {"containerStatuses": statuses}}).to_string();
+    env.kubectl(&["-n", "team-a", "patch", "pod", &pod, "--subresource=status", "--type=merge", "-p", &patch]).unwrap();
+
+    let mut restarted = false;
+    while seqs.len() < 8 {
+        let event = sse.next(Duration::from_secs(30)).await.expect("the stream continues into the new instance");
+        match event.event.as_str() {
+            "log" => {
+                assert!(restarted, "a line of the new instance arrived before the `restarted` status: {:?}", event.data);
+                seqs.push(seq_of(event.data["line"].as_str().unwrap()).0);
+            }
+            "status" if event.data["reason"] == "restarted" => {
+                assert_eq!(event.data["state"], "streaming");
+                restarted = true;
+            }
+            "status" => assert_ne!(event.data["state"], "ended", "{:?}", event.data),
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "every line once, in order, across the restart");
+    // `previous=true` now serves the first instance.
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}&follow=false&previous=true"))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["lines"].as_array().map(Vec::len), Some(5), "{body}");
+}
