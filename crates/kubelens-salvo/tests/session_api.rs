@@ -112,3 +112,53 @@ async fn session_api_on_redis() {
     let store = kubelens_storage::redis::RedisStore::open(&config, StoreLimits::default()).await.unwrap();
     exercise(&service(&issuer, Stores::from_one(store, StorageBackend::Redis)), &issuer).await;
 }
+
+/// The same contract with real Keycloak access tokens (testenv): the session key is the
+/// token's `sub`, so two real users never see each other's session, a user outside the
+/// allowed group (`nogroup`, and `evil` with look-alike groups) never reaches storage, and
+/// two tabs of one user race through `If-Match`.
+#[tokio::test]
+async fn session_api_with_real_keycloak_tokens() {
+    let Some(env) = kubelens_testenv::TestEnv::e2e() else { return };
+    let mut config = Config::default();
+    config.auth.keycloak_url = env.keycloak_url.clone().expect("testenv runs Keycloak");
+    config.auth.realm = env.realm.clone();
+    config.auth.client_id = env.backend_client_id.clone();
+    config.auth.trusted_clients = vec![env.cli_client_id.clone(), env.web_client_id.clone()];
+    config.auth.allowed_groups = Some(vec!["k8s-logs-access".into()]);
+    let auth = kubelens_core::auth::Authenticator::new(&config.auth).unwrap();
+    assert!(auth.load_keys().await, "Keycloak keys");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteConfig { path: dir.path().join("s.db").display().to_string(), ..SqliteConfig::default() };
+    let store = kubelens_storage::sqlite::SqliteStore::open(&sqlite, StoreLimits::default()).await.unwrap();
+    let mut state = AppState::new(config, Readiness::new()).with_auth(auth);
+    state.storage = Some(Stores::from_one(store, StorageBackend::Sqlite));
+    let s = kubelens_salvo::service(state);
+
+    let viewer = env.password_token(&env.web_client_id, "viewer").await;
+    let admin = env.password_token(&env.cli_client_id, "admin").await;
+    let nogroup = env.password_token(&env.web_client_id, "nogroup").await;
+    let evil = env.password_token(&env.web_client_id, "evil").await;
+    assert_eq!(send(&s, TestClient::get(URL).bearer_auth(&nogroup)).await.0, 403);
+    assert_eq!(send(&s, TestClient::put(URL).bearer_auth(&evil).raw_json("{}")).await.0, 403);
+
+    let (status, etag, body) =
+        send(&s, TestClient::put(URL).bearer_auth(&viewer).raw_json(r#"{"theme":"dark","uiPrefs":{"fontSize":15}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let etag = etag.expect("an ETag on save");
+    let (_, _, theirs) = send(&s, TestClient::get(URL).bearer_auth(&admin)).await;
+    assert_eq!(theirs["theme"], "system", "admin never sees viewer's session: {theirs}");
+    let (_, same_etag, mine) = send(&s, TestClient::get(URL).bearer_auth(&viewer)).await;
+    assert_eq!((mine["theme"].as_str(), same_etag.as_deref()), (Some("dark"), Some(etag.as_str())), "{mine}");
+
+    let (status, _, body) = send(&s, TestClient::put(URL).bearer_auth(&viewer).raw_json(r#"{"theme":"neon"}"#)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_session")), "{body}");
+    let tab = |theme: &str| {
+        TestClient::put(URL).bearer_auth(&viewer).add_header("if-match", etag.clone(), true).raw_json(format!(r#"{{"theme":"{theme}"}}"#))
+    };
+    let (a, b) = tokio::join!(send(&s, tab("light")), send(&s, tab("system")));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 412], "exactly one tab wins");
+    assert_eq!(send(&s, TestClient::delete(URL).bearer_auth(&viewer)).await.0, 204);
+}
