@@ -213,7 +213,13 @@ pub async fn watch_pods(req: &mut Request, depot: &mut Depot, res: &mut Response
     tracing::debug!(namespace = %ns, "pod change stream opened");
     res.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    SseKeepAlive::new(sse_events(events, shutdown, deadline)).max_interval(keepalive).comment("keepalive").stream(res);
+    // Counted in `sse_streams_open` for as long as the response body lives.
+    let open = state.metrics.sse_stream_guard();
+    let events = sse_events(events, shutdown, deadline).map(move |event| {
+        let _counted = &open;
+        event
+    });
+    SseKeepAlive::new(events).max_interval(keepalive).comment("keepalive").stream(res);
     Ok(())
 }
 

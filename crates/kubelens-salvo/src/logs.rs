@@ -379,7 +379,12 @@ pub fn choose_container(pod: &Pod, requested: Option<&str>) -> Result<String, Ap
     }
 }
 
-fn admission_error(err: &AdmissionError) -> ApiError {
+fn admission_error(err: &AdmissionError, metrics: &kubelens_core::Metrics) -> ApiError {
+    let limit = match err {
+        AdmissionError::UserLimit { .. } => "user",
+        _ => "upstream",
+    };
+    metrics.streams_rejected.inc(&[limit]);
     ApiError::too_many_streams(err.to_string())
 }
 
@@ -488,20 +493,20 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             ));
         }
     }
-    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e))?;
+    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     let key = SourceKey { namespace: ns.clone(), pod: name.clone(), container: container.clone(), previous: query.previous };
     tracing::info!(namespace = %ns, pod = %name, container = %container, follow = query.follow, "log stream opened");
 
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
         drop(viewer);
-        let permit = service.admission.try_upstream().map_err(|e| admission_error(&e))?;
+        let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
         let upstream = service.upstream.stream(key, upstream_options(logs, &query), Some(permit));
         return one_shot(upstream, &ns, &name, &container, &query, logs.max_tail_lines, res).await;
     }
     if !query.follow {
         // A finite SSE read is not shared: the hub's upstreams follow.
-        let permit = service.admission.try_upstream().map_err(|e| admission_error(&e))?;
+        let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
         let source = LogSource::new(name.clone(), container.clone());
         let filter = query.filter.clone();
         let frames = service
@@ -520,6 +525,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             .boxed();
         SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
             .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
+            .metrics(&app_state.metrics)
             .hold(viewer)
             .respond(res);
         return Ok(());
@@ -545,9 +551,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         tap,
     );
     if !shared.admitted {
-        return Err(ApiError::too_many_streams(
-            AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }.to_string(),
-        ));
+        return Err(admission_error(&AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }, &app_state.metrics));
     }
     let subscription = shared.subscription;
     let (pod_name, container_name) = (name.clone(), container.clone());
@@ -567,6 +571,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         .boxed();
     SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
         .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
+        .metrics(&app_state.metrics)
         .hold(viewer)
         .respond(res);
     Ok(())
@@ -702,7 +707,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     }
     let query = LogQuery::parse(req, logs)?;
     let pods = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
-    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e))?;
+    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, app = %app, pods = pods.len(), "app log stream opened");
     let start = match (&resume, query.start) {
         (Some(_), _) => None,
@@ -750,9 +755,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     stream.join(&pods);
     let ordering = std::sync::atomic::Ordering::Relaxed;
     if refused.load(ordering) > 0 && admitted.load(ordering) == 0 {
-        return Err(ApiError::too_many_streams(
-            AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }.to_string(),
-        ));
+        return Err(admission_error(&AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }, &app_state.metrics));
     }
     let filter = query.filter.clone();
     let frames = stream.into_stream().filter_map(move |event| {
@@ -768,6 +771,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     });
     SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app.clone(), String::new()))
         .end_at(stream_deadline(&who, app_state.config.auth.stream_token_grace), token_expired_frames(app, String::new()))
+        .metrics(&app_state.metrics)
         .hold(viewer)
         .respond(res);
     Ok(())
@@ -793,6 +797,12 @@ impl LogService {
         let lookup = Arc::new(kubelens_core::logs::upstream::CachedContainerLookup::new(cluster.clone(), Arc::clone(&policy)));
         self.upstream = PodLogUpstream::new(self.client.clone(), lookup);
         self.targets = Arc::new(ClusterLogTargets::new(cluster, policy));
+        self
+    }
+
+    /// Counts upstream streams, reconnects and lines received in `metrics`.
+    pub fn with_metrics(mut self, metrics: &kubelens_core::Metrics) -> Self {
+        self.upstream = self.upstream.with_metrics(metrics.clone());
         self
     }
 

@@ -166,7 +166,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let listen = config.server.listen;
     let mut state = AppState::new(config, readiness).with_auth(authenticator);
-    state.storage = Some(stores);
+    // Every storage operation is timed and backend failures are counted (metrics decorator).
+    let instrumented = kubelens_storage::Stores {
+        sessions: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.sessions, state.metrics.clone())),
+        archive: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.archive, state.metrics.clone())),
+        backend: stores.backend,
+    };
+    state.storage = Some(instrumented);
     if let Some(cluster) = cluster {
         // Log lookups and liveness checks come from the watch cache, under the policy.
         let logs = logs.map(|service| std::sync::Arc::new((*service).clone().with_cluster(cluster.clone(), state.policy.clone())));
@@ -175,6 +181,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         state.logs = logs;
     }
+    // Count upstream streams, reconnects and lines received (after `with_cluster`, which
+    // replaces the upstream).
+    let metrics = state.metrics.clone();
+    state.logs = state.logs.map(|service| std::sync::Arc::new((*service).clone().with_metrics(&metrics)));
     // Terminated pods' log archive, in the same (background-opened) storage: archive calls
     // fail fast until it is open, and captures count those failures as missed.
     if let (Some(client), Some(service), Some(stores)) = (retention_client, state.logs.clone(), state.storage.clone()) {

@@ -21,6 +21,9 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) {
     // Subsystems keep their own counts; mirror them at scrape time (pull model), so no hot
     // path needs a metrics handle.
     state.metrics.jwks_fetches.set(state.auth.jwks_fetch_count());
+    if let Some(logs) = &state.logs {
+        state.metrics.lagged_viewers.set(logs.hub.lagged_viewers());
+    }
     if let Some(cluster) = &state.cluster {
         state.metrics.kube_api_requests.set(cluster.api_requests().total);
         state.metrics.set_cache_synced("all", cluster.is_synced());

@@ -108,6 +108,8 @@ pub struct SseBody {
     done: bool,
     /// Values that must live exactly as long as the response (admission permits).
     hold: Vec<Box<dyn Any + Send>>,
+    /// Counts `log` events sent (`log_lines_sent`) when set.
+    metrics: Option<kubelens_core::Metrics>,
 }
 
 impl fmt::Debug for SseBody {
@@ -135,7 +137,16 @@ impl SseBody {
             started: false,
             done: false,
             hold: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts this stream in `sse_streams_open` while it lives and its `log` events in
+    /// `log_lines_sent`.
+    pub fn metrics(mut self, metrics: &kubelens_core::Metrics) -> Self {
+        self.hold.push(Box::new(metrics.sse_stream_guard()));
+        self.metrics = Some(metrics.clone());
+        self
     }
 
     /// Keeps `value` alive until the body is dropped (the client disconnected or the stream
@@ -202,7 +213,12 @@ impl Stream for SseBody {
         let mut ended = false;
         while out.len() < MAX_BATCH_BYTES {
             match this.frames.as_mut().poll_next(cx) {
-                Poll::Ready(Some(frame)) => frame.encode(&mut out),
+                Poll::Ready(Some(frame)) => {
+                    if let (Some(m), SseFrame::Event { event: "log", .. }) = (&this.metrics, &frame) {
+                        m.log_lines_sent.inc();
+                    }
+                    frame.encode(&mut out);
+                }
                 Poll::Ready(None) => {
                     ended = true;
                     break;
@@ -299,6 +315,18 @@ mod tests {
         assert_eq!(&body.next().await.unwrap().unwrap()[..], b": expired\n\n", "at 20 s");
         assert!(body.next().await.is_none());
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn metrics_count_open_streams_and_log_lines() {
+        let metrics = kubelens_core::Metrics::new();
+        let frames = futures::stream::iter(vec![log("1"), SseFrame::Comment("c"), log("2")]).chain(futures::stream::pending()).boxed();
+        let mut body = SseBody::new(frames, Duration::from_secs(15), CancellationToken::new(), Box::new(Vec::new)).metrics(&metrics);
+        assert_eq!(metrics.sse_streams_open.get(), 1);
+        let _ = body.next().await.unwrap().unwrap();
+        assert_eq!(metrics.log_lines_sent.get(), 2);
+        drop(body);
+        assert_eq!(metrics.sse_streams_open.get(), 0);
     }
 
     #[tokio::test]

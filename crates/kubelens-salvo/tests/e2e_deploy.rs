@@ -136,10 +136,38 @@ async fn the_overlay_applies_and_kubelens_serves_every_endpoint_with_its_service
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     drop(res);
 
-    // Prometheus metrics on the separate, unauthenticated listener.
+    // Prometheus metrics on the separate, unauthenticated listener, scraped while a log
+    // stream is open: the stream, its upstream and its lines are counted.
+    let mut stream = client
+        .get(format!("{base}/api/v1/namespaces/team-a/pods/debug/logs?tailLines=3"))
+        .bearer_auth(&viewer)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut received = String::new();
+    while received.matches("event: log").count() < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk()).await.unwrap().unwrap().unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
     let (status, metrics) = call(&client, get.clone(), &format!("http://127.0.0.1:{metrics_port}/metrics"), None).await;
     assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
     assert!(metrics.contains("kubelens_http_requests_total"), "{metrics}");
+    assert!(value("kubelens_sse_streams_open") >= 1.0, "{metrics}");
+    assert!(value("kubelens_upstream_log_streams_open") >= 1.0, "{metrics}");
+    assert!(value("kubelens_upstream_log_streams_opened_total") >= 3.0, "two one-shot reads and the stream: {metrics}");
+    assert!(value("kubelens_log_lines_sent_total") >= 3.0, "{metrics}");
+    assert!(value("kubelens_log_lines_received_total") >= 3.0, "{metrics}");
+    drop(stream);
 
     // A namespace outside the allowlist: 404 from our policy ...
     let (status, _) = call(&client, get.clone(), &format!("{base}/api/v1/namespaces/secret-ns/pods"), Some(&viewer)).await;

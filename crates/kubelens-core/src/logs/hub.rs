@@ -121,6 +121,8 @@ struct HubInner {
     spawner: Spawner,
     channels: Mutex<HashMap<SourceKey, Arc<Channel>>>,
     opened: AtomicU64,
+    /// Viewers cut loose since the hub was created (shared with every channel).
+    lagged: Arc<AtomicU64>,
 }
 
 struct Channel {
@@ -142,6 +144,8 @@ struct ChannelState {
     viewers: Vec<Viewer>,
     next_viewer: u64,
     closed: bool,
+    /// The hub's count of viewers cut loose.
+    lagged_total: Arc<AtomicU64>,
 }
 
 struct Viewer {
@@ -165,7 +169,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl LogHub {
     /// A hub spawning its pump tasks with `spawner`.
     pub fn new(config: HubConfig, spawner: Spawner) -> Self {
-        Self { inner: Arc::new(HubInner { config, spawner, channels: Mutex::new(HashMap::new()), opened: AtomicU64::new(0) }) }
+        Self {
+            inner: Arc::new(HubInner {
+                config,
+                spawner,
+                channels: Mutex::new(HashMap::new()),
+                opened: AtomicU64::new(0),
+                lagged: Arc::new(AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    /// Viewers cut loose (`lagged`) since the hub was created.
+    pub fn lagged_viewers(&self) -> u64 {
+        self.inner.lagged.load(Ordering::Relaxed)
     }
 
     /// Upstreams opened since the hub was created (shared and private).
@@ -223,6 +240,7 @@ impl LogHub {
                 viewers: Vec::new(),
                 next_viewer: 0,
                 closed: false,
+                lagged_total: Arc::clone(&self.inner.lagged),
             }),
             wake: Notify::new(),
             shared,
@@ -324,24 +342,25 @@ impl ChannelState {
                 }
                 v.filter = None;
             }
-            offer(v, HubEvent::Line(Arc::clone(&line)))
+            offer(v, HubEvent::Line(Arc::clone(&line)), &self.lagged_total)
         });
     }
 
     fn push_status(&mut self, status: SourceStatus) {
         self.status = Some(status.clone());
-        self.viewers.retain_mut(|v| offer(v, HubEvent::Status(status.clone())));
+        self.viewers.retain_mut(|v| offer(v, HubEvent::Status(status.clone()), &self.lagged_total));
     }
 }
 
 /// Offers an event to a viewer without waiting; false = remove the viewer.
-fn offer(viewer: &mut Viewer, event: HubEvent) -> bool {
+fn offer(viewer: &mut Viewer, event: HubEvent, lagged_total: &AtomicU64) -> bool {
     match viewer.tx.try_send(event) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             // Cut loose: dropping the sender lets the viewer drain its queue, then end
             // with `Lagged`.
             viewer.lagged.store(true, Ordering::Release);
+            lagged_total.fetch_add(1, Ordering::Relaxed);
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -38,6 +38,8 @@ use futures::stream::BoxStream;
 use futures::{AsyncRead, AsyncReadExt, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
+
+use crate::metrics::{GaugeGuard, Metrics};
 use serde::Serialize;
 
 use super::admission::UpstreamPermit;
@@ -416,6 +418,7 @@ pub fn probe_pod(pod: &Pod, container: &str) -> ContainerProbe {
 pub struct PodLogUpstream {
     client: kube::Client,
     lookup: Arc<dyn ContainerLookup>,
+    metrics: Option<Metrics>,
 }
 
 impl fmt::Debug for PodLogUpstream {
@@ -433,7 +436,13 @@ impl PodLogUpstream {
     /// Give `client` no read timeout or a generous one: an idle follow stream sends nothing,
     /// and every read timeout costs a reconnect (lossless, but a request).
     pub fn new(client: kube::Client, lookup: Arc<dyn ContainerLookup>) -> Self {
-        Self { client, lookup }
+        Self { client, lookup, metrics: None }
+    }
+
+    /// Counts open upstream streams, reconnects, and lines/bytes received and truncated.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The lines of `key` as a stream. `permit` (if any) is held until the stream is
@@ -443,7 +452,9 @@ impl PodLogUpstream {
     /// a reason) and the stream ends after an `ended` status.
     pub fn stream(&self, key: SourceKey, options: UpstreamOptions, permit: Option<UpstreamPermit>) -> UpstreamStream {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-        let run = Run::new(key, options, api, Arc::clone(&self.lookup), permit);
+        let mut run = Run::new(key, options, api, Arc::clone(&self.lookup), permit);
+        run.open_guard = self.metrics.as_ref().map(Metrics::upstream_stream_guard);
+        run.metrics = self.metrics.clone();
         futures::stream::unfold(run, |mut run| async move {
             let event = run.next_event().await?;
             Some((event, run))
@@ -501,6 +512,9 @@ struct Run {
     reported: Option<(SourceState, StatusReason)>,
     phase: Phase,
     _permit: Option<UpstreamPermit>,
+    metrics: Option<Metrics>,
+    /// Counts this stream in `upstream_log_streams_open` while it lives.
+    open_guard: Option<GaugeGuard>,
 }
 
 impl Run {
@@ -537,11 +551,18 @@ impl Run {
             reported: None,
             phase: Phase::Connect,
             _permit: permit,
+            metrics: None,
+            open_guard: None,
         }
     }
 
     fn report(&mut self, status: SourceStatus) {
         let key = (status.state, status.reason);
+        if let Some(m) = &self.metrics
+            && key == (SourceState::Reconnecting, StatusReason::Dropped)
+        {
+            m.upstream_reconnects.inc();
+        }
         if self.reported != Some(key) {
             self.reported = Some(key);
             self.pending.push_back(UpstreamEvent::Status(status));
@@ -777,6 +798,13 @@ impl Run {
     /// Parses one complete line (`<RFC3339Nano> <text>`), assigns its position and drops it
     /// when it was delivered before.
     fn accept(&mut self, line: SplitLine) {
+        if let Some(m) = &self.metrics {
+            m.log_lines_received.inc();
+            m.log_bytes_received.add(u64::try_from(line.bytes.len()).unwrap_or(u64::MAX));
+            if line.truncated {
+                m.log_lines_truncated.inc();
+            }
+        }
         let Some((ts, text)) = split_timestamp(&line.bytes) else {
             // Without `timestamps=true` output we cannot place the line; the API server always
             // sends one, so this is garbage (e.g. a cut-off first line): skip it.

@@ -12,6 +12,7 @@
 //! A backend that is down answers [`StorageError::Unavailable`] promptly and recovers on a
 //! later call once the backend is back.
 
+pub mod instrumented;
 pub mod memory;
 
 use std::fmt;
