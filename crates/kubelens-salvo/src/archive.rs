@@ -8,7 +8,9 @@
 //!   (`terminated: true` once deleted, with `expiresAt`).
 //!
 //! The archive is only ever read for allowlisted namespaces; only pods that were visible
-//! when captured are in it (capture is driven by the policy-filtered pod change stream).
+//! when captured are in it (the capture watch drops pods the policy hides, see
+//! [`Retention::start_with_watches`]), and a pod that still exists but is hidden is a 404,
+//! never served from the archive.
 
 use std::sync::Arc;
 
@@ -82,7 +84,19 @@ impl Retention {
             .namespaces
             .allowed
             .iter()
-            .map(|ns| kubelens_core::retention::watch::pod_signals(client.clone(), ns).boxed())
+            .map(|ns| {
+                let (policy, cluster) = (Arc::clone(&state.policy), state.cluster.clone());
+                // Hidden pods are never archived: with the discovery cache, the full policy
+                // (including a hidden owning app); without it, the pod's own name and labels.
+                let visible = move |pod: &k8s_openapi::api::core::v1::Pod| match &cluster {
+                    Some(cluster) => cluster.is_pod_visible(&policy, pod),
+                    None => {
+                        let labels = pod.metadata.labels.clone().unwrap_or_default();
+                        policy.pod_visible(pod.metadata.name.as_deref().unwrap_or_default(), &labels, None)
+                    }
+                };
+                kubelens_core::retention::watch::pod_signals(client.clone(), ns, visible).boxed()
+            })
             .collect();
         let opener: LogOpener = Arc::new(move |key, options| upstream.stream(key, options, None));
         Self::start(archive, opener, RecorderConfig::from_logs(&state.config.logs), state.metrics.clone(), signals)
@@ -105,6 +119,18 @@ fn retention_error(err: RetentionError) -> ApiError {
 fn storage_error(err: &StorageError) -> ApiError {
     tracing::warn!(error = %err, "log archive read failed");
     ApiError::unavailable("storage_unavailable", "the log archive is not reachable")
+}
+
+/// A pod that still exists but is hidden by the policy (or whose name the pod filter
+/// rejects): its archived lines (captured before it became hidden) must not be served.
+fn hidden_but_present(state: &AppState, ns: &str, name: &str) -> bool {
+    if state.policy.pod_name(name).is_err() {
+        return true;
+    }
+    match (&state.cluster, state.policy.namespace(ns)) {
+        (Some(cluster), Ok(ns)) => cluster.pod_exists(&ns, name),
+        _ => false,
+    }
 }
 
 fn allowed(state: &AppState, ns: &str) -> bool {
@@ -135,7 +161,7 @@ pub async fn pod_logs_from_archive(
     res: &mut Response,
 ) -> Result<(), ApiError> {
     let Some(retention) = state.retention.as_ref() else { return Err(ApiError::not_found("pod")) };
-    if !allowed(state, ns) {
+    if !allowed(state, ns) || hidden_but_present(state, ns, name) {
         return Err(ApiError::not_found("pod"));
     }
     let archive = retention.recorder.archive();

@@ -153,6 +153,7 @@ async fn replica(env: &TestEnv, issuer: &TestIssuer, archive: Arc<dyn LogArchive
     config.namespaces.allowed = vec!["team-a".into(), "team-b".into()];
     config.logs.terminated_log_ttl = ttl;
     config.logs.keepalive_interval = Duration::from_secs(2);
+    config.filters.exclude_labels = [("kubelens.io/hide".to_owned(), "true".to_owned())].into();
     config.auth = issuer.config();
     config.storage.backend = StorageBackend::Memory;
     let kube_config = sa_kube_config(env).await;
@@ -567,4 +568,53 @@ async fn postgres_followed_and_crash_looping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_followed_and_crash_looping() {
     followed_and_crash_looping(Backend::Redis).await;
+}
+
+/// A pod the policy hides is never archived, so it cannot be read after it is gone; its
+/// visible sibling is archived by the same replica at the same time (so the test can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_pods_are_never_archived_or_served() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let issuer = TestIssuer::new();
+    let token = issuer.viewer_token();
+    let archive: Arc<dyn LogArchive> = Arc::new(kubelens_core::storage::memory::MemoryStore::new(StoreLimits::default()));
+    let a = replica(env, &issuer, Arc::clone(&archive), Duration::from_secs(120)).await;
+    let job = unique("hidejob");
+    let job_uid = create_job(env, &job);
+    let mut uids = Vec::new();
+    for (suffix, hidden) in [("seen", false), ("hidden", true)] {
+        let pod = format!("{job}-{suffix}");
+        let path = env.ensure_pod_logs(NS, &pod, &["app"]).unwrap().remove(0);
+        write_lines(&path, &texts(&pod, 0..5));
+        let mut labels = serde_json::json!({"e2e": "retention", "job-name": job});
+        if hidden {
+            labels["kubelens.io/hide"] = Value::from("true");
+        }
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": NS, "labels": labels,
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": job_uid, "controller": true}]},
+            "spec": {"nodeName": env.node_name, "restartPolicy": "Never",
+                     "containers": [{"name": "app", "image": "registry.invalid/e2e:1"}],
+                     "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]}
+        });
+        env.kubectl_apply(&manifest.to_string()).unwrap();
+        uids.push((pod.clone(), kubectl(env, &["-n", NS, "get", "pod", &pod, "-o", "jsonpath={.metadata.uid}"])));
+        wait_phase(env, &pod, "Succeeded").await;
+    }
+    let (seen, seen_uid) = &uids[0];
+    let (hidden, hidden_uid) = &uids[1];
+    wait_sources(archive.as_ref(), seen_uid, "the visible pod's capture", |s| s.len() == 1 && s[0].lines == 5).await;
+    // Both completed before the wait above; give the hidden one two more seconds to be
+    // (wrongly) captured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hidden_sources: Vec<SourceInfo> =
+        archive.list_sources(NS).await.unwrap().into_iter().filter(|s| &s.key.pod_uid == hidden_uid).collect();
+    assert!(hidden_sources.is_empty(), "a hidden pod was archived: {hidden_sources:?}");
+    for pod in [seen, hidden] {
+        kubectl(env, &["-n", NS, "delete", "pod", pod, "--wait=false"]);
+        wait_gone(env, pod).await;
+    }
+    assert_eq!(one_shot(&a, &token, seen, "").await.0, 200, "the visible pod is served from the archive");
+    assert_eq!(one_shot(&a, &token, hidden, "").await.0, 404, "the hidden pod is not");
 }

@@ -430,6 +430,24 @@ impl Cluster {
         caches.visible_pod(policy, &pod, Utc::now()).ok_or_else(|| AccessError::NotFound { what: "pod" }.into())
     }
 
+    /// Whether `pod` (any Pod object, e.g. from another watch) is visible under `policy`:
+    /// allowlisted and visible namespace, the pod's own name and labels, and — through this
+    /// cache's workloads — the app that owns it. Used to keep hidden pods out of the log
+    /// archive.
+    pub fn is_pod_visible(&self, policy: &AccessPolicy, pod: &Pod) -> bool {
+        let Ok(ns) = policy.namespace(pod.metadata.namespace.as_deref().unwrap_or_default()) else { return false };
+        match self.existing(policy, &ns) {
+            Ok(caches) => caches.visible_pod(policy, pod, Utc::now()).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    /// True when the cache holds a pod of this name, visible or not: a hidden pod that
+    /// exists must answer 404, never be served from the log archive.
+    pub fn pod_exists(&self, ns: &AllowedNamespace, name: &str) -> bool {
+        self.caches(ns).is_ok_and(|caches| caches.pods.get(&caches.key(name)).is_some())
+    }
+
     /// The cached Pod object of a visible pod, for views that need more than the summary (pod
     /// details). `managedFields` and the last-applied annotation are stripped; everything
     /// else is as the API server sent it, secret material included: mask before showing.

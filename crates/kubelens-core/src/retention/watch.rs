@@ -15,11 +15,21 @@ use super::{PodSignal, PodSnapshot};
 /// `Deleted`, and after each complete (re)list a `Listed` with the uids that exist, so the
 /// recorder can mark pods that vanished while nobody watched. Watch errors are retried with
 /// kube-runtime's default backoff (they are logged, never items).
-pub fn pod_signals(client: kube::Client, namespace: &str) -> impl Stream<Item = PodSignal> + Send + 'static {
+///
+/// Only pods for which `visible` holds become `Observed`/`Deleted` signals: the archive must
+/// never hold logs of a pod the access policy hides (it would be served after deletion).
+pub fn pod_signals(
+    client: kube::Client,
+    namespace: &str,
+    visible: impl Fn(&Pod) -> bool + Send + Sync + 'static,
+) -> impl Stream<Item = PodSignal> + Send + 'static {
+    let visible = std::sync::Arc::new(visible);
     let api: Api<Pod> = Api::namespaced(client, namespace);
     let ns = namespace.to_owned();
     let events = watcher(api, watcher::Config::default()).default_backoff();
-    futures::stream::unfold((Box::pin(events), None::<HashSet<String>>, ns), |(mut events, mut listing, ns)| async move {
+    futures::stream::unfold((Box::pin(events), None::<HashSet<String>>, ns), move |(mut events, mut listing, ns)| {
+        let visible = std::sync::Arc::clone(&visible);
+        async move {
         loop {
             let event = match events.next().await? {
                 Ok(event) => event,
@@ -37,17 +47,18 @@ pub fn pod_signals(client: kube::Client, namespace: &str) -> impl Stream<Item = 
                     if let (Some(set), Some(uid)) = (listing.as_mut(), pod.metadata.uid.clone()) {
                         set.insert(uid);
                     }
-                    PodSnapshot::from_pod(&pod).map(PodSignal::Observed)
+                    visible(&pod).then(|| PodSnapshot::from_pod(&pod).map(PodSignal::Observed)).flatten()
                 }
                 watcher::Event::InitDone => {
                     listing.take().map(|live_uids| PodSignal::Listed { namespace: ns.clone(), live_uids })
                 }
-                watcher::Event::Apply(pod) => PodSnapshot::from_pod(&pod).map(PodSignal::Observed),
-                watcher::Event::Delete(pod) => PodSnapshot::from_pod(&pod).map(PodSignal::Deleted),
+                watcher::Event::Apply(pod) => visible(&pod).then(|| PodSnapshot::from_pod(&pod).map(PodSignal::Observed)).flatten(),
+                watcher::Event::Delete(pod) => visible(&pod).then(|| PodSnapshot::from_pod(&pod).map(PodSignal::Deleted)).flatten(),
             };
             if let Some(signal) = signal {
                 return Some((signal, (events, listing, ns)));
             }
+        }
         }
     })
 }
