@@ -63,6 +63,15 @@ impl LineSplitter {
         Self { limit: limit.max(1), partial: BytesMut::new(), dropped: 0, last_cr: false, in_line: false }
     }
 
+    /// Forgets an unfinished line (the stream it came from was dropped; the line is read
+    /// again, whole, after reconnecting).
+    pub fn reset(&mut self) {
+        self.partial.clear();
+        self.dropped = 0;
+        self.last_cr = false;
+        self.in_line = false;
+    }
+
     /// Bytes currently held for an unfinished line (never more than the limit).
     pub fn buffered(&self) -> usize {
         self.partial.len()

@@ -125,16 +125,13 @@ impl Default for UpstreamOptions {
     }
 }
 
-/// Marker appended to a cut line, so a reader sees the cut without parsing JSON.
-pub const TRUNCATION_MARKER: &str = " …[truncated]";
-
 /// One log line as read from the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawLine {
     /// Its position (timestamp + same-timestamp index).
     pub position: LinePosition,
     /// The text without the runtime timestamp and newline; invalid UTF-8 is replaced with
-    /// U+FFFD; cut lines end with [`TRUNCATION_MARKER`].
+    /// U+FFFD; cut lines end with ` … [truncated N bytes]` (see [`super::split`]).
     pub text: String,
     /// The line was longer than the limit and was cut.
     pub truncated: bool,
@@ -505,7 +502,7 @@ struct Run {
     failures: u32,
     /// Same-timestamp counter of the current read.
     last_seen: Option<LinePosition>,
-    splitter: LineSplitter,
+    splitter: super::split::LineSplitter,
     /// Reused read buffer (heap, so the stream's future stays small).
     read_buf: Vec<u8>,
     pending: VecDeque<UpstreamEvent>,
@@ -530,7 +527,7 @@ impl Run {
             StartAt::Since(t) => (None, Some(t)),
             StartAt::Beginning | StartAt::Tail(_) => (None, None),
         };
-        let splitter = LineSplitter::new(options.max_line_length);
+        let splitter = super::split::LineSplitter::new(options.max_line_length);
         Self {
             key,
             options,
@@ -738,7 +735,9 @@ impl Run {
         match result {
             Ok(0) => {
                 if !self.options.follow || self.key.previous {
-                    if let Some(raw) = self.splitter.finish() {
+                    let mut last = None;
+                    self.splitter.finish(|raw| last = Some(raw));
+                    if let Some(raw) = last {
                         self.accept(raw);
                     }
                     return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Complete));
@@ -749,7 +748,9 @@ impl Run {
             }
             Ok(n) => {
                 let mut lines = Vec::new();
-                self.splitter.push(self.read_buf.get(..n).unwrap_or_default(), |line| lines.push(line));
+                // One copy per read chunk; lines are zero-copy slices of it.
+                let chunk = bytes::Bytes::copy_from_slice(self.read_buf.get(..n).unwrap_or_default());
+                self.splitter.feed(&chunk, |line| lines.push(line));
                 for line in lines {
                     self.accept(line);
                 }
@@ -797,20 +798,18 @@ impl Run {
 
     /// Parses one complete line (`<RFC3339Nano> <text>`), assigns its position and drops it
     /// when it was delivered before.
-    fn accept(&mut self, line: SplitLine) {
+    fn accept(&mut self, line: super::split::RawLine) {
         if let Some(m) = &self.metrics {
             m.log_lines_received.inc();
-            m.log_bytes_received.add(u64::try_from(line.bytes.len()).unwrap_or(u64::MAX));
-            if line.truncated {
-                m.log_lines_truncated.inc();
-            }
+            m.log_bytes_received.add(u64::try_from(line.bytes.len().saturating_add(line.dropped)).unwrap_or(u64::MAX));
         }
-        let Some((ts, text)) = split_timestamp(&line.bytes) else {
+        let Some((ts, text)) = super::time::split_timestamp(&line.bytes) else {
             // Without `timestamps=true` output we cannot place the line; the API server always
             // sends one, so this is garbage (e.g. a cut-off first line): skip it.
             tracing::trace!(source = %self.key, "log line without timestamp skipped");
             return;
         };
+        let ts: DateTime<Utc> = ts.into();
         let index = match self.last_seen {
             Some(prev) if prev.ts == ts => prev.index.saturating_add(1),
             _ => 0,
@@ -823,7 +822,10 @@ impl Run {
         self.delivered = Some(position);
         self.not_before = None;
         self.from_instance_start = false;
-        let (text, truncated) = render_text(text, line.truncated, self.options.max_line_length);
+        let (text, truncated) = super::split::truncate_text(text, line.dropped, self.options.max_line_length);
+        if let Some(m) = self.metrics.as_ref().filter(|_| truncated) {
+            m.log_lines_truncated.inc();
+        }
         self.pending.push_back(UpstreamEvent::Line(RawLine { position, text, truncated }));
     }
 
@@ -893,141 +895,10 @@ impl Run {
     }
 }
 
-/// Splits `<RFC3339Nano timestamp> <rest>` as the API server writes with `timestamps=true`.
-pub fn split_timestamp(line: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
-    let space = line.iter().position(|b| *b == b' ')?;
-    let (ts, rest) = line.split_at(space);
-    let ts = std::str::from_utf8(ts).ok()?;
-    let ts = DateTime::parse_from_rfc3339(ts).ok()?.with_timezone(&Utc);
-    Some((ts, rest.get(1..).unwrap_or_default()))
-}
-
-/// Text of a line: lossy UTF-8, cut to `max_chars` characters with a visible marker.
-fn render_text(bytes: &[u8], already_cut: bool, max_chars: usize) -> (String, bool) {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    let text = String::from_utf8_lossy(bytes);
-    let cut_at = text.char_indices().nth(max_chars).map(|(i, _)| i);
-    match cut_at {
-        Some(i) => {
-            let mut s = text.get(..i).unwrap_or_default().to_owned();
-            s.push_str(TRUNCATION_MARKER);
-            (s, true)
-        }
-        None if already_cut => {
-            let mut s = text.into_owned();
-            s.push_str(TRUNCATION_MARKER);
-            (s, true)
-        }
-        None => (text.into_owned(), false),
-    }
-}
-
-/// A complete (or cut) line from the splitter.
-#[derive(Debug)]
-struct SplitLine {
-    bytes: Vec<u8>,
-    truncated: bool,
-}
-
-/// Bounded newline splitter: keeps at most `cap` bytes of a line (timestamp included) and
-/// discards the rest up to the next newline, so a 1 MB line never sits in memory.
-#[derive(Debug)]
-struct LineSplitter {
-    current: Vec<u8>,
-    cap: usize,
-    overflowed: bool,
-}
-
-impl LineSplitter {
-    fn new(max_line_length: usize) -> Self {
-        // 4 bytes per character at most, plus room for the timestamp prefix.
-        Self { current: Vec::new(), cap: max_line_length.saturating_mul(4).saturating_add(64), overflowed: false }
-    }
-
-    fn reset(&mut self) {
-        self.current.clear();
-        self.overflowed = false;
-    }
-
-    fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(SplitLine)) {
-        while !chunk.is_empty() {
-            let newline = chunk.iter().position(|b| *b == b'\n');
-            let (part, rest) = match newline {
-                Some(i) => (chunk.get(..i).unwrap_or_default(), chunk.get(i + 1..).unwrap_or_default()),
-                None => (chunk, &[][..]),
-            };
-            let room = self.cap.saturating_sub(self.current.len());
-            if part.len() > room {
-                self.overflowed = true;
-            }
-            self.current.extend_from_slice(part.get(..part.len().min(room)).unwrap_or_default());
-            if newline.is_some() {
-                emit(SplitLine { bytes: std::mem::take(&mut self.current), truncated: self.overflowed });
-                self.overflowed = false;
-            }
-            chunk = rest;
-        }
-    }
-
-    fn finish(&mut self) -> Option<SplitLine> {
-        if self.current.is_empty() {
-            return None;
-        }
-        let line = SplitLine { bytes: std::mem::take(&mut self.current), truncated: self.overflowed };
-        self.overflowed = false;
-        Some(line)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    fn ts(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn splitter_bounds_long_lines_and_keeps_partials() {
-        let mut s = LineSplitter::new(64); // cap = 320 bytes
-        let mut out = Vec::new();
-        s.push(b"abc", |l| out.push(l));
-        assert!(out.is_empty());
-        s.push(b"def\nxy", |l| out.push(l));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].bytes, b"abcdef");
-        let big = vec![b'z'; 1_000_000];
-        s.push(&big, |l| out.push(l));
-        assert!(s.current.len() <= 320);
-        s.push(b"\n", |l| out.push(l));
-        assert_eq!(out.len(), 2);
-        assert!(out[1].truncated);
-        assert_eq!(out[1].bytes.len(), 320);
-        assert!(s.finish().is_none());
-    }
-
-    #[test]
-    fn text_is_cut_by_characters_with_marker_and_lossy_utf8() {
-        let (t, cut) = render_text("äöü".repeat(30).as_bytes(), false, 64);
-        assert!(cut);
-        assert!(t.ends_with(TRUNCATION_MARKER));
-        assert_eq!(t.chars().count(), 64 + TRUNCATION_MARKER.chars().count());
-        let (t, cut) = render_text(b"bad \xff\xfe utf8\r", false, 64);
-        assert!(!cut);
-        assert_eq!(t, "bad \u{fffd}\u{fffd} utf8");
-    }
-
-    #[test]
-    fn timestamps_are_split_off() {
-        let (t, rest) = split_timestamp(b"2026-01-30T10:00:00.123456789Z hello world").unwrap();
-        assert_eq!(t, ts("2026-01-30T10:00:00.123456789Z"));
-        assert_eq!(rest, b"hello world");
-        assert!(split_timestamp(b"no-timestamp here").is_none());
-        assert!(split_timestamp(b"").is_none());
-        let (_, rest) = split_timestamp(b"2026-01-30T10:00:00Z ").unwrap();
-        assert!(rest.is_empty());
-    }
 
     #[test]
     fn pod_probe_tells_instances_apart() {
