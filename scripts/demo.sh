@@ -37,7 +37,7 @@ if [ -f "$TESTENV_DIR/env" ] && \
     say "reusing the testenv in $TESTENV_DIR"
 else
     say "starting the testenv in $TESTENV_DIR (first run builds Kubernetes from source: ~15 min; later runs ~1 min)"
-    "$ROOT/testenv/up" "$TESTENV_DIR" --quiet
+    "$ROOT/testenv/up" "$TESTENV_DIR" >&2
     STARTED_TESTENV=1
 fi
 set -a
@@ -122,7 +122,7 @@ cat <<EOF
 curl -N -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/namespaces/team-a/apps/web/logs?tailLines=5"
 
   More: .../pods/web-7d9f8b6c5d-x2k4p/logs?follow=false   .../pods/crashy/logs?previous=true
-  The token expires in a few minutes; a new one:
+  The token expires in an hour (Keycloak realm setting); a new one:
     curl -s $TESTENV_KEYCLOAK_URL/realms/${TESTENV_REALM:-kubelens}/protocol/openid-connect/token -d grant_type=password \\
       -d client_id=${TESTENV_WEB_CLIENT_ID:-kubelens-web} -d username=viewer -d password=viewer-pw | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 
   Ctrl-C stops kubelens, the generators$( [ "$STARTED_TESTENV" = 1 ] && echo " and the testenv").
