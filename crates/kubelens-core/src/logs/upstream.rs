@@ -857,7 +857,12 @@ impl Run {
                 ContainerPhase::Running | ContainerPhase::Terminated { .. } => {
                     self.instance = Some(rt);
                     self.from_instance_start = true;
-                    self.delivered = None;
+                    // `delivered` stays: the new instance is read from its first line, and its
+                    // lines already sent are dropped by position. That happens when the old
+                    // request ended before the pod status showed the restart: the reconnect
+                    // (same instance as far as we knew) was served the new instance's log by
+                    // the kubelet. Timestamps only grow across instances, so nothing new is
+                    // lost.
                     self.not_before = None;
                     self.reported = None;
                     self.phase = Phase::Connect;
