@@ -15,7 +15,7 @@ use kubelens_core::config::PostgresConfig;
 use kubelens_core::storage::{
     AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
     StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps, now_ms,
-    validate_append, validate_query, validate_subject,
+    validate_append, validate_query, validate_session_put, validate_subject,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -111,10 +111,7 @@ impl PostgresStore {
         precondition: Precondition,
         ttl: Option<Duration>,
     ) -> Result<Version, StorageError> {
-        validate_subject(subject)?;
-        if data.len() > self.limits.session_max_bytes {
-            return Err(StorageError::TooLarge { what: "session", limit: self.limits.session_max_bytes as u64 });
-        }
+        validate_session_put(subject, data, &self.limits)?;
         let now = now_ms();
         let candidate = Version::next(None).0 as i64;
         let expires = ttl.map(|t| expiry_ms(now, t));

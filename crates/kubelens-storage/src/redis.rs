@@ -24,7 +24,7 @@ use kubelens_core::config::RedisConfig;
 use kubelens_core::storage::{
     AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
     StorageError, StoreFuture, StoreLimits, StoredSession, Version, now_ms, validate_append, validate_query,
-    validate_subject,
+    validate_session_put, validate_subject,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
@@ -299,10 +299,7 @@ impl RedisStore {
         precondition: Precondition,
         ttl: Option<Duration>,
     ) -> Result<Version, StorageError> {
-        validate_subject(subject)?;
-        if data.len() > self.limits.session_max_bytes {
-            return Err(StorageError::TooLarge { what: "session", limit: self.limits.session_max_bytes as u64 });
-        }
+        validate_session_put(subject, data, &self.limits)?;
         let (kind, expected) = precondition_args(precondition);
         let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1));
         let mut conn = self.conn.clone();

@@ -14,7 +14,7 @@ use kubelens_core::config::SqliteConfig;
 use kubelens_core::storage::{
     AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
     StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps, now_ms,
-    validate_append, validate_query, validate_subject,
+    validate_append, validate_query, validate_session_put, validate_subject,
 };
 use sqlx::sqlite::{SqliteConnection, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row};
@@ -122,10 +122,7 @@ impl SqliteStore {
         precondition: Precondition,
         ttl: Option<Duration>,
     ) -> Result<Version, StorageError> {
-        validate_subject(subject)?;
-        if data.len() > self.limits.session_max_bytes {
-            return Err(StorageError::TooLarge { what: "session", limit: self.limits.session_max_bytes as u64 });
-        }
+        validate_session_put(subject, data, &self.limits)?;
         let now = now_ms();
         let candidate = Version::next(None).0 as i64;
         let expires = ttl.map(|t| expiry_ms(now, t));

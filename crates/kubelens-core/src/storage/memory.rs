@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{
     AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo,
     SourceKey, StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps,
-    now_ms, validate_append, validate_query, validate_subject,
+    now_ms, validate_append, validate_query, validate_session_put, validate_subject,
 };
 
 #[derive(Debug)]
@@ -89,10 +89,7 @@ impl MemoryStore {
         precondition: Precondition,
         ttl: Option<Duration>,
     ) -> Result<Version, StorageError> {
-        validate_subject(subject)?;
-        if data.len() > self.limits.session_max_bytes {
-            return Err(StorageError::TooLarge { what: "session", limit: self.limits.session_max_bytes as u64 });
-        }
+        validate_session_put(subject, data, &self.limits)?;
         let now = now_ms();
         let mut inner = self.lock();
         let current = inner

@@ -168,6 +168,16 @@ impl StoreLimits {
 /// Longest accepted session subject (`sub` claims are at most 255 characters in Keycloak).
 pub const MAX_SUBJECT_BYTES: usize = 255;
 
+/// Shared validation of a session write, so every backend refuses the same inputs: a valid
+/// subject and a document within `limits.session_max_bytes`.
+pub fn validate_session_put(subject: &str, data: &[u8], limits: &StoreLimits) -> Result<(), StorageError> {
+    validate_subject(subject)?;
+    if data.len() > limits.session_max_bytes {
+        return Err(StorageError::TooLarge { what: "session", limit: limits.session_max_bytes as u64 });
+    }
+    Ok(())
+}
+
 /// Validates a session subject (the JWT `sub`).
 pub fn validate_subject(subject: &str) -> Result<(), StorageError> {
     if subject.is_empty() || subject.len() > MAX_SUBJECT_BYTES || subject.chars().any(char::is_control) {
