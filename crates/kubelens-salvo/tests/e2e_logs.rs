@@ -7,6 +7,8 @@
 //! logs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -31,21 +33,6 @@ struct TestServer {
     logs: Arc<LogService>,
 }
 
-async fn sa_kube_config(env: &TestEnv) -> kube::Config {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-         users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: sa\ncurrent-context: t\n",
-        env.apiserver_url,
-        env.apiserver_ca.display(),
-        env.sa_token
-    );
-    std::fs::write(&path, text).unwrap();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
-    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()
-}
-
 async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = Config::default();
     config.namespaces.allowed = vec!["team-a".into(), "team-b".into()];
@@ -62,7 +49,7 @@ async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestSer
 
 /// The server with a given authenticator (e.g. a test issuer's, to mint short-lived tokens).
 async fn serve(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> TestServer {
-    let logs = Arc::new(LogService::from_kube_config(sa_kube_config(env).await, &config).unwrap());
+    let logs = Arc::new(LogService::from_kube_config(support::sa_kube_config(env).await, &config).unwrap());
     let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(auth);
     state.logs = Some(Arc::clone(&logs));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -14,6 +14,8 @@
 //! PostgreSQL/Redis URLs the tests fail, unless `KUBELENS_SKIP_E2E=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -131,21 +133,6 @@ impl Drop for Replica {
     }
 }
 
-async fn sa_kube_config(env: &TestEnv) -> kube::Config {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-         users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: sa\ncurrent-context: t\n",
-        env.apiserver_url,
-        env.apiserver_ca.display(),
-        env.sa_token
-    );
-    std::fs::write(&path, text).unwrap();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
-    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()
-}
-
 async fn replica(env: &TestEnv, issuer: &TestIssuer, archive: Arc<dyn LogArchive>, ttl: Duration) -> Replica {
     let filter = std::env::var("KUBELENS_LOG").unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
@@ -156,7 +143,7 @@ async fn replica(env: &TestEnv, issuer: &TestIssuer, archive: Arc<dyn LogArchive
     config.filters.exclude_labels = [("kubelens.io/hide".to_owned(), "true".to_owned())].into();
     config.auth = issuer.config();
     config.storage.backend = StorageBackend::Memory;
-    let kube_config = sa_kube_config(env).await;
+    let kube_config = support::sa_kube_config(env).await;
     let logs = Arc::new(LogService::from_kube_config(kube_config.clone(), &config).unwrap());
     let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(issuer.authenticator());
     state.logs = Some(Arc::clone(&logs));

@@ -37,6 +37,15 @@ pub fn sa_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
     path
 }
 
+/// A kube client configuration authenticating as the backend's ServiceAccount (for tests
+/// that run the router in-process instead of the binary).
+pub async fn sa_kube_config(env: &TestEnv) -> kube::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sa_kubeconfig(env, dir.path());
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()
+}
+
 /// The config the e2e tests run with; `extra` is appended verbatim (top-level sections).
 pub fn e2e_config(env: &TestEnv, port: u16, kubeconfig: &Path, extra: &str) -> String {
     format!(
