@@ -311,6 +311,8 @@ fn create_pods(env: &TestEnv, pods: &[String], labels: serde_json::Value, owner:
 /// so give each pod's container an id the way a kubelet would (status subresource, strategic
 /// merge by container name). Done before kubelens starts, so it sees a single instance.
 async fn set_container_ids(env: &TestEnv, pods: &[String]) {
+    // Let KWOK finish its own status patches first (a later one of its could drop the id).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let client = env.apiserver_client().unwrap();
     for pod in pods {
         let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -329,7 +331,7 @@ async fn set_container_ids(env: &TestEnv, pods: &[String]) {
             .unwrap();
         assert!(resp.status().is_success(), "patch {pod}: {}", resp.text().await.unwrap_or_default());
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let out = env
         .kubectl(&["-n", NS, "get", "pods", "-o", "jsonpath={range .items[*]}{.status.containerStatuses[0].containerID}{\"\\n\"}{end}"])
         .unwrap_or_default();
@@ -661,6 +663,7 @@ async fn fanout(env: &TestEnv, quick: bool) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let open_before = wait_open_log_requests(env, api0.open + 1.0, Duration::from_secs(20)).await;
+        let perf = perf_record(pid, &format!("fanout-{n}"));
         let cpu0 = cpu_seconds(pid);
         let start_ns = now_ns();
         let mut generator = loggen(env, &path, &pod, count, rate, 120);
@@ -674,6 +677,7 @@ async fn fanout(env: &TestEnv, quick: bool) {
             results.push(task.await.unwrap());
         }
         let cpu = cpu_seconds(pid) - cpu0;
+        perf_stop(perf);
         let _ = generator.wait();
         // The hub lingers 3 s after its last viewer, then drops the upstream request; the
         // apiserver counts a long-running request when it ends.
@@ -698,6 +702,36 @@ async fn fanout(env: &TestEnv, quick: bool) {
     delete_pods(env, &pods);
 }
 
+/// With `BENCH_PERF_DIR` set: `perf record -g` of the kubelens process into
+/// `$BENCH_PERF_DIR/<label>.perf.data` (see docs/benchmarks/streaming.md for the report).
+fn perf_record(pid: u32, label: &str) -> Option<Child> {
+    let dir = std::env::var_os("BENCH_PERF_DIR")?;
+    std::fs::create_dir_all(&dir).ok()?;
+    let out = Path::new(&dir).join(format!("{label}.perf.data"));
+    Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn perf_stop(perf: Option<Child>) {
+    if let Some(mut perf) = perf {
+        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = perf.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = perf.kill();
+        let _ = perf.wait();
+    }
+}
+
 // ---- 3. app of 100 pods: kubelens app stream vs stern ----------------------------------------
 
 fn stern_path() -> PathBuf {
@@ -706,6 +740,16 @@ fn stern_path() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_default();
     PathBuf::from(home).join(".cache/kubelens-bench/bin/stern")
+}
+
+/// inotify instances open on the machine (readable `/proc/*/fd` links).
+fn inotify_instances() -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        count += fds.flatten().filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify")).count();
+    }
+    count
 }
 
 /// Per-client arrival bookkeeping of the app scenario: first seed line and each live round's
@@ -736,7 +780,10 @@ impl Arrivals {
 async fn app(env: &TestEnv, quick: bool) {
     let stern = stern_path();
     assert!(stern.exists(), "stern not found at {} (GOBIN=$HOME/.cache/kubelens-bench/bin go install github.com/stern/stern@v1.33.0, or STERN=path)", stern.display());
-    let n = if quick { 30 } else { 100 };
+    // BENCH_APP_PODS: KWOK's kubelet log reader takes one inotify instance per follow stream
+    // (fs.inotify.max_user_instances, 128 by default, shared by every process of the user), so
+    // both clients' streams together must fit; see docs/benchmarks/streaming.md.
+    let n = std::env::var("BENCH_APP_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 30 } else { 100 });
     let rounds = 5usize;
     let name = unique("bench-app");
     let rs = serde_json::json!({
@@ -762,6 +809,12 @@ async fn app(env: &TestEnv, quick: bool) {
     // Let the pod cache see every pod before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api0 = api_log_requests(env).await;
+    let inotify = |path: &str| std::fs::read_to_string(path).unwrap_or_default().trim().to_owned();
+    println!(
+        "<!-- fs.inotify.max_user_instances {}, inotify instances in use {} (each follow stream in KWOK takes one) -->",
+        inotify("/proc/sys/fs/inotify/max_user_instances"),
+        inotify_instances()
+    );
 
     let cpu0 = cpu_seconds(pid);
     let t0 = now_ns();
@@ -769,6 +822,7 @@ async fn app(env: &TestEnv, quick: bool) {
         .args(["--kubeconfig"])
         .arg(&env.kubeconfig)
         .args(["-n", NS, "--selector", &format!("app={name}"), "--since", "1h", "--max-log-requests", "300", "-o", "raw", "--color", "never"])
+        .args(std::env::var("STERN_EXTRA_ARGS").unwrap_or_default().split_whitespace())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(std::env::temp_dir().join("kubelens-bench-stern.err")).unwrap())
         .spawn()
@@ -874,6 +928,9 @@ async fn app(env: &TestEnv, quick: bool) {
             a.seed.len()
         );
     }
+    let stern_err = std::fs::read_to_string(std::env::temp_dir().join("kubelens-bench-stern.err")).unwrap_or_default();
+    let (started, ended) = (stern_err.lines().filter(|l| l.starts_with("+ ")).count(), stern_err.lines().filter(|l| l.starts_with("- ")).count());
+    println!("<!-- stern tails started {started}, ended before stern was stopped {ended} (its stderr: `+`/`-` lines) -->");
     println!(
         "<!-- open pods/log requests at the end of phase A (both clients): {open_peak}; apiserver pods/log requests finished during the run: {}; our stream's statuses: {statuses:?}; loadavg {} -->",
         api_log_requests(env).await.total - api0.total,
