@@ -1103,14 +1103,21 @@ async fn idle(env: &TestEnv, quick: bool) {
     conns.close().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_closed = status_kb(pid, "VmRSS");
-    // A second round on the same process: RSS that does not grow again means the memory of
-    // the first round was reused (allocator kept it), not leaked.
-    let mut again = Conns::new(addr, sse_request(addr), b"event: log");
-    again.open(n).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_again = status_kb(pid, "VmRSS");
-    let ok_again = again.ready();
-    again.close().await;
+    // More rounds on the same process (BENCH_IDLE_ROUNDS, default 2 in all): RSS that stops
+    // growing means the memory of earlier rounds was reused (allocator kept it); RSS that
+    // grows by the same amount every round would be a per-connection leak.
+    let rounds: usize = std::env::var("BENCH_IDLE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let mut again_rss = Vec::new();
+    for _ in 1..rounds.max(1) {
+        let mut again = Conns::new(addr, sse_request(addr), b"event: log");
+        again.open(n).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let open_rss = status_kb(pid, "VmRSS");
+        let ok_again = again.ready();
+        again.close().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        again_rss.push(format!("{ok_again} open {:.1} / closed {:.1}", open_rss as f64 / 1024.0, status_kb(pid, "VmRSS") as f64 / 1024.0));
+    }
     let hwm = status_kb(pid, "VmHWM");
     drop(server);
 
@@ -1152,10 +1159,10 @@ async fn idle(env: &TestEnv, quick: bool) {
         per(plain_1, plain_n, plain_ok) / 1024.0,
     );
     println!(
-        "<!-- SSE process RSS: start {:.1} MiB, after close {:.1} MiB, second round of {ok_again} {:.1} MiB, VmHWM {:.1} MiB; loadavg {} -->",
+        "<!-- SSE process RSS (MiB): start {:.1}, after close {:.1}, further rounds: [{}], VmHWM {:.1}; loadavg {} -->",
         mib(rss_start),
         mib(rss_closed),
-        mib(rss_again),
+        again_rss.join("; "),
         mib(hwm),
         loadavg()
     );
