@@ -571,6 +571,42 @@ async fn chatty(env: &TestEnv, quick: bool) {
             }
             (stats, lagged)
         });
+        // Optional third peer (BENCH_CURL_PEER=1): `curl -N` on the same SSE URL, read by a
+        // blocking thread like kubectl's, to tell the bench's own async client apart from
+        // kubelens in the latency. It joins our hub: still 2 upstream requests.
+        let curl_peer = std::env::var("BENCH_CURL_PEER").is_ok_and(|v| v == "1").then(|| {
+            let header = server.dir.path().join("auth-header");
+            std::fs::write(&header, format!("Authorization: Bearer {token}\nAccept: text/event-stream\n")).unwrap();
+            let mut curl = Command::new("curl")
+                .args(["-sN", "--max-time", "300", "-H"])
+                .arg(format!("@{}", header.display()))
+                .arg(format!("{}/api/v1/namespaces/{NS}/pods/{pod}/logs", server.url))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = curl.stdout.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut stats = PeerStats { latencies: Vec::with_capacity(count as usize), ..PeerStats::default() };
+                let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+                let mut line = String::new();
+                let deadline = Instant::now() + Duration::from_secs(180);
+                while stats.lines < count && Instant::now() < deadline {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let recv = now_ns();
+                    let Some(json) = line.trim_end().strip_prefix("data: ") else { continue };
+                    let Ok(data) = serde_json::from_str::<LogData>(json) else { continue };
+                    let Some(ts) = parse_ts_ns(&data.ts) else { continue };
+                    stats.record(recv, ts, seq_src(&data.line).0);
+                }
+                stats
+            });
+            (curl, reader)
+        });
         let open = wait_open_log_requests(env, base_open + 2.0, Duration::from_secs(20)).await;
         if open != base_open + 2.0 {
             println!("<!-- warning: {open} log requests open, expected {} -->", base_open + 2.0);
@@ -582,6 +618,15 @@ async fn chatty(env: &TestEnv, quick: bool) {
         let (ours, lagged) = ours.await.unwrap();
         let cpu1 = cpu_seconds(pid);
         let theirs = tokio::task::spawn_blocking(move || kubectl_reader.join().unwrap()).await.unwrap();
+        let curl_stats = match curl_peer {
+            Some((mut curl, reader)) => {
+                let stats = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+                let _ = curl.kill();
+                let _ = curl.wait();
+                Some(stats)
+            }
+            None => None,
+        };
         let kubectl_cpu = cpu_seconds(kubectl_pid);
         let _ = kubectl.kill();
         let _ = kubectl.wait();
@@ -591,17 +636,23 @@ async fn chatty(env: &TestEnv, quick: bool) {
         let gen_rate = |s: &PeerStats| s.lines as f64 / ((s.last_ts_ns - s.first_ts_ns).max(1) as f64 / 1e9);
         let ratio = rate_of(&ours) / rate_of(&theirs);
         let rate_label = if rate == 0 { "max (0)".to_owned() } else { rate.to_string() };
-        for (peer, stats, cpu, ratio) in [
-            ("kubelens SSE", ours, cpu1 - cpu0, format!("**{ratio:.3}**")),
-            ("kubectl logs -f", theirs, kubectl_cpu, "1".to_owned()),
-        ] {
+        let their_rate = rate_of(&theirs);
+        let mut peers = vec![
+            ("kubelens SSE", ours, format!("{:.2}", cpu1 - cpu0), format!("**{ratio:.3}**")),
+            ("kubectl logs -f", theirs, format!("{kubectl_cpu:.2}"), "1".to_owned()),
+        ];
+        if let Some(stats) = curl_stats {
+            let r = rate_of(&stats) / their_rate;
+            peers.push(("kubelens SSE via `curl -N` (2nd viewer)", stats, "–".to_owned(), format!("{r:.3}")));
+        }
+        for (peer, stats, cpu, ratio) in peers {
             let delivered = rate_of(&stats);
             let generated = gen_rate(&stats);
             let (lines, gaps) = (stats.lines, stats.gaps_or_dups);
             let mut lat = stats.latencies;
             let (p50, p99, max) = latency_summary(&mut lat);
             println!(
-                "| {rate_label} | {count} | {peer} | {lines} | {gaps} | {delivered:.0} | {ratio} | {p50:.1} / {p99:.1} / {max:.1} | {generated:.0} | {cpu:.2} |"
+                "| {rate_label} | {count} | {peer} | {lines} | {gaps} | {delivered:.0} | {ratio} | {p50:.1} / {p99:.1} / {max:.1} | {generated:.0} | {cpu} |"
             );
         }
         println!("<!-- run wall {wall:.1?}, our client lagged (and resumed) {lagged} times, loadavg {} -->", loadavg());
