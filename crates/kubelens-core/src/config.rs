@@ -309,6 +309,11 @@ pub struct LogsConfig {
     /// How long an app merge waits for slower sources before emitting in timestamp order.
     #[serde(with = "humantime_serde")]
     pub merge_watermark: Duration,
+    /// How long a partial SSE batch waits for more lines before it is written (0 = write
+    /// every ready batch at once). Trades at most this much latency for one socket write per
+    /// window instead of one per line, per viewer.
+    #[serde(with = "humantime_serde")]
+    pub sse_write_coalesce: Duration,
     /// Per-container cap of archived lines for terminated pods.
     pub archive_max_lines_per_container: usize,
     /// Per-container cap of archived bytes for terminated pods.
@@ -328,6 +333,7 @@ impl Default for LogsConfig {
             max_upstream_streams: 2_000,
             max_streams_per_user: 50,
             merge_watermark: Duration::from_millis(250),
+            sse_write_coalesce: Duration::from_millis(5),
             archive_max_lines_per_container: 50_000,
             archive_max_bytes_per_container: 16 * 1024 * 1024,
         }
@@ -670,6 +676,9 @@ impl Config {
         }
         if logs.keepalive_interval < Duration::from_secs(1) {
             problem("logs.keepalive_interval", "must be at least 1s".to_owned());
+        }
+        if logs.sse_write_coalesce > Duration::from_secs(1) {
+            problem("logs.sse_write_coalesce", "must be at most 1s (it is added to every line's latency)".to_owned());
         }
 
         if !(self.kubernetes.qps > 0.0 && self.kubernetes.qps.is_finite()) {

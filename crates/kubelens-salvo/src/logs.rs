@@ -526,6 +526,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
             .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
             .metrics(&app_state.metrics)
+            .coalesce(app_state.config.logs.sse_write_coalesce)
             .hold(viewer)
             .respond(res);
         return Ok(());
@@ -572,6 +573,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
         .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
         .metrics(&app_state.metrics)
+        .coalesce(app_state.config.logs.sse_write_coalesce)
         .hold(viewer)
         .respond(res);
     Ok(())
@@ -772,6 +774,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app.clone(), String::new()))
         .end_at(stream_deadline(&who, app_state.config.auth.stream_token_grace), token_expired_frames(app, String::new()))
         .metrics(&app_state.metrics)
+        .coalesce(app_state.config.logs.sse_write_coalesce)
         .hold(viewer)
         .respond(res);
     Ok(())

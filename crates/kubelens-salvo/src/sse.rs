@@ -3,8 +3,12 @@
 //! [`SseBody`] turns a stream of [`SseFrame`]s into HTTP body chunks:
 //!
 //! - **Coalescing**: every frame that is ready *now* goes into one write (bounded by
-//!   [`MAX_BATCH_BYTES`]), so a burst of 5,000 lines costs a handful of writes, while a single
-//!   line still leaves immediately (no timer-based batching that would add latency).
+//!   [`MAX_BATCH_BYTES`]), so a burst of 5,000 lines costs a handful of writes. With
+//!   [`SseBody::coalesce`] (`logs.sse_write_coalesce`, 5 ms by default) a partial batch also
+//!   waits that long for more frames: a source printing one line at a time then costs one
+//!   socket write per window per viewer instead of one per line — with 100 viewers of a
+//!   1,000 lines/s pod, the difference between 100,000 and ≤ 20,000 `writev`s a second — for
+//!   at most that much added latency.
 //! - **Keepalive**: a `: keepalive` comment after `keepalive` of silence, so proxies and load
 //!   balancers keep idle streams open.
 //! - **Shutdown**: when the server's shutdown token fires the body writes a final frame
@@ -110,6 +114,12 @@ pub struct SseBody {
     hold: Vec<Box<dyn Any + Send>>,
     /// Counts `log` events sent (`log_lines_sent`) when set.
     metrics: Option<kubelens_core::Metrics>,
+    /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame).
+    out: BytesMut,
+    /// How long a partial batch may wait for more frames ([`SseBody::coalesce`]).
+    coalesce: Duration,
+    /// When the pending partial batch is flushed.
+    flush_at: Option<Pin<Box<Sleep>>>,
 }
 
 impl fmt::Debug for SseBody {
@@ -138,7 +148,17 @@ impl SseBody {
             done: false,
             hold: Vec::new(),
             metrics: None,
+            out: BytesMut::new(),
+            coalesce: Duration::ZERO,
+            flush_at: None,
         }
+    }
+
+    /// Lets a partial batch wait up to `window` for more frames before it is written (see
+    /// the module docs); zero (the default) writes every ready batch at once.
+    pub fn coalesce(mut self, window: Duration) -> Self {
+        self.coalesce = window;
+        self
     }
 
     /// Counts this stream in `sse_streams_open` while it lives and its `log` events in
@@ -185,19 +205,18 @@ impl Stream for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut out = BytesMut::new();
         if !this.started {
             this.started = true;
-            out.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+            this.out.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
         }
         if this.shutdown.as_mut().poll(cx).is_ready() {
             this.done = true;
             if let Some(frames) = this.on_shutdown.take() {
                 for frame in frames() {
-                    frame.encode(&mut out);
+                    frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(out.freeze())));
+            return Poll::Ready(Some(Ok(this.out.split().freeze())));
         }
         if let Some((sleep, _)) = this.deadline.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
@@ -205,19 +224,19 @@ impl Stream for SseBody {
             this.done = true;
             if let Some((_, frames)) = this.deadline.take() {
                 for frame in frames() {
-                    frame.encode(&mut out);
+                    frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(out.freeze())));
+            return Poll::Ready(Some(Ok(this.out.split().freeze())));
         }
         let mut ended = false;
-        while out.len() < MAX_BATCH_BYTES {
+        while this.out.len() < MAX_BATCH_BYTES {
             match this.frames.as_mut().poll_next(cx) {
                 Poll::Ready(Some(frame)) => {
                     if let (Some(m), SseFrame::Event { event: "log", .. }) = (&this.metrics, &frame) {
                         m.log_lines_sent.inc();
                     }
-                    frame.encode(&mut out);
+                    frame.encode(&mut this.out);
                 }
                 Poll::Ready(None) => {
                     ended = true;
@@ -229,10 +248,22 @@ impl Stream for SseBody {
         if ended {
             this.done = true;
         }
-        if !out.is_empty() {
+        if !this.out.is_empty() {
+            // Coalescing: a lone line waits up to `coalesce` for company, so a viewer of a
+            // line-at-a-time source costs one socket write per window instead of one per line.
+            // A full batch, the end, or a zero window flush at once.
+            let hold = !ended && this.out.len() < MAX_BATCH_BYTES && !this.coalesce.is_zero();
+            if hold {
+                let window = this.coalesce;
+                let timer = this.flush_at.get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            this.flush_at = None;
             let next = Instant::now() + this.keepalive_every;
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(out.freeze())));
+            return Poll::Ready(Some(Ok(this.out.split().freeze())));
         }
         if ended {
             return Poll::Ready(None);
@@ -240,10 +271,10 @@ impl Stream for SseBody {
         if this.keepalive.as_mut().poll(cx).is_ready() {
             let next = Instant::now() + this.keepalive_every;
             this.keepalive.as_mut().reset(next);
-            SseFrame::Comment("keepalive").encode(&mut out);
+            SseFrame::Comment("keepalive").encode(&mut this.out);
             // Register the new deadline with the waker.
             let _ = this.keepalive.as_mut().poll(cx);
-            return Poll::Ready(Some(Ok(out.freeze())));
+            return Poll::Ready(Some(Ok(this.out.split().freeze())));
         }
         Poll::Pending
     }
@@ -315,6 +346,28 @@ mod tests {
         assert_eq!(&body.next().await.unwrap().unwrap()[..], b": expired\n\n", "at 20 s");
         assert!(body.next().await.is_none());
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_batches_wait_for_the_coalescing_window() {
+        use futures::SinkExt;
+        let (mut tx, rx) = futures::channel::mpsc::channel::<SseFrame>(16);
+        let mut body = SseBody::new(rx.boxed(), Duration::from_secs(15), CancellationToken::new(), Box::new(Vec::new))
+            .coalesce(Duration::from_millis(5));
+        tx.send(log("1")).await.unwrap();
+        let started = Instant::now();
+        // Lines arriving inside the window share one write.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            tx.send(log("2")).await.unwrap();
+            tx
+        });
+        let first = body.next().await.unwrap().unwrap();
+        let text = String::from_utf8(first.to_vec()).unwrap();
+        assert_eq!(text.matches("event: log").count(), 2, "{text}");
+        assert!(started.elapsed() >= Duration::from_millis(5) && started.elapsed() < Duration::from_millis(10));
+        drop(sender.await.unwrap());
+        assert!(body.next().await.is_none(), "the end flushes at once");
     }
 
     #[tokio::test]
