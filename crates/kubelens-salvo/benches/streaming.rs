@@ -369,7 +369,9 @@ async fn viewer_token(env: &TestEnv) -> String {
 
 /// kubelens with caps raised for the benchmarks (5,000 streams of one user).
 fn start_kubelens(env: &TestEnv) -> (Kubelens, u32) {
-    let server = Kubelens::start(env, "logs:\n  max_streams_per_user: 20000\n  max_upstream_streams: 2000\n");
+    // BENCH_SSE_COALESCE (e.g. `0s`, `5ms`) overrides `logs.sse_write_coalesce` for A/B runs.
+    let coalesce = std::env::var("BENCH_SSE_COALESCE").map(|v| format!("  sse_write_coalesce: {v}\n")).unwrap_or_default();
+    let server = Kubelens::start(env, &format!("logs:\n  max_streams_per_user: 20000\n  max_upstream_streams: 2000\n{coalesce}"));
     let pid = kubelens_pid(&server);
     (server, pid)
 }
@@ -473,6 +475,27 @@ struct PeerStats {
     latencies: Vec<i64>,
 }
 
+/// Reads a peer process's stdout line by line (bounded: `count` lines or 180 s) and records
+/// each line `parse` turns into (generator timestamp ns, sequence number).
+fn read_peer(stdout: impl std::io::Read, count: u64, parse: impl Fn(&str) -> Option<(i64, Option<u64>)>) -> PeerStats {
+    let mut stats = PeerStats { latencies: Vec::with_capacity(count as usize), ..PeerStats::default() };
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while stats.lines < count && Instant::now() < deadline {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let recv = now_ns();
+        if let Some((ts, seq)) = parse(line.trim_end()) {
+            stats.record(recv, ts, seq);
+        }
+    }
+    stats
+}
+
 impl PeerStats {
     fn record(&mut self, recv_ns: i64, ts_ns: i64, seq: Option<u64>) {
         if self.lines == 0 {
@@ -519,23 +542,12 @@ async fn chatty(env: &TestEnv, quick: bool) {
             .unwrap();
         let kubectl_pid = kubectl.id();
         let stdout = kubectl.stdout.take().unwrap();
+        // `kubectl logs --timestamps` prints `<RFC3339Nano> <line>`.
         let kubectl_reader = std::thread::spawn(move || {
-            let mut stats = PeerStats { latencies: Vec::with_capacity(count as usize), ..PeerStats::default() };
-            let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-            let mut line = String::new();
-            let deadline = Instant::now() + Duration::from_secs(180);
-            while stats.lines < count && Instant::now() < deadline {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let recv = now_ns();
-                let Some((ts, text)) = line.trim_end().split_once(' ') else { continue };
-                let Some(ts) = parse_ts_ns(ts) else { continue };
-                stats.record(recv, ts, seq_src(text).0);
-            }
-            stats
+            read_peer(stdout, count, |line| {
+                let (ts, text) = line.split_once(' ')?;
+                Some((parse_ts_ns(ts)?, seq_src(text).0))
+            })
         });
 
         // Our SSE client.
@@ -586,24 +598,12 @@ async fn chatty(env: &TestEnv, quick: bool) {
                 .spawn()
                 .unwrap();
             let stdout = curl.stdout.take().unwrap();
+            // `curl -N` prints the raw SSE stream; only `data:` lines carry log lines.
             let reader = std::thread::spawn(move || {
-                let mut stats = PeerStats { latencies: Vec::with_capacity(count as usize), ..PeerStats::default() };
-                let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-                let mut line = String::new();
-                let deadline = Instant::now() + Duration::from_secs(180);
-                while stats.lines < count && Instant::now() < deadline {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    let recv = now_ns();
-                    let Some(json) = line.trim_end().strip_prefix("data: ") else { continue };
-                    let Ok(data) = serde_json::from_str::<LogData>(json) else { continue };
-                    let Some(ts) = parse_ts_ns(&data.ts) else { continue };
-                    stats.record(recv, ts, seq_src(&data.line).0);
-                }
-                stats
+                read_peer(stdout, count, |line| {
+                    let data = serde_json::from_str::<LogData>(line.strip_prefix("data: ")?).ok()?;
+                    Some((parse_ts_ns(&data.ts)?, seq_src(&data.line).0))
+                })
             });
             (curl, reader)
         });
