@@ -185,6 +185,18 @@ impl SseClient {
         Ok(SseClient { body: resp.bytes_stream().boxed(), buf: Vec::new() })
     }
 
+    /// The `seq=` numbers of the next `n` log lines (other events skipped; 20 s per event).
+    async fn log_seqs(&mut self, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(n);
+        while seqs.len() < n {
+            let event = self.next(Duration::from_secs(20)).await.expect("the stream ended early");
+            if event.event == "log" {
+                seqs.push(seq_of(event.data["line"].as_str().unwrap()).0);
+            }
+        }
+        seqs
+    }
+
     /// Next event (comments and `retry:` are skipped), `None` at the end of the stream.
     async fn next(&mut self, timeout: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -640,14 +652,7 @@ async fn streams_end_at_token_expiry_plus_grace_and_resume_with_a_fresh_token() 
     // Lines written meanwhile arrive on the resumed stream: nothing lost, nothing repeated.
     kubelens_testenv::append_cri_lines(&path, &(6..=8).map(line).collect::<Vec<_>>()).unwrap();
     let mut sse = SseClient::open_with_token(&pod_url, &issuer.viewer_token(), last_id.as_deref()).await.unwrap();
-    let mut resumed = Vec::new();
-    while resumed.len() < 3 {
-        let event = sse.next(Duration::from_secs(20)).await.expect("resumed stream");
-        if event.event == "log" {
-            resumed.push(seq_of(event.data["line"].as_str().unwrap()).0);
-        }
-    }
-    assert_eq!(resumed, [6, 7, 8]);
+    assert_eq!(sse.log_seqs(3).await, [6, 7, 8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,13 +669,7 @@ async fn container_restart_is_followed_into_the_new_instance_without_loss_or_rep
     kubelens_testenv::append_cri_lines(&first_file, &(1..=5).map(line).collect::<Vec<_>>()).unwrap();
     let url = format!("{}/namespaces/team-a/pods/{pod}/logs?tailLines=100", server.base);
     let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
-    let mut seqs = Vec::new();
-    while seqs.len() < 5 {
-        let event = sse.next(Duration::from_secs(20)).await.expect("first instance");
-        if event.event == "log" {
-            seqs.push(seq_of(event.data["line"].as_str().unwrap()).0);
-        }
-    }
+    let mut seqs = sse.log_seqs(5).await;
 
     let second_file = first_file.with_file_name("app-instance-1.log");
     kubelens_testenv::append_cri_lines(&second_file, &(6..=8).map(line).collect::<Vec<_>>()).unwrap();
