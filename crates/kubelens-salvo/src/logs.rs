@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kubelens_core::auth::Principal;
 use kubelens_core::config::LogsConfig;
-use kubelens_core::logs::admission::{AdmissionError, StreamAdmission};
+use kubelens_core::logs::admission::{AdmissionError, StreamAdmission, ViewerPermit};
 use kubelens_core::logs::grep::LineFilter;
 pub use kubelens_core::logs::app::AppPod;
 use kubelens_core::logs::app::{AppEvent, AppLogStream, AppStreamOptions, DEFAULT_MEMBER_POLL_INTERVAL, UpstreamTap, subscribe_shared};
@@ -426,9 +426,14 @@ struct StatusData<'a> {
 }
 
 pub(crate) fn log_line_frame(line: &LogLine) -> SseFrame {
+    log_frame_with_id(line, line.id().to_string())
+}
+
+/// A `log` event for `line` under `id` (a pod line id, or an app stream's merged id).
+fn log_frame_with_id(line: &LogLine, id: String) -> SseFrame {
     let mut data = Vec::with_capacity(96 + line.text.len());
     write_line_json(line, &mut data);
-    SseFrame::Event { id: Some(line.id().to_string()), event: "log", data: Bytes::from(data) }
+    SseFrame::Event { id: Some(id), event: "log", data: Bytes::from(data) }
 }
 
 #[derive(Serialize)]
@@ -442,13 +447,34 @@ pub(crate) fn status_frame(pod: &str, container: &str, status: &SourceStatus) ->
     SseFrame::json("status", None, &data)
 }
 
-pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
-    Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, StatusReason::Shutdown))])
+/// The final frame of a stream that ends for `reason` (server shutdown, token deadline).
+fn final_status_frames(pod: String, container: String, reason: StatusReason) -> crate::sse::ShutdownFrames {
+    Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, reason))])
 }
 
-/// The final frames of a stream that reached its token deadline.
-pub(crate) fn token_expired_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
-    Box::new(move || vec![status_frame(&pod, &container, &SourceStatus::new(SourceState::Ended, StatusReason::TokenExpired))])
+pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::ShutdownFrames {
+    final_status_frames(pod, container, StatusReason::Shutdown)
+}
+
+/// Responds with a live log stream of `frames`: keepalives, the final status on shutdown or at
+/// the caller's token deadline, metrics, write coalescing, and the viewer's admission permit
+/// held for the life of the response. `pod`/`container` label the final status.
+fn respond_log_stream(
+    res: &mut Response,
+    app_state: &AppState,
+    who: &Principal,
+    frames: BoxStream<'static, SseFrame>,
+    (pod, container): (String, String),
+    viewer: ViewerPermit,
+) {
+    let logs = &app_state.config.logs;
+    let deadline = stream_deadline(who, app_state.config.auth.stream_token_grace);
+    SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(pod.clone(), container.clone()))
+        .end_at(deadline, final_status_frames(pod, container, StatusReason::TokenExpired))
+        .metrics(&app_state.metrics)
+        .coalesce(logs.sse_write_coalesce)
+        .hold(viewer)
+        .respond(res);
 }
 
 /// When a stream opened by `who` must end: the token's `exp` plus `grace`
@@ -476,7 +502,6 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let (app_state, service) = state(depot)?;
     let (ns, name) = path_names(req)?;
     let logs = &app_state.config.logs;
-    let grace = app_state.config.auth.stream_token_grace;
     let query = LogQuery::parse(req, logs)?;
     let Some(pod) = service.targets.pod(&ns, &name).await? else {
         // The pod no longer exists: serve it from the log archive if it is there (404 if not).
@@ -523,12 +548,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 futures::future::ready(frame)
             })
             .boxed();
-        SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
-            .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
-            .metrics(&app_state.metrics)
-            .coalesce(app_state.config.logs.sse_write_coalesce)
-            .hold(viewer)
-            .respond(res);
+        respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
         return Ok(());
     }
     // Shared follow upstream through the hub. A new upstream needs a slot; joining an open
@@ -570,12 +590,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             futures::future::ready(frame)
         })
         .boxed();
-    SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(name.clone(), container.clone()))
-        .end_at(stream_deadline(&who, grace), token_expired_frames(name, container))
-        .metrics(&app_state.metrics)
-        .coalesce(app_state.config.logs.sse_write_coalesce)
-        .hold(viewer)
-        .respond(res);
+    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
     Ok(())
 }
 
@@ -762,21 +777,12 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let filter = query.filter.clone();
     let frames = stream.into_stream().filter_map(move |event| {
         let frame = match event {
-            AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| {
-                let mut data = Vec::with_capacity(96 + line.text.len());
-                write_line_json(&line, &mut data);
-                SseFrame::Event { id: Some(id.to_string()), event: "log", data: Bytes::from(data) }
-            }),
+            AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| log_frame_with_id(&line, id.to_string())),
             AppEvent::Status { source, status } => Some(status_frame(&source.pod, &source.container, &status)),
         };
         futures::future::ready(frame)
     });
-    SseBody::new(frames.boxed(), logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(app.clone(), String::new()))
-        .end_at(stream_deadline(&who, app_state.config.auth.stream_token_grace), token_expired_frames(app, String::new()))
-        .metrics(&app_state.metrics)
-        .coalesce(app_state.config.logs.sse_write_coalesce)
-        .hold(viewer)
-        .respond(res);
+    respond_log_stream(res, &app_state, &who, frames.boxed(), (app, String::new()), viewer);
     Ok(())
 }
 

@@ -228,6 +228,11 @@ impl SseClient {
     }
 }
 
+/// `GET url` as `user`, the JSON body.
+async fn get_json(url: &str, user: &str) -> serde_json::Value {
+    reqwest::Client::new().get(url).bearer_auth(token(user).await).send().await.unwrap().json().await.unwrap()
+}
+
 /// The `sub` of a test user's token (the per-user stream cap's key).
 async fn subject(user: &str) -> String {
     let claims = kubelens_testenv::jwt_claims(&token(user).await).unwrap();
@@ -416,15 +421,7 @@ async fn one_shot_json_download_previous_and_containers() {
     let client = reqwest::Client::new();
     let url = |p: &str| format!("{}/namespaces/team-a/pods/{p}", server.base);
     // JSON one-shot with tail.
-    let body: serde_json::Value = client
-        .get(format!("{}/logs?follow=false&tailLines=5", url("debug")))
-        .bearer_auth(token("viewer").await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&format!("{}/logs?follow=false&tailLines=5", url("debug")), "viewer").await;
     let lines = body["lines"].as_array().unwrap();
     assert_eq!(lines.len(), 5);
     assert!(lines[0]["line"].as_str().unwrap().starts_with("seq=16 "), "{}", lines[0]);
@@ -442,39 +439,15 @@ async fn one_shot_json_download_previous_and_containers() {
     assert_eq!(text.lines().count(), 3);
     assert!(text.lines().all(|l| l.len() > 31 && l.as_bytes()[4] == b'-' && l.contains(" seq=")), "{text}");
     // previous=true on a restarted container.
-    let body: serde_json::Value = client
-        .get(format!("{}/logs?follow=false&previous=true&tailLines=100", url("crashy")))
-        .bearer_auth(token("viewer").await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&format!("{}/logs?follow=false&previous=true&tailLines=100", url("crashy")), "viewer").await;
     let lines = body["lines"].as_array().unwrap();
     assert_eq!(lines.len(), 11, "{body}");
     assert!(lines[10]["line"].as_str().unwrap().contains("panic: simulated crash"));
     // Default container from the annotation; explicit init container; grep.
-    let body: serde_json::Value = client
-        .get(format!("{}/logs?follow=false&grep=level%3Derror", url("multi")))
-        .bearer_auth(token("viewer").await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&format!("{}/logs?follow=false&grep=level%3Derror", url("multi")), "viewer").await;
     assert_eq!(body["container"], "app");
     assert_eq!(body["lines"].as_array().unwrap().len(), 2, "{body}");
-    let body: serde_json::Value = client
-        .get(format!("{}/logs?follow=false&container=init-config&grepExclude=seq", url("multi")))
-        .bearer_auth(token("viewer").await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&format!("{}/logs?follow=false&container=init-config&grepExclude=seq", url("multi")), "viewer").await;
     assert_eq!(body["container"], "init-config");
     assert_eq!(body["lines"].as_array().unwrap().len(), 0);
 }
@@ -716,15 +689,7 @@ async fn container_restart_is_followed_into_the_new_instance_without_loss_or_rep
     .await;
     assert!(repeated.is_err(), "nothing is repeated once the restart is noticed: {repeated:?}");
     // `previous=true` now serves the first instance.
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("{url}&follow=false&previous=true"))
-        .bearer_auth(token("viewer").await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&format!("{url}&follow=false&previous=true"), "viewer").await;
     assert_eq!(body["lines"].as_array().map(Vec::len), Some(5), "{body}");
 }
 
@@ -750,8 +715,7 @@ async fn huge_binary_and_crlf_lines_are_handled_safely() {
     std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(&raw).unwrap();
 
     let url = format!("{}/namespaces/team-a/pods/{pod}/logs?follow=false&tailLines=100", server.base);
-    let body: serde_json::Value =
-        reqwest::Client::new().get(&url).bearer_auth(token("viewer").await).send().await.unwrap().json().await.unwrap();
+    let body = get_json(&url, "viewer").await;
     let lines = body["lines"].as_array().unwrap();
     let texts: Vec<&str> = lines.iter().map(|l| l["line"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 5, "{texts:?}");
