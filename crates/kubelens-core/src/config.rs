@@ -306,9 +306,15 @@ pub struct LogsConfig {
     pub max_upstream_streams: usize,
     /// Maximum concurrent SSE log streams per user (`sub`).
     pub max_streams_per_user: usize,
-    /// How long an app merge waits for slower sources before emitting in timestamp order.
+    /// How long an app merge holds a *live* line for quiet sources before emitting it in
+    /// timestamp order (history is merged exactly, without this window).
     #[serde(with = "humantime_serde")]
     pub merge_watermark: Duration,
+    /// How long an app merge waits for a source that is still sending its history (opening,
+    /// or backlog arriving), counted from that source's last event, before it merges without
+    /// it (`status` reason `late`).
+    #[serde(with = "humantime_serde")]
+    pub merge_history_timeout: Duration,
     /// How long a partial SSE batch waits for more lines before it is written (0 = write
     /// every ready batch at once). Trades at most this much latency for one socket write per
     /// window instead of one per line, per viewer.
@@ -333,6 +339,7 @@ impl Default for LogsConfig {
             max_upstream_streams: 2_000,
             max_streams_per_user: 50,
             merge_watermark: Duration::from_millis(250),
+            merge_history_timeout: Duration::from_secs(10),
             sse_write_coalesce: Duration::from_millis(5),
             archive_max_lines_per_container: 50_000,
             archive_max_bytes_per_container: 16 * 1024 * 1024,
@@ -676,6 +683,9 @@ impl Config {
         }
         if logs.keepalive_interval < Duration::from_secs(1) {
             problem("logs.keepalive_interval", "must be at least 1s".to_owned());
+        }
+        if logs.merge_history_timeout < Duration::from_secs(1) || logs.merge_history_timeout > Duration::from_secs(300) {
+            problem("logs.merge_history_timeout", "must be between 1s and 5m (an app stream holds for a source's history at most this long)".to_owned());
         }
         if logs.sse_write_coalesce > Duration::from_secs(1) {
             problem("logs.sse_write_coalesce", "must be at most 1s (it is added to every line's latency)".to_owned());

@@ -172,6 +172,9 @@ pub struct MetricsInner {
     pub archive_bytes: Counter,
     /// Captures that could not be made (pod and logs gone first), by reason.
     pub archive_missed: CounterVec,
+    /// Failures of the retention pod watches (each is retried with backoff; pods that
+    /// terminate during the gap are caught by the re-list or counted in `archive_missed`).
+    pub retention_watch_errors: Counter,
 }
 
 /// Shared handle to all metrics; cheap to clone.
@@ -235,6 +238,7 @@ impl Metrics {
         counter(&mut out, "kube_api_requests_total", "Kubernetes API requests made by the backend.", m.kube_api_requests.get());
         family(&mut out, "storage_errors_total", "counter", "Storage errors by operation.", &["operation"], &m.storage_errors);
         histogram(&mut out, "storage_operation_duration_seconds", "Storage operation latency.", &m.storage_latency);
+        counter(&mut out, "retention_watch_errors_total", "Retention pod watch failures (retried with backoff).", m.retention_watch_errors.get());
         counter(&mut out, "archive_containers_captured_total", "Containers of terminated pods whose logs were archived.", m.archive_captured.get());
         counter(&mut out, "archive_bytes_total", "Bytes written to the log archive.", m.archive_bytes.get());
         family(&mut out, "archive_captures_missed_total", "counter", "Archive captures that could not be made, by reason.", &["reason"], &m.archive_missed);

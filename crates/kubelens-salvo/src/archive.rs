@@ -85,7 +85,7 @@ impl Retention {
             .allowed
             .iter()
             .map(|ns| {
-                let (policy, cluster) = (Arc::clone(&state.policy), state.cluster.clone());
+                let (policy, cluster, metrics) = (Arc::clone(&state.policy), state.cluster.clone(), state.metrics.clone());
                 // Hidden pods are never archived: with the discovery cache, the full policy
                 // (including a hidden owning app); without it, the pod's own name and labels.
                 let visible = move |pod: &k8s_openapi::api::core::v1::Pod| match &cluster {
@@ -95,7 +95,7 @@ impl Retention {
                         policy.pod_visible(pod.metadata.name.as_deref().unwrap_or_default(), &labels, None)
                     }
                 };
-                kubelens_core::retention::watch::pod_signals(client.clone(), ns, visible).boxed()
+                kubelens_core::retention::watch::pod_signals(client.clone(), ns, visible, metrics).boxed()
             })
             .collect();
         let opener: LogOpener = Arc::new(move |key, options| upstream.stream(key, options, None));

@@ -544,6 +544,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                         filter.accepts(&line.text).then(|| log_line_frame(&line))
                     }
                     UpstreamEvent::Status(status) => Some(status_frame(&source.pod, &source.container, &status)),
+                    UpstreamEvent::CaughtUp => None,
                 };
                 futures::future::ready(frame)
             })
@@ -582,6 +583,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             let frame = match event {
                 HubEvent::Line(line) => filter.accepts(&line.text).then(|| log_line_frame(&line)),
                 HubEvent::Status(status) => Some(status_frame(&pod_name, &container_name, &status)),
+                HubEvent::CaughtUp => None,
                 HubEvent::Lagged { resume } => {
                     let resume = resume.map(|c| c.to_string());
                     Some(SseFrame::json("lagged", resume.clone(), &LaggedData { resume }))
@@ -645,7 +647,7 @@ pub(crate) async fn one_shot(
                 }
                 break;
             }
-            UpstreamEvent::Status(_) => {}
+            UpstreamEvent::Status(_) | UpstreamEvent::CaughtUp => {}
         }
     }
     drop(upstream);

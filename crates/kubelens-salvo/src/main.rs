@@ -110,7 +110,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
         Ok((kube_config, source)) => {
             kube_check.ready(&format!("client configuration from {source:?}"));
-            match kube::Client::try_from(kube_config.clone()) {
+            // Rate-limited, and without the socket read timeout that cut quiet watches every
+            // `request_timeout` (replaced by the discovery cache's client when that starts).
+            match kubelens_core::cluster::build_client(kube_config.clone(), &config.kubernetes, Default::default()) {
                 Ok(client) => retention_client = Some(client),
                 Err(err) => tracing::warn!(error = %err, "cannot build the retention watch client"),
             }
@@ -174,6 +176,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     state.storage = Some(instrumented);
     if let Some(cluster) = cluster {
+        // One client for discovery and the retention watches: one rate limit for both.
+        retention_client = Some(cluster.client());
         // Log lookups and liveness checks come from the watch cache, under the policy.
         let logs = logs.map(|service| std::sync::Arc::new((*service).clone().with_cluster(cluster.clone(), state.policy.clone())));
         state.logs = logs;

@@ -536,11 +536,11 @@ async fn app_stream_merges_pods_and_picks_up_new_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_stream_resumes_exactly_across_200_random_drops_in_timestamp_order() {
     let Some(env) = TestEnv::e2e() else { return };
-    // Order is guaranteed within the merge watermark: a source whose lines reach us later
-    // than the window behind the others cannot be placed before lines already sent. On a
-    // loaded 2-core machine a catching-up source can lag 250 ms (the default), so the window
-    // is widened here; the ordering logic is the same (see merge.rs for window tests).
-    let server = start_server(env, |c| c.logs.merge_watermark = Duration::from_secs(2)).await;
+    // The final uninterrupted read is of history only (the pods have finished writing), and
+    // history is merged exactly whatever the load: the DEFAULT watermark, no widening (it
+    // failed with 980 of 24,000 lines out of order at a 2 s window before the merge held for
+    // sources still sending their history; docs/logs.md "Ordering of app streams").
+    let server = start_server(env, |_| {}).await;
     let app = unique("appresume");
     let (_, pods) = create_app(env, "team-a", &app, 3);
     let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);

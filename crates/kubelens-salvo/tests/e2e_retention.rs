@@ -605,3 +605,53 @@ async fn hidden_pods_are_never_archived_or_served() {
     assert_eq!(one_shot(&a, &token, seen, "").await.0, 200, "the visible pod is served from the archive");
     assert_eq!(one_shot(&a, &token, hidden, "").await.0, 404, "the hidden pod is not");
 }
+
+/// Issue 13: the retention watch used a client whose socket read timeout was
+/// `kubernetes.request_timeout`, so a quiet watch failed every timeout period, re-listed and
+/// backed off (a pod terminating in the gap was not captured). Built as the binary builds it
+/// (`client_config` + `build_client`), a watch of a quiet namespace stays up for many request
+/// timeouts without an error or a re-list, and still sees the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_retention_watch_stays_up_without_errors() {
+    use futures::StreamExt;
+    use kubelens_core::retention::PodSignal;
+    let Some(env) = TestEnv::e2e() else { return };
+    let ns = unique("quiet");
+    kubectl(env, &["create", "namespace", &ns]);
+    // No controller-manager in testenv: the ServiceAccount admission needs `default` to exist.
+    kubectl(env, &["-n", &ns, "create", "serviceaccount", "default"]);
+    let settings = kubelens_core::config::KubernetesConfig {
+        kubeconfig: Some(env.kubeconfig.display().to_string()),
+        request_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (kube_config, _) = kubelens_core::kubeclient::client_config(&settings).await.unwrap();
+    let client = kubelens_core::cluster::build_client(kube_config, &settings, Default::default()).unwrap();
+    let metrics = kubelens_core::Metrics::default();
+    let mut signals = Box::pin(kubelens_core::retention::watch::pod_signals(client, &ns, |_| true, metrics.clone()));
+    let first = tokio::time::timeout(Duration::from_secs(30), signals.next()).await.unwrap().unwrap();
+    assert!(matches!(first, PodSignal::Listed { .. }), "the initial list: {first:?}");
+    // Quiet for 12 request timeouts: a read timeout would have failed the watch (counted) and
+    // re-listed (a second `Listed`).
+    let quiet = tokio::time::timeout(Duration::from_secs(24), signals.next()).await;
+    assert!(quiet.is_err(), "a quiet watch produced {quiet:?}");
+    assert_eq!(metrics.retention_watch_errors.get(), 0, "watch errors while quiet");
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "after-quiet", "namespace": ns},
+        "spec": {"nodeName": env.node_name, "containers": [{"name": "app", "image": "registry.invalid/e2e:1"}],
+                 "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]}
+    });
+    env.kubectl_apply(&pod.to_string()).unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match signals.next().await {
+                Some(PodSignal::Observed(p)) if p.name == "after-quiet" => return,
+                Some(_) => {}
+                None => panic!("the watch stream ended"),
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch missed a pod created after the quiet period");
+    let _ = env.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}

@@ -93,6 +93,10 @@ pub enum HubEvent {
     Line(Arc<LogLine>),
     /// A status change of the source.
     Status(SourceStatus),
+    /// The source's history has been delivered to this viewer; what follows is live (see
+    /// [`UpstreamEvent::CaughtUp`]). A late joiner gets it right after its ring backfill when
+    /// the upstream had caught up already.
+    CaughtUp,
     /// This viewer fell behind its queue and was cut loose; this is its last item.
     /// Resuming at `resume` loses nothing (`None`: it received no line; start over).
     Lagged {
@@ -141,6 +145,8 @@ struct ChannelState {
     /// The ring starts at the log's beginning and nothing was evicted.
     from_beginning: bool,
     status: Option<SourceStatus>,
+    /// The upstream sent [`UpstreamEvent::CaughtUp`]: the ring's lines are all history.
+    caught_up: bool,
     viewers: Vec<Viewer>,
     next_viewer: u64,
     closed: bool,
@@ -237,6 +243,7 @@ impl LogHub {
                 covers,
                 from_beginning,
                 status: None,
+                caught_up: false,
                 viewers: Vec::new(),
                 next_viewer: 0,
                 closed: false,
@@ -280,6 +287,9 @@ impl LogHub {
         };
         if let Some(status) = &state.status {
             backfill.push_front(HubEvent::Status(status.clone()));
+        }
+        if state.caught_up {
+            backfill.push_back(HubEvent::CaughtUp);
         }
         state.viewers.push(Viewer { id, tx, filter, lagged: Arc::clone(&lagged) });
         Subscription {
@@ -346,6 +356,11 @@ impl ChannelState {
         });
     }
 
+    fn push_caught_up(&mut self) {
+        self.caught_up = true;
+        self.viewers.retain_mut(|v| offer(v, HubEvent::CaughtUp, &self.lagged_total));
+    }
+
     fn push_status(&mut self, status: SourceStatus) {
         self.status = Some(status.clone());
         self.viewers.retain_mut(|v| offer(v, HubEvent::Status(status.clone()), &self.lagged_total));
@@ -398,6 +413,7 @@ async fn pump(channel: Arc<Channel>, hub: Weak<HubInner>, mut upstream: Upstream
                     lock(&channel.state).push_line(line, config.buffer_lines);
                 }
                 Some(UpstreamEvent::Status(status)) => lock(&channel.state).push_status(status),
+                Some(UpstreamEvent::CaughtUp) => lock(&channel.state).push_caught_up(),
                 None => {
                     let mut state = lock(&channel.state);
                     if state.status.as_ref().is_none_or(|s| s.state != SourceState::Ended) {

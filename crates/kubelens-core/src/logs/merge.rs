@@ -6,12 +6,26 @@
 //! the app. Like `StreamMap`, polling an empty merge yields `None`; callers that may add
 //! sources later keep polling after adding.
 //!
-//! # Ordering: watermark window
+//! # Ordering: exact for history, watermark for live lines
 //!
-//! Lines are emitted in [`MergeKey`] order (timestamp, source tag, index). A buffered line is
-//! released when every open source has a line buffered (nothing older can come from a source
-//! that already delivered something newer: sources are ordered), or when it has waited
-//! `watermark` since it arrived (a quiet or slow source does not hold the app back longer).
+//! Lines are emitted in [`MergeKey`] order (timestamp, source tag, index). Sources are
+//! ordered, so the oldest buffered line may go as soon as no open source could still send an
+//! older one. For each source without a buffered line:
+//!
+//! * **It has sent something newer** (its cursor is past the candidate): it cannot owe an
+//!   older line.
+//! * **It is still sending its history** (it has not sent [`HubEvent::CaughtUp`] yet: its
+//!   upstream is opening, or its backlog is arriving): the merge *holds* — however long that
+//!   takes under load — because every line of that history exists already and may be older.
+//!   The hold is bounded by `history_timeout` without any event from that source; then the
+//!   source is merged as *behind* (its cursor carried explicitly in ids, so resume stays
+//!   exact), a `status` with reason `late` says so, and its lines may arrive out of order.
+//! * **It is live and quiet**: a quiet source cannot be told from a slow one, so the line
+//!   waits `watermark` since it arrived, then goes. Live lines that reach the merge more than
+//!   the watermark after the others are emitted late, never dropped.
+//!
+//! So a read of finished or backfilling sources (history, and the backfill of every resumed
+//! source up to its cursor) is in exact order; live lines are in order within the watermark.
 //!
 //! # Bounds
 //!
@@ -42,7 +56,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::hub::HubEvent;
 use super::id::{MAX_BEHIND_SEGMENTS, MergeKey};
-use super::upstream::{SourceState, SourceStatus};
+use super::upstream::{SourceState, SourceStatus, StatusReason};
 use super::{AppLogId, LogLine, LogSource, SourceCursor};
 use crate::config::LogsConfig;
 
@@ -53,6 +67,9 @@ pub struct MergeConfig {
     pub watermark: Duration,
     /// Lines buffered per source before the merge emits early (see module docs).
     pub max_buffered_per_source: usize,
+    /// How long the merge holds for a source still sending its history, counted from its last
+    /// event (`logs.merge_history_timeout`; see module docs).
+    pub history_timeout: Duration,
 }
 
 impl MergeConfig {
@@ -61,7 +78,11 @@ impl MergeConfig {
 
     /// From the config file.
     pub fn from_logs(logs: &LogsConfig) -> Self {
-        Self { watermark: logs.merge_watermark, max_buffered_per_source: Self::DEFAULT_MAX_BUFFERED }
+        Self {
+            watermark: logs.merge_watermark,
+            max_buffered_per_source: Self::DEFAULT_MAX_BUFFERED,
+            history_timeout: logs.merge_history_timeout,
+        }
     }
 }
 
@@ -104,6 +125,9 @@ struct Slot<K> {
     /// After the last line emitted (or the start).
     sent: Option<SourceCursor>,
     behind: bool,
+    /// The source sent [`HubEvent::CaughtUp`] (or waits for a container to start, or was
+    /// given up on after `history_timeout`): its next lines are live, not history.
+    caught_up: bool,
     state: SourceState,
     /// An `ended` status that arrived while lines were still buffered: sent after the last
     /// of them, so a client never sees a source's lines after its end.
@@ -173,6 +197,8 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
         let now = Instant::now();
         if let Some(slot) = self.slots.iter_mut().find(|s| s.key == key) {
             slot.stream = Some(stream);
+            // A re-opened stream replays from its cursor: history again until it says so.
+            slot.caught_up = false;
             slot.last_activity = now;
             return;
         }
@@ -188,6 +214,7 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
             received: start,
             sent: start,
             behind,
+            caught_up: false,
             // Assume live until the source says otherwise (hub subscriptions start with the
             // current status when one is known).
             state: SourceState::Streaming,
@@ -220,9 +247,16 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
                         slot.last_activity = Instant::now();
                         slot.buf.push_back((line, slot.last_activity));
                     }
+                    Poll::Ready(Some(HubEvent::CaughtUp)) => {
+                        slot.caught_up = true;
+                        slot.last_activity = Instant::now();
+                    }
                     Poll::Ready(Some(HubEvent::Status(status))) => {
                         slot.state = status.state;
                         slot.last_activity = Instant::now();
+                        // A container that has not started has no history to wait for: its
+                        // first lines will be new ones.
+                        slot.caught_up |= status.state == SourceState::Waiting;
                         if matches!(status.state, SourceState::Reconnecting | SourceState::Waiting) && self.frontier.is_some() {
                             slot.behind = true;
                         }
@@ -250,30 +284,61 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
         self.slots.retain(|s| s.stream.is_some() || !s.buf.is_empty() || s.state != SourceState::Ended);
     }
 
-    /// The line to emit now, or the instant at which to look again.
+    /// Sources still sending their history that have been silent for `history_timeout`
+    /// stop holding the merge: they join as behind, with a `late` status.
+    fn give_up_on_silent_history(&mut self, now: Instant) {
+        let timeout = self.config.history_timeout;
+        for slot in &mut self.slots {
+            if slot.caught_up || slot.stream.is_none() || !slot.buf.is_empty() || slot.last_activity + timeout > now {
+                continue;
+            }
+            tracing::warn!(pod = %slot.source.pod, container = %slot.source.container, ?timeout, "app source sent no history within logs.merge_history_timeout; merging without it");
+            slot.caught_up = true;
+            slot.behind |= self.frontier.is_some();
+            let status = SourceStatus::new(slot.state, StatusReason::Late);
+            self.out.push_back(MergedEvent::Status { key: slot.key.clone(), source: slot.source.clone(), status });
+        }
+    }
+
+    /// The line to emit now, or the instant at which to look again (see "Ordering" in the
+    /// module docs).
     fn pick(&self, now: Instant) -> Result<usize, Option<Instant>> {
         let mut best: Option<(usize, MergeKey, Instant)> = None;
-        let mut all_ready = true;
         let mut full = false;
         for (i, slot) in self.slots.iter().enumerate() {
-            match slot.buf.front() {
-                Some((line, arrived)) => {
-                    full |= slot.buf.len() >= self.config.max_buffered_per_source;
-                    let key = MergeKey { ts: line.ts, tag: slot.source.tag, index: line.index };
-                    if best.is_none_or(|(_, k, _)| key < k) {
-                        best = Some((i, key, *arrived));
-                    }
+            if let Some((line, arrived)) = slot.buf.front() {
+                full |= slot.buf.len() >= self.config.max_buffered_per_source;
+                let key = MergeKey { ts: line.ts, tag: slot.source.tag, index: line.index };
+                if best.is_none_or(|(_, k, _)| key < k) {
+                    best = Some((i, key, *arrived));
                 }
-                None => all_ready &= slot.stream.is_none(),
             }
         }
-        match best {
-            None => Err(None),
-            Some((i, _, arrived)) => {
-                let due = arrived + self.config.watermark;
-                if all_ready || full || due <= now { Ok(i) } else { Err(Some(due)) }
+        let Some((i, key, arrived)) = best else { return Err(None) };
+        let mut hold_until: Option<Instant> = None;
+        let mut live_and_quiet = false;
+        for slot in &self.slots {
+            if !slot.buf.is_empty() || slot.stream.is_none() {
+                continue;
+            }
+            // Its next line comes after its cursor, so after `key`: it owes nothing older.
+            if slot.received.is_some_and(|c| key < MergeKey { ts: c.ts, tag: slot.source.tag, index: c.skip }) {
+                continue;
+            }
+            if slot.caught_up {
+                live_and_quiet = true;
+            } else {
+                let until = slot.last_activity + self.config.history_timeout;
+                hold_until = Some(hold_until.map_or(until, |h| h.min(until)));
             }
         }
+        if let Some(until) = hold_until {
+            // History first: not even a full buffer jumps ahead of a source's backlog (the
+            // full source backs up into the hub instead, which is lossless).
+            return Err(Some(until));
+        }
+        let due = arrived + self.config.watermark;
+        if !live_and_quiet || full || due <= now { Ok(i) } else { Err(Some(due)) }
     }
 
     fn emit(&mut self, i: usize, now: Instant) -> MergedEvent<K> {
@@ -352,6 +417,10 @@ impl<K: Clone + PartialEq + Unpin> Stream for AppLogMerge<K> {
                 return Poll::Ready(Some(event));
             }
             let now = Instant::now();
+            this.give_up_on_silent_history(now);
+            if let Some(event) = this.out.pop_front() {
+                return Poll::Ready(Some(event));
+            }
             match this.pick(now) {
                 Ok(i) => return Poll::Ready(Some(this.emit(i, now))),
                 Err(None) if this.slots.is_empty() => return Poll::Ready(None),
@@ -388,13 +457,20 @@ mod tests {
         })
     }
 
+    /// A source that is live from the start (it has no history).
     fn feed() -> (mpsc::Sender<HubEvent>, BoxStream<'static, HubEvent>) {
+        let (tx, stream) = history_feed();
+        (tx, futures::stream::iter([HubEvent::CaughtUp]).chain(stream).boxed())
+    }
+
+    /// A source that sends history until the test sends `CaughtUp`.
+    fn history_feed() -> (mpsc::Sender<HubEvent>, BoxStream<'static, HubEvent>) {
         let (tx, rx) = mpsc::channel(10_000);
         (tx, futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed())
     }
 
     fn cfg(ms: u64) -> MergeConfig {
-        MergeConfig { watermark: Duration::from_millis(ms), max_buffered_per_source: 100 }
+        MergeConfig { watermark: Duration::from_millis(ms), max_buffered_per_source: 100, history_timeout: Duration::from_secs(30) }
     }
 
     async fn next_line(m: &mut AppLogMerge<&'static str>) -> (String, AppLogId) {
@@ -468,10 +544,11 @@ mod tests {
         assert_eq!(id.frontier.ts, line(&a, 3000, 0).ts);
         assert_eq!(id.behind, vec![(b.tag, SourceCursor::after(LineId { ts: line(&b, 500, 0).ts, index: 0 }))]);
         assert_eq!(id.cursor_for(a.tag), id.frontier.cursor_for(a.tag));
-        // The last backfill line, after b was quiet for a whole window: b has rejoined.
+        // The last backfill line goes at once (a's cursor is past it: nothing older can
+        // come), so b has not been quiet for a window yet and is still tracked explicitly.
         let (text, id) = next_line(&mut m).await;
         assert_eq!(text, "b@600#0");
-        assert!(id.behind.is_empty(), "{id}");
+        assert_eq!(id.behind, vec![(b.tag, SourceCursor::after(LineId { ts: line(&b, 600, 0).ts, index: 0 }))]);
         // b catches up past the frontier: the id is compact again.
         tb.send(HubEvent::Line(line(&b, 4000, 0))).await.unwrap();
         let (_, id) = next_line(&mut m).await;
@@ -485,7 +562,7 @@ mod tests {
         let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
         let (ta, sa) = feed();
         let (_tb, sb) = feed();
-        let mut m = AppLogMerge::new(MergeConfig { watermark: Duration::from_secs(3600), max_buffered_per_source: 4 }, None);
+        let mut m = AppLogMerge::new(MergeConfig { watermark: Duration::from_secs(3600), max_buffered_per_source: 4, history_timeout: Duration::from_secs(30) }, None);
         m.insert("a", a.clone(), None, sa);
         m.insert("b", b, None, sb);
         for ms in 0..10 {
@@ -649,6 +726,180 @@ mod tests {
             assert_eq!(got.len(), total, "gap at cut {cut} (id {id}): {got:?}");
         }
         assert!(saw_segment, "the scenario exercises explicit cursors");
+    }
+
+    async fn collect_lines(m: &mut AppLogMerge<&'static str>, n: usize) -> Vec<(String, AppLogId)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.push(next_line(m).await);
+        }
+        out
+    }
+
+    fn sorted_texts(lines: &[Arc<LogLine>]) -> Vec<String> {
+        let mut keyed: Vec<_> = lines.iter().map(|l| ((l.ts, l.source.tag, l.index), l.text.clone())).collect();
+        keyed.sort();
+        keyed.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// History of finished sources comes out in exact order although one source's upstream
+    /// opens seconds (far more than the watermark) after the others delivered everything.
+    #[tokio::test(start_paused = true)]
+    async fn history_is_exact_however_late_a_source_delivers_its_first_batch() {
+        let srcs: Vec<_> = ["a", "b", "c"].iter().map(|p| LogSource::new(*p, "c")).collect();
+        let mut m = AppLogMerge::new(cfg(250), None);
+        let mut all = Vec::new();
+        let mut feeds = Vec::new();
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            let (tx, rx) = history_feed();
+            m.insert(key, srcs[i].clone(), None, rx);
+            let lines: Vec<_> = (0..100).map(|k| line(&srcs[i], k * 10 + i as i64 * 3, 0)).collect();
+            all.extend(lines.iter().cloned());
+            feeds.push((tx, lines));
+        }
+        let mut tasks = Vec::new();
+        for (i, (tx, lines)) in feeds.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                // b opens 5 s late (a loaded API server); the others at once.
+                if i == 1 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                for l in lines {
+                    tx.send(HubEvent::Line(l)).await.unwrap();
+                }
+                tx.send(HubEvent::CaughtUp).await.unwrap();
+                tx
+            }));
+        }
+        let got: Vec<String> = collect_lines(&mut m, all.len()).await.into_iter().map(|(t, _)| t).collect();
+        assert_eq!(got, sorted_texts(&all));
+    }
+
+    /// A source that ends early does not hold the merge, and one whose backlog arrives in two
+    /// batches seconds apart still merges exactly.
+    #[tokio::test(start_paused = true)]
+    async fn history_is_exact_with_an_early_end_and_a_backlog_in_two_late_batches() {
+        let (a, b, c) = (LogSource::new("a", "c"), LogSource::new("b", "c"), LogSource::new("c", "c"));
+        let mut m = AppLogMerge::new(cfg(250), None);
+        let (ta, sa) = history_feed();
+        let (tb, sb) = history_feed();
+        let (tc, sc) = history_feed();
+        m.insert("a", a.clone(), None, sa);
+        m.insert("b", b.clone(), None, sb);
+        m.insert("c", c.clone(), None, sc);
+        let a_lines: Vec<_> = [10, 20, 30].iter().map(|&ms| line(&a, ms, 0)).collect();
+        let b1: Vec<_> = [5, 15].iter().map(|&ms| line(&b, ms, 0)).collect();
+        let b2: Vec<_> = [25, 35, 45].iter().map(|&ms| line(&b, ms, 0)).collect();
+        let c_lines: Vec<_> = (1..50).step_by(7).map(|ms| line(&c, ms, 0)).collect();
+        let all: Vec<_> = a_lines.iter().chain(&b1).chain(&b2).chain(&c_lines).cloned().collect();
+        for l in &a_lines {
+            ta.send(HubEvent::Line(l.clone())).await.unwrap();
+        }
+        ta.send(HubEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Exited))).await.unwrap();
+        for l in &c_lines {
+            tc.send(HubEvent::Line(l.clone())).await.unwrap();
+        }
+        tc.send(HubEvent::CaughtUp).await.unwrap();
+        for l in &b1 {
+            tb.send(HubEvent::Line(l.clone())).await.unwrap();
+        }
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for l in b2 {
+                tb.send(HubEvent::Line(l)).await.unwrap();
+            }
+            tb.send(HubEvent::CaughtUp).await.unwrap();
+            tb
+        });
+        let mut got = Vec::new();
+        let mut a_ended_after = None;
+        while got.len() < all.len() {
+            match tokio::time::timeout(Duration::from_secs(30), m.next()).await.unwrap() {
+                Some(MergedEvent::Line { line, .. }) => got.push(line.text.clone()),
+                Some(MergedEvent::Status { key: "a", status, .. }) if status.state == SourceState::Ended => a_ended_after = Some(got.clone()),
+                Some(_) => {}
+                None => panic!("merge ended"),
+            }
+        }
+        let _tb = late.await.unwrap();
+        assert_eq!(got, sorted_texts(&all));
+        let before_end = a_ended_after.expect("a's end is reported");
+        assert_eq!(before_end.last().map(String::as_str), Some("a@30#0"), "a's end follows its last line");
+    }
+
+    /// A client resumes; one source's backfill up to now arrives seconds after the other's:
+    /// still history, so the resumed part is in exact order and nothing repeats or is lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_whose_backfill_arrives_seconds_late_on_one_source_is_exact() {
+        let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
+        let a_lines: Vec<_> = (0..=20).map(|k| line(&a, k * 100, 0)).collect();
+        let b_lines: Vec<_> = (0..=20).map(|k| line(&b, k * 100 + 50, 0)).collect();
+        let all: Vec<_> = a_lines.iter().chain(&b_lines).cloned().collect();
+        let run = |resume: Option<AppLogId>, late_b: Duration, limit: usize| {
+            let (a, b, a_lines, b_lines) = (a.clone(), b.clone(), a_lines.clone(), b_lines.clone());
+            async move {
+                let mut m: AppLogMerge<&'static str> = AppLogMerge::new(cfg(250), resume);
+                let (ca, cb) = (m.start_cursor_for(&a), m.start_cursor_for(&b));
+                let (ta, sa) = history_feed();
+                let (tb, sb) = history_feed();
+                m.insert("a", a, ca, sa);
+                m.insert("b", b, cb, sb);
+                let send = |tx: mpsc::Sender<HubEvent>, lines: Vec<Arc<LogLine>>, start: Option<SourceCursor>, delay: Duration| {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        for l in lines.into_iter().filter(|l| start.is_none_or(|c| c.admits(l.ts, l.index))) {
+                            tx.send(HubEvent::Line(l)).await.unwrap();
+                        }
+                        tx.send(HubEvent::CaughtUp).await.unwrap();
+                        std::future::pending::<()>().await;
+                    })
+                };
+                let fa = send(ta, a_lines, ca, Duration::ZERO);
+                let fb = send(tb, b_lines, cb, late_b);
+                let out = collect_lines(&mut m, limit).await;
+                fa.abort();
+                fb.abort();
+                out
+            }
+        };
+        let first = run(None, Duration::ZERO, 15).await;
+        let id = first.last().unwrap().1.clone();
+        let rest = run(Some(AppLogId::parse(&id.to_string()).unwrap()), Duration::from_secs(4), all.len() - 15).await;
+        let got: Vec<String> = first.into_iter().chain(rest).map(|(t, _)| t).collect();
+        assert_eq!(got, sorted_texts(&all));
+    }
+
+    /// A source that never sends its history holds the merge only for `history_timeout`;
+    /// then it is merged as behind with a `late` status, and its lines still resume exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_source_is_given_up_on_after_the_history_timeout() {
+        let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
+        let mut m = AppLogMerge::new(MergeConfig { history_timeout: Duration::from_secs(2), ..cfg(250) }, None);
+        let (ta, sa) = history_feed();
+        let (tb, sb) = history_feed();
+        m.insert("a", a.clone(), None, sa);
+        m.insert("b", b.clone(), None, sb);
+        for ms in [10, 20] {
+            ta.send(HubEvent::Line(line(&a, ms, 0))).await.unwrap();
+        }
+        ta.send(HubEvent::CaughtUp).await.unwrap();
+        let start = Instant::now();
+        let first = loop {
+            match m.next().await.unwrap() {
+                MergedEvent::Status { key, status, .. } => {
+                    assert_eq!((key, status.reason), ("b", StatusReason::Late));
+                }
+                MergedEvent::Line { line, .. } => break line.text.clone(),
+                MergedEvent::Lagged { .. } => panic!("lagged"),
+            }
+        };
+        assert_eq!(first, "a@10#0");
+        assert!(Instant::now() - start >= Duration::from_secs(2), "held for the history timeout");
+        assert_eq!(next_line(&mut m).await.0, "a@20#0");
+        tb.send(HubEvent::Line(line(&b, 5, 0))).await.unwrap();
+        let (text, id) = next_line(&mut m).await;
+        assert_eq!(text, "b@5#0");
+        assert_eq!(id.behind, vec![(b.tag, SourceCursor::after(LineId { ts: line(&b, 5, 0).ts, index: 0 }))], "b is tracked explicitly");
     }
 
     fn sources_strategy() -> impl Strategy<Value = Vec<Vec<(i64, u32, u64)>>> {

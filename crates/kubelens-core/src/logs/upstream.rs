@@ -23,6 +23,17 @@
 //! asks from the *floor* of the last timestamp and drops what it already delivered, using
 //! [`LinePosition`] = (timestamp, index among the source's lines with that exact timestamp).
 //!
+//! # History, then live
+//!
+//! A follow request gives no sign of where the existing log ends and new lines begin, yet an
+//! ordered app merge needs exactly that: a source still sending its history can owe lines
+//! older than anything another source sent, however long that takes under load. So a
+//! following stream first reads the history with a non-follow request (its end of body is
+//! the definite end of the history), sends [`UpstreamEvent::CaughtUp`], then opens the follow
+//! request from the last delivered position (the usual floor-of-the-second re-read and
+//! dedupe, so nothing is lost or repeated between the two). This costs one extra request per
+//! opened stream, none per viewer. A `tailLines=0` start has no history and skips it.
+//!
 //! The stream is a plain `unfold` over private state: no task is spawned, so dropping the
 //! stream (the client went away) drops the in-flight HTTP request to the API server at once.
 
@@ -189,6 +200,9 @@ pub enum StatusReason {
     /// The viewer's token expired (plus `auth.stream_token_grace`): the stream ends; the client
     /// reconnects with a fresh token and its last id.
     TokenExpired,
+    /// In an app stream: this source sent no history within `logs.merge_history_timeout`;
+    /// the merge goes on without waiting for it, and its lines may arrive out of order.
+    Late,
     /// A viewer's source is being re-opened at its resume cursor and has not delivered yet
     /// (used inside app merges so the merge tracks the source as behind; not sent to clients).
     Resuming,
@@ -221,6 +235,10 @@ pub enum UpstreamEvent {
     Line(RawLine),
     /// A state change.
     Status(SourceStatus),
+    /// Every line that existed when the stream opened has been delivered: from here on lines
+    /// arrive as they are written. Sent once, by following streams only (see "History, then
+    /// live" in the module docs). Ordered merges wait for it instead of guessing from time.
+    CaughtUp,
 }
 
 /// What the pod says about one of its containers.
@@ -498,6 +516,14 @@ struct Run {
     reconnect_floor: Option<DateTime<Utc>>,
     /// The instance being followed.
     instance: Option<ContainerRuntime>,
+    /// Following, and the history (everything before the first request) is still being
+    /// read with a non-follow request; see "History, then live".
+    reading_history: bool,
+    /// The next successful connect is the follow request that continues the history read.
+    switching_to_follow: bool,
+    /// The history read found an empty log: the follow request reads the instance from its
+    /// start (what was written between the two requests), not a tail of it.
+    history_was_empty: bool,
     connects: u32,
     failures: u32,
     /// Same-timestamp counter of the current read.
@@ -528,6 +554,8 @@ impl Run {
             StartAt::Beginning | StartAt::Tail(_) => (None, None),
         };
         let splitter = super::split::LineSplitter::new(options.max_line_length);
+        let following = options.follow && !key.previous;
+        let reading_history = following && options.start != StartAt::Tail(0);
         Self {
             key,
             options,
@@ -539,6 +567,9 @@ impl Run {
             reconnect_floor: None,
             checked_at: tokio::time::Instant::now(),
             instance: None,
+            reading_history,
+            switching_to_follow: false,
+            history_was_empty: false,
             connects: 0,
             failures: 0,
             last_seen: None,
@@ -599,12 +630,12 @@ impl Run {
     fn log_params(&self) -> LogParams {
         let mut params = LogParams {
             container: Some(self.key.container.clone()),
-            follow: self.options.follow && !self.key.previous,
+            follow: self.options.follow && !self.key.previous && !self.reading_history,
             timestamps: true,
             previous: self.key.previous,
             ..LogParams::default()
         };
-        if self.from_instance_start {
+        if self.from_instance_start || self.history_was_empty {
             return params;
         }
         // Resume point: the floor of the last delivered (or wanted) second; the dedupe below
@@ -640,7 +671,7 @@ impl Run {
                 }
             }
         }
-        if self.connects > 0 && self.delivered.is_none() && self.not_before.is_none() && !self.from_instance_start {
+        if self.connects > 0 && self.delivered.is_none() && self.not_before.is_none() && !self.from_instance_start && !self.history_was_empty {
             // A `tailLines` start that has not produced a line yet must not replay that tail
             // after a reconnect: only lines after the first connect are new.
             self.not_before = self.reconnect_floor;
@@ -663,7 +694,15 @@ impl Run {
                 }
             }
         };
+        let continuing = std::mem::take(&mut self.switching_to_follow);
         match opened {
+            Ok(reader) if continuing => {
+                // The follow request after the history read: a continuation, not a new
+                // connection (its status was reported with the history request).
+                self.last_seen = None;
+                self.splitter.reset();
+                self.phase = Phase::Read(reader);
+            }
             Ok(reader) => {
                 self.connects += 1;
                 let reason = if self.from_instance_start && self.connects > 1 {
@@ -733,6 +772,16 @@ impl Run {
             return;
         };
         match result {
+            Ok(0) if self.reading_history => {
+                // The end of the history. A partial last line is being written right now:
+                // the follow request re-reads it whole (it starts at or before its second).
+                self.splitter.reset();
+                self.reading_history = false;
+                self.switching_to_follow = true;
+                self.history_was_empty = self.delivered.is_none() && self.not_before.is_none();
+                self.pending.push_back(UpstreamEvent::CaughtUp);
+                self.phase = Phase::Connect;
+            }
             Ok(0) => {
                 if !self.options.follow || self.key.previous {
                     let mut last = None;
@@ -822,6 +871,7 @@ impl Run {
         self.delivered = Some(position);
         self.not_before = None;
         self.from_instance_start = false;
+        self.history_was_empty = false;
         let (text, truncated) = super::split::truncate_text(text, line.dropped, self.options.max_line_length);
         if let Some(m) = self.metrics.as_ref().filter(|_| truncated) {
             m.log_lines_truncated.inc();

@@ -541,6 +541,7 @@ async fn capture_once(inner: &Inner, job: &CaptureJob, retry_empty: bool) -> boo
                         break;
                     }
                 }
+                Some(UpstreamEvent::CaughtUp) => {}
                 None => break,
             },
             _ = flush.tick(), if job.follow => write(inner, job, &mut pending, &mut totals).await,
@@ -738,6 +739,7 @@ impl ArchiveTap {
                 }
                 state.ring.push_back(line);
             }
+            UpstreamEvent::CaughtUp => {}
             UpstreamEvent::Status(status) => match instance_end(status) {
                 Some(StatusReason::Restarted) => {
                     // A new instance follows: the old one's capture (if due) is the
