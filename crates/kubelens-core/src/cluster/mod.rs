@@ -116,18 +116,27 @@ impl NamespaceCaches {
         self.synced.load(Ordering::Acquire) >= STORES_PER_NAMESPACE
     }
 
-    /// The labels of a workload, for app visibility (empty when it is not cached).
-    fn app_labels(&self, app: &OwnerApp) -> BTreeMap<String, String> {
+    /// The labels of a workload, for app visibility; `None` when the workload is not cached.
+    fn app_labels(&self, app: &OwnerApp) -> Option<BTreeMap<String, String>> {
         let name = app.name.as_str();
-        let labels = match app.kind {
-            AppKind::Deployment => self.deployments.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::StatefulSet => self.stateful_sets.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::DaemonSet => self.daemon_sets.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::CronJob => self.cron_jobs.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::Job => self.jobs.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::ReplicaSet => self.replica_sets.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-        };
-        labels.unwrap_or_default()
+        let labels = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| meta.labels.clone().unwrap_or_default();
+        match app.kind {
+            AppKind::Deployment => self.deployments.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::StatefulSet => self.stateful_sets.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::DaemonSet => self.daemon_sets.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::CronJob => self.cron_jobs.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::Job => self.jobs.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::ReplicaSet => self.replica_sets.get(&self.key(name)).map(|o| labels(&o.metadata)),
+        }
+    }
+
+    /// Whether the app that owns a pod is visible. Fails closed: an owning workload missing
+    /// from the cache (deleted with `--cascade=orphan` before the garbage collector removed
+    /// the pod's or ReplicaSet's ownerReference, or not listed yet) hides its pods, because
+    /// its labels — which may hide it — cannot be read. Once the ownerReference is gone, the
+    /// ReplicaSet (or the pod) is judged as the app (or bare pod) it has become.
+    fn owner_visible(&self, policy: &AccessPolicy, app: &OwnerApp) -> bool {
+        self.app_labels(app).is_some_and(|labels| policy.app_visible(&app.name, &labels))
     }
 
     /// Summary of a pod if the policy lets the caller see it.
@@ -156,7 +165,7 @@ impl NamespaceCaches {
             let app_visible = match apps.get(app) {
                 Some(visible) => *visible,
                 None => {
-                    let visible = policy.app_visible(&app.name, &self.app_labels(app));
+                    let visible = self.owner_visible(policy, app);
                     apps.insert(app.clone(), visible);
                     visible
                 }
