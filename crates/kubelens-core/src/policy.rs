@@ -216,6 +216,12 @@ impl AccessPolicy {
         }
     }
 
+    /// True when `filters.exclude_labels` has any rule: objects whose labels are unknown must
+    /// then be treated as hidden.
+    pub fn has_label_rules(&self) -> bool {
+        !self.exclude_labels.is_empty()
+    }
+
     /// True when `labels` carry an excluded label.
     pub fn labels_hidden(&self, labels: &BTreeMap<String, String>) -> bool {
         self.exclude_labels.iter().any(|(key, rule)| match (rule, labels.get(key)) {

@@ -7,10 +7,15 @@
 //! * `GET /api/v1/namespaces/{ns}/archived-pods` lists the archived pods of a namespace
 //!   (`terminated: true` once deleted, with `expiresAt`).
 //!
-//! The archive is only ever read for allowlisted namespaces; only pods that were visible
-//! when captured are in it (the capture watch drops pods the policy hides, see
-//! [`Retention::start_with_watches`]), and a pod that still exists but is hidden is a 404,
-//! never served from the archive.
+//! Every archive read applies the *current* policy, exactly like a live read
+//! ([`Cluster::archived_pod_visible`]): the namespace must be allowlisted and not hidden by
+//! its labels (a hidden one answers 404 on these routes too), a pod that still exists is
+//! judged live (a hidden one is a 404, never served from the archive), and a deleted pod must
+//! pass `filters.pods`, `filters.apps` and `filters.exclude_labels` with the labels and owning
+//! app recorded at capture (the app's current labels while it is still cached). Lists leave
+//! out what the policy hides. A hidden pod and a missing one cost the same archive query (no
+//! timing difference). Capture only ever sees pods that are visible (see
+//! [`Retention::start_with_watches`]).
 
 use std::sync::Arc;
 
@@ -21,8 +26,10 @@ use kubelens_core::logs::upstream::{SourceKey as UpstreamKey, SourceState, Sourc
 use kubelens_core::retention::read::{archived_pods, find_pod, read_lines};
 use kubelens_core::retention::capture::ArchiveTap;
 use kubelens_core::retention::{ArchiveRecorder, ArchivedPod, LogOpener, PodSignal, PodSnapshot, RecorderConfig, RetentionError};
-use kubelens_core::storage::LogArchive;
-use kubelens_core::storage::StorageError;
+use kubelens_core::api::{AppKind, OwnerApp};
+use kubelens_core::cluster::Cluster;
+use kubelens_core::policy::AccessPolicy;
+use kubelens_core::storage::{LogArchive, PodMeta, StorageError};
 use salvo::http::header::ACCEPT;
 use salvo::prelude::*;
 use serde::Serialize;
@@ -95,12 +102,40 @@ impl Retention {
                         policy.pod_visible(pod.metadata.name.as_deref().unwrap_or_default(), &labels, None)
                     }
                 };
-                kubelens_core::retention::watch::pod_signals(client.clone(), ns, visible, metrics).boxed()
+                let (policy, cluster) = (Arc::clone(&state.policy), state.cluster.clone());
+                kubelens_core::retention::watch::pod_signals(client.clone(), ns, visible, metrics)
+                    .map(move |signal| match (&cluster, signal) {
+                        (Some(cluster), PodSignal::Observed(mut pod)) => {
+                            record_app_labels(cluster, &policy, &mut pod);
+                            PodSignal::Observed(pod)
+                        }
+                        (Some(cluster), PodSignal::Deleted(mut pod)) => {
+                            record_app_labels(cluster, &policy, &mut pod);
+                            PodSignal::Deleted(pod)
+                        }
+                        (_, other) => other,
+                    })
+                    .boxed()
             })
             .collect();
         let opener: LogOpener = Arc::new(move |key, options| upstream.stream(key, options, None));
         Self::start(archive, opener, RecorderConfig::from_logs(&state.config.logs), state.metrics.clone(), signals)
     }
+}
+
+/// Adds the owning app's current labels to a capture's snapshot (recorded with its sources,
+/// so archive reads can apply `exclude_labels` to the app after it is gone).
+fn record_app_labels(cluster: &Cluster, policy: &AccessPolicy, pod: &mut PodSnapshot) {
+    let (Ok(ns), Some((kind, name))) = (policy.namespace(&pod.namespace), pod.app.as_ref()) else { return };
+    if let Ok(kind) = kind.parse::<AppKind>() {
+        pod.app_labels = cluster.workload_labels(&ns, &OwnerApp { kind, name: name.clone() });
+    }
+}
+
+/// The cluster cache that archive reads check the policy against; without it nothing is
+/// served from the archive (503, like the discovery routes).
+fn policy_cluster(state: &AppState) -> Result<&Cluster, ApiError> {
+    state.cluster.as_ref().ok_or_else(|| ApiError::unavailable("kubernetes_unavailable", "the Kubernetes caches are not available"))
 }
 
 fn retention_error(err: RetentionError) -> ApiError {
@@ -119,22 +154,6 @@ fn retention_error(err: RetentionError) -> ApiError {
 fn storage_error(err: &StorageError) -> ApiError {
     tracing::warn!(error = %err, "log archive read failed");
     ApiError::unavailable("storage_unavailable", "the log archive is not reachable")
-}
-
-/// A pod that still exists but is hidden by the policy (or whose name the pod filter
-/// rejects): its archived lines (captured before it became hidden) must not be served.
-fn hidden_but_present(state: &AppState, ns: &str, name: &str) -> bool {
-    if state.policy.pod_name(name).is_err() {
-        return true;
-    }
-    match (&state.cluster, state.policy.namespace(ns)) {
-        (Some(cluster), Ok(ns)) => cluster.pod_exists(&ns, name),
-        _ => false,
-    }
-}
-
-fn allowed(state: &AppState, ns: &str) -> bool {
-    state.config.namespaces.allowed.iter().any(|a| a == ns)
 }
 
 #[derive(Serialize)]
@@ -161,11 +180,16 @@ pub async fn pod_logs_from_archive(
     res: &mut Response,
 ) -> Result<(), ApiError> {
     let Some(retention) = state.retention.as_ref() else { return Err(ApiError::not_found("pod")) };
-    if !allowed(state, ns) || hidden_but_present(state, ns, name) {
-        return Err(ApiError::not_found("pod"));
-    }
+    let allowed = state.policy.namespace(ns).map_err(|_| ApiError::not_found("pod"))?;
+    state.policy.pod_name(name).map_err(|_| ApiError::not_found("pod"))?;
+    let cluster = policy_cluster(state)?;
     let archive = retention.recorder.archive();
-    let pod = find_pod(archive.as_ref(), ns, name).await.map_err(retention_error)?.ok_or_else(|| ApiError::not_found("pod"))?;
+    // Always ask the archive, then apply the policy: a hidden pod costs the same as a missing
+    // one, so timing does not tell them apart.
+    let found = find_pod(archive.as_ref(), ns, name).await.map_err(retention_error)?;
+    let meta = found.as_ref().map_or_else(PodMeta::default, |pod| pod.meta.clone());
+    let visible = cluster.archived_pod_visible(&state.policy, &allowed, name, &meta);
+    let pod = found.filter(|_| visible).ok_or_else(|| ApiError::not_found("pod"))?;
     let source = pod.source(query.container.as_deref(), query.previous).map_err(retention_error)?;
     let logs = &state.config.logs;
     let max = usize::try_from(logs.max_tail_lines).unwrap_or(usize::MAX).max(1);
@@ -190,7 +214,13 @@ pub async fn pod_logs_from_archive(
     let mut frames = vec![SseFrame::json("status", None, &status)];
     let (pod_name, container) = (name.to_owned(), source.container.clone());
     let log_source = kubelens_core::logs::LogSource::new(pod_name.clone(), container.clone());
-    frames.extend(lines.into_iter().map(|l| log_line_frame(&kubelens_core::logs::LogLine::from_raw(l, Arc::clone(&log_source)))));
+    // `grep`/`grepExclude` apply here as on every log read (the one-shot path filters too).
+    frames.extend(
+        lines
+            .into_iter()
+            .filter(|l| query.filter.accepts(&l.text))
+            .map(|l| log_line_frame(&kubelens_core::logs::LogLine::from_raw(l, Arc::clone(&log_source)))),
+    );
     if !more {
         frames.push(crate::logs::status_frame(&pod_name, &container, &end));
     }
@@ -211,13 +241,19 @@ struct ArchivedPodItem {
     terminated: bool,
 }
 
+/// The archived pods of `ns` that the current policy shows (nothing for a namespace outside
+/// the allowlist or hidden by its labels).
+async fn visible_archived_pods(state: &AppState, retention: &Retention, ns: &str) -> Result<Vec<ArchivedPod>, ApiError> {
+    let Ok(allowed) = state.policy.namespace(ns) else { return Ok(Vec::new()) };
+    let cluster = policy_cluster(state)?;
+    let pods = archived_pods(retention.recorder.archive().as_ref(), ns).await.map_err(retention_error)?;
+    Ok(pods.into_iter().filter(|pod| cluster.archived_pod_visible(&state.policy, &allowed, &pod.name, &pod.meta)).collect())
+}
+
 /// Archived pods of an allowlisted namespace, for lists that include terminated pods.
 pub async fn archived_pod_items(state: &AppState, ns: &str) -> Result<Vec<serde_json::Value>, ApiError> {
     let Some(retention) = state.retention.as_ref() else { return Ok(Vec::new()) };
-    if !allowed(state, ns) {
-        return Ok(Vec::new());
-    }
-    let pods = archived_pods(retention.recorder.archive().as_ref(), ns).await.map_err(retention_error)?;
+    let pods = visible_archived_pods(state, retention, ns).await?;
     Ok(pods
         .into_iter()
         .map(|pod| {
@@ -235,12 +271,9 @@ pub async fn terminated_pod_summaries(
     ns: &str,
     live: &[kubelens_core::api::PodSummary],
 ) -> Result<Vec<serde_json::Value>, ApiError> {
-    use kubelens_core::api::{ContainerState, ContainerSummary, OwnerApp, PodSummary};
+    use kubelens_core::api::{ContainerState, ContainerSummary, PodSummary};
     let Some(retention) = state.retention.as_ref() else { return Ok(Vec::new()) };
-    if !allowed(state, ns) {
-        return Ok(Vec::new());
-    }
-    let pods = archived_pods(retention.recorder.archive().as_ref(), ns).await.map_err(retention_error)?;
+    let pods = visible_archived_pods(state, retention, ns).await?;
     let mut out = Vec::new();
     for pod in pods {
         if live.iter().any(|p| p.uid == pod.uid || p.name == pod.name) {
@@ -301,7 +334,9 @@ pub async fn list_archived_pods(req: &mut Request, depot: &mut Depot, res: &mut 
     crate::auth::principal(depot)?;
     let state = depot.get_typed::<AppState>().map_err(|_| ApiError::internal())?.clone();
     let ns = req.param::<String>("ns").unwrap_or_default();
-    if !kubelens_core::names::is_dns1123_label(&ns) || !allowed(&state, &ns) {
+    let allowed = state.policy.namespace(&ns).map_err(|_| ApiError::not_found("namespace"))?;
+    // A namespace hidden by its labels is a 404 here too, as on every other route.
+    if !policy_cluster(&state)?.archive_namespace_visible(&state.policy, &allowed) {
         return Err(ApiError::not_found("namespace"));
     }
     let items = archived_pod_items(&state, &ns).await?;
@@ -324,7 +359,12 @@ pub fn tap_for(state: &AppState, pod: &k8s_openapi::api::core::v1::Pod, key: &Up
     if !follow || key.previous {
         return None;
     }
-    let snapshot = PodSnapshot::from_pod(pod)?;
+    let mut snapshot = PodSnapshot::from_pod(pod)?;
+    // Record the owning app as the discovery cache resolves it, with its labels.
+    if let Some((app, labels)) = state.cluster.as_ref().and_then(|cluster| cluster.pod_owner(pod)) {
+        snapshot.app = Some((app.kind.as_str().to_owned(), app.name));
+        snapshot.app_labels = labels;
+    }
     let instance = snapshot.containers.iter().find(|c| c.name == key.container).map_or(0, |c| c.restart_count);
     let recorder = retention.recorder.clone();
     let key = key.clone();

@@ -7,7 +7,6 @@
 //! of the app, joined and left as pods come and go. The contract is documented in
 //! `docs/logs.md`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,16 +44,12 @@ pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-co
 
 // ---- what the handlers need from the rest of the system -----------------------------------
 
-/// Finds visible pods and app members. Implemented over the discovery cache (policy applied:
-/// a hidden pod is `None`, exactly like a missing one) or, without it, over the API.
-pub trait LogTargets: Send + Sync + 'static {
-    /// A visible pod of an allowlisted namespace, or `None`.
-    fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>>;
-    /// The visible pods of a visible app, or `None` when there is no such app.
-    fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>>;
-}
-
 /// Everything the log endpoints use, attached to [`AppState`] by the binary.
+///
+/// There is one way to find a pod or an app's pods: [`LogTargets`], over the discovery cache
+/// and the full access policy (allowlist, hidden namespaces, pod/app name filters, label
+/// exclusion, hidden owning apps). No service can be built without it, so logs are never
+/// served under a partial policy; without the cluster cache there is no log service (503).
 #[derive(Clone)]
 pub struct LogService {
     /// Opens upstream Kubernetes log streams.
@@ -62,11 +57,9 @@ pub struct LogService {
     /// Stream caps.
     pub admission: StreamAdmission,
     /// Pod and app lookups (visibility applied).
-    pub targets: Arc<dyn LogTargets>,
+    pub targets: LogTargets,
     /// Fan-out: one upstream per (pod, container, previous) however many viewers.
     pub hub: LogHub,
-    /// The log-stream client (long read timeout).
-    client: kube::Client,
 }
 
 impl fmt::Debug for LogService {
@@ -75,110 +68,15 @@ impl fmt::Debug for LogService {
     }
 }
 
-/// [`LogTargets`] over direct API calls: the allowlist is enforced here; apps are resolved
-/// through ownerReferences (ReplicaSet → Deployment, Job → CronJob). Used until (and
-/// wherever) no watch cache is at hand.
-#[derive(Clone)]
-pub struct ApiLogTargets {
-    client: kube::Client,
-    allowed: Arc<Vec<String>>,
-}
-
-impl fmt::Debug for ApiLogTargets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiLogTargets").field("allowed", &self.allowed).finish_non_exhaustive()
-    }
-}
-
-impl ApiLogTargets {
-    /// Lookups through `client`, limited to `allowed` namespaces.
-    pub fn new(client: kube::Client, allowed: Vec<String>) -> Self {
-        Self { client, allowed: Arc::new(allowed) }
-    }
-
-    fn allowed(&self, namespace: &str) -> bool {
-        self.allowed.iter().any(|a| a == namespace)
-    }
-}
-
-fn kube_error(err: &kube::Error) -> ApiError {
-    tracing::warn!(error = %err, "Kubernetes API request failed");
-    ApiError::unavailable("kubernetes_unavailable", "the Kubernetes API is not reachable")
-}
-
-impl LogTargets for ApiLogTargets {
-    fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>> {
-        if !self.allowed(namespace) {
-            return futures::future::ready(Ok(None)).boxed();
-        }
-        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), namespace);
-        let name = name.to_owned();
-        async move { api.get_opt(&name).await.map_err(|e| kube_error(&e)) }.boxed()
-    }
-
-    fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>> {
-        if !self.allowed(namespace) {
-            return futures::future::ready(Ok(None)).boxed();
-        }
-        let client = self.client.clone();
-        let namespace = namespace.to_owned();
-        let app = app.to_owned();
-        async move {
-            use k8s_openapi::api::apps::v1::ReplicaSet;
-            use k8s_openapi::api::batch::v1::Job;
-            let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
-            let rs_api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &namespace);
-            let job_api: kube::Api<Job> = kube::Api::namespaced(client.clone(), &namespace);
-            let list = pods.list(&Default::default()).await.map_err(|e| kube_error(&e))?;
-            let mut owners: HashMap<(String, String), String> = HashMap::new();
-            let mut members = Vec::new();
-            for pod in list.items {
-                let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) else {
-                    continue;
-                };
-                let key = (owner.kind.clone(), owner.name.clone());
-                let top = match owners.get(&key) {
-                    Some(top) => top.clone(),
-                    None => {
-                        let parent = match owner.kind.as_str() {
-                            "ReplicaSet" => rs_api.get_opt(&owner.name).await.map_err(|e| kube_error(&e))?.map(|o| o.metadata),
-                            "Job" => job_api.get_opt(&owner.name).await.map_err(|e| kube_error(&e))?.map(|o| o.metadata),
-                            _ => None,
-                        };
-                        let top = parent
-                            .and_then(|m| m.owner_references)
-                            .and_then(|refs| refs.into_iter().find(|o| o.controller == Some(true)))
-                            .map_or_else(|| owner.name.clone(), |o| o.name);
-                        owners.insert(key, top.clone());
-                        top
-                    }
-                };
-                if top == app && pod.metadata.deletion_timestamp.is_none() {
-                    let containers =
-                        pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
-                    members.push(AppPod {
-                        name: pod.metadata.name.clone().unwrap_or_default(),
-                        uid: pod.metadata.uid.clone().unwrap_or_default(),
-                        containers,
-                    });
-                }
-            }
-            members.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok((!members.is_empty() || owners.values().any(|t| *t == app)).then_some(members))
-        }
-        .boxed()
-    }
-}
-
-/// [`LogTargets`] over the discovery watch cache and the access policy: a pod or app hidden
-/// by the allowlist or the filters is `None` (404), exactly like a missing one.
+/// Pod and app lookups over the discovery watch cache under the access policy: a pod or app
+/// hidden by the allowlist or the filters is `None` (404), exactly like a missing one.
 #[derive(Debug, Clone)]
-pub struct ClusterLogTargets {
+pub struct LogTargets {
     cluster: kubelens_core::cluster::Cluster,
     policy: Arc<kubelens_core::policy::AccessPolicy>,
 }
 
-impl ClusterLogTargets {
+impl LogTargets {
     /// Lookups in `cluster` under `policy`.
     pub fn new(cluster: kubelens_core::cluster::Cluster, policy: Arc<kubelens_core::policy::AccessPolicy>) -> Self {
         Self { cluster, policy }
@@ -199,13 +97,15 @@ impl ClusterLogTargets {
     }
 }
 
-impl LogTargets for ClusterLogTargets {
-    fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>> {
+impl LogTargets {
+    /// A visible pod of an allowlisted namespace, or `None`.
+    pub fn pod(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>, ApiError>> {
         let result = self.lookup(namespace, |ns| self.cluster.pod_object(&self.policy, ns, name)).map(|p| p.map(|p| (*p).clone()));
         futures::future::ready(result).boxed()
     }
 
-    fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>> {
+    /// The visible pods of a visible app, or `None` when there is no such app.
+    pub fn app_pods(&self, namespace: &str, app: &str) -> BoxFuture<'static, Result<Option<Vec<AppPod>>, ApiError>> {
         let result = self.lookup(namespace, |ns| self.cluster.app(&self.policy, ns, app, None)).map(|detail| {
             detail.map(|d| {
                 d.pods
@@ -642,7 +542,7 @@ pub(crate) async fn one_shot(
                 lines.push(line);
             }
             UpstreamEvent::Status(status) if status.state == SourceState::Ended => {
-                if lines.is_empty() && status.reason == StatusReason::Deleted {
+                if lines.is_empty() && matches!(status.reason, StatusReason::Deleted | StatusReason::Hidden) {
                     return Err(ApiError::not_found("pod"));
                 }
                 break;
@@ -751,7 +651,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         })
     };
     let members = {
-        let (targets, ns, app) = (Arc::clone(&service.targets), ns.clone(), app.clone());
+        let (targets, ns, app) = (service.targets.clone(), ns.clone(), app.clone());
         Box::new(move || {
             let read = targets.app_pods(&ns, &app);
             async move {
@@ -802,32 +702,29 @@ pub fn routes() -> Vec<Router> {
 pub const LOG_STREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl LogService {
-    /// Uses the discovery cache and the access policy for pod/app lookups and liveness
-    /// checks (no API request per check; hidden pods are 404).
-    pub fn with_cluster(mut self, cluster: kubelens_core::cluster::Cluster, policy: Arc<kubelens_core::policy::AccessPolicy>) -> Self {
-        let lookup = Arc::new(kubelens_core::logs::upstream::CachedContainerLookup::new(cluster.clone(), Arc::clone(&policy)));
-        self.upstream = PodLogUpstream::new(self.client.clone(), lookup);
-        self.targets = Arc::new(ClusterLogTargets::new(cluster, policy));
-        self
-    }
-
     /// Counts upstream streams, reconnects and lines received in `metrics`.
     pub fn with_metrics(mut self, metrics: &kubelens_core::Metrics) -> Self {
         self.upstream = self.upstream.with_metrics(metrics.clone());
         self
     }
 
-    /// The log service over a Kubernetes client configuration: its own client (long read
-    /// timeout), the API-backed container lookup and targets, and the caps from `config`.
-    pub fn from_kube_config(mut kube_config: kube::Config, config: &kubelens_core::Config) -> Result<Self, kube::Error> {
+    /// The log service over a Kubernetes client configuration and the discovery cache: its
+    /// own client for log streams (long read timeout), pod/app lookups and liveness checks from
+    /// `cluster` under `policy` (no API request per check; hidden pods are 404 and end their
+    /// streams as `hidden`), and the caps from `config`.
+    pub fn new(
+        mut kube_config: kube::Config,
+        config: &kubelens_core::Config,
+        cluster: kubelens_core::cluster::Cluster,
+        policy: Arc<kubelens_core::policy::AccessPolicy>,
+    ) -> Result<Self, kube::Error> {
         kube_config.read_timeout = Some(LOG_STREAM_READ_TIMEOUT);
         let client = kube::Client::try_from(kube_config)?;
-        let lookup = Arc::new(kubelens_core::logs::upstream::ApiContainerLookup::new(client.clone()));
+        let lookup = Arc::new(kubelens_core::logs::upstream::CachedContainerLookup::new(cluster.clone(), Arc::clone(&policy)));
         Ok(Self {
-            upstream: PodLogUpstream::new(client.clone(), lookup),
-            client: client.clone(),
+            upstream: PodLogUpstream::new(client, lookup),
             admission: StreamAdmission::from_config(&config.logs),
-            targets: Arc::new(ApiLogTargets::new(client, config.namespaces.allowed.clone())),
+            targets: LogTargets::new(cluster, policy),
             hub: LogHub::new(
                 kubelens_core::logs::hub::HubConfig::from_logs(&config.logs),
                 Arc::new(|task| {

@@ -105,7 +105,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // "kubernetes_config": a client configuration is obtainable (in-cluster or kubeconfig).
     // Reachability and cache sync are reported by the discovery subsystem's own check.
     let kube_check = readiness.register("kubernetes_config", "resolving client configuration");
-    let mut logs = None;
+    let mut log_kube_config = None;
     let mut retention_client = None;
     match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
         Ok((kube_config, source)) => {
@@ -116,10 +116,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Ok(client) => retention_client = Some(client),
                 Err(err) => tracing::warn!(error = %err, "cannot build the retention watch client"),
             }
-            match kubelens_salvo::logs::LogService::from_kube_config(kube_config, &config) {
-                Ok(service) => logs = Some(std::sync::Arc::new(service)),
-                Err(err) => tracing::warn!(error = %err, "cannot build the log streaming client"),
-            }
+            log_kube_config = Some(kube_config);
         }
         Err(err) => {
             tracing::warn!(error = %err, "no Kubernetes client configuration");
@@ -178,15 +175,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(cluster) = cluster {
         // One client for discovery and the retention watches: one rate limit for both.
         retention_client = Some(cluster.client());
-        // Log lookups and liveness checks come from the watch cache, under the policy.
-        let logs = logs.map(|service| std::sync::Arc::new((*service).clone().with_cluster(cluster.clone(), state.policy.clone())));
-        state.logs = logs;
+        // Log lookups and liveness checks come from the watch cache, under the full policy;
+        // without the cache there is no log service (503), never a partial policy.
+        if let Some(kube_config) = log_kube_config {
+            match kubelens_salvo::logs::LogService::new(kube_config, &state.config, cluster.clone(), state.policy.clone()) {
+                Ok(service) => state.logs = Some(std::sync::Arc::new(service)),
+                Err(err) => tracing::warn!(error = %err, "cannot build the log streaming client"),
+            }
+        }
         state = state.with_cluster(cluster);
-    } else {
-        state.logs = logs;
     }
-    // Count upstream streams, reconnects and lines received (after `with_cluster`, which
-    // replaces the upstream).
+    // Count upstream streams, reconnects and lines received.
     let metrics = state.metrics.clone();
     state.logs = state.logs.map(|service| std::sync::Arc::new((*service).clone().with_metrics(&metrics)));
     // Terminated pods' log archive, in the same (background-opened) storage: archive calls

@@ -49,9 +49,11 @@ async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestSer
 
 /// The server with a given authenticator (e.g. a test issuer's, to mint short-lived tokens).
 async fn serve(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> TestServer {
-    let logs = Arc::new(LogService::from_kube_config(support::sa_kube_config(env).await, &config).unwrap());
     let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(auth);
+    let cluster = support::sa_cluster(env, &state.policy).await;
+    let logs = Arc::new(LogService::new(support::sa_kube_config(env).await, &state.config, cluster.clone(), Arc::clone(&state.policy)).unwrap());
     state.logs = Some(Arc::clone(&logs));
+    let state = state.with_cluster(cluster);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let acceptor = TcpAcceptor::try_from(listener).unwrap();

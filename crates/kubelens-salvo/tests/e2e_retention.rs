@@ -144,8 +144,10 @@ async fn replica(env: &TestEnv, issuer: &TestIssuer, archive: Arc<dyn LogArchive
     config.auth = issuer.config();
     config.storage.backend = StorageBackend::Memory;
     let kube_config = support::sa_kube_config(env).await;
-    let logs = Arc::new(LogService::from_kube_config(kube_config.clone(), &config).unwrap());
-    let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(issuer.authenticator());
+    let state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(issuer.authenticator());
+    let cluster = support::sa_cluster(env, &state.policy).await;
+    let logs = Arc::new(LogService::new(kube_config.clone(), &state.config, cluster.clone(), Arc::clone(&state.policy)).unwrap());
+    let mut state = state.with_cluster(cluster);
     state.logs = Some(Arc::clone(&logs));
     let client = kube::Client::try_from(kube_config).unwrap();
     state.retention = Some(Retention::start_with_watches(&state, archive, client, logs.upstream.clone()));

@@ -462,7 +462,13 @@ async fn archive_bytes(s: Stores) -> CheckResult {
 
 async fn archive_terminate(s: Stores) -> CheckResult {
     let a = &s.archive;
-    let meta = PodMeta { app_kind: Some("Job".into()), app_name: Some("backup".into()), node: Some("node-1".into()) };
+    let meta = PodMeta {
+        app_kind: Some("Job".into()),
+        app_name: Some("backup".into()),
+        node: Some("node-1".into()),
+        labels: Some([("team".to_owned(), "ops".to_owned()), ("kubelens.io/hide".to_owned(), "false".to_owned())].into()),
+        app_labels: Some(std::collections::BTreeMap::new()),
+    };
     let done = source("team-a", "backup-x1", "main", 0);
     let running = source("team-a", "web-9", "app", 0);
     let elsewhere = source("team-b", "backup-x1", "main", 0);

@@ -44,6 +44,7 @@ use crate::config::KubernetesConfig;
 use crate::kubeclient::{ClientConfigError, ClientConfigSource, client_config};
 use crate::policy::{AccessError, AccessPolicy, AllowedNamespace};
 use crate::readiness::{Readiness, ReadinessCheck};
+use crate::storage::PodMeta;
 use summary::{OwnerLookup, Workload};
 
 /// Pod changes buffered per namespace for change-stream subscribers. A subscriber more than
@@ -116,18 +117,27 @@ impl NamespaceCaches {
         self.synced.load(Ordering::Acquire) >= STORES_PER_NAMESPACE
     }
 
-    /// The labels of a workload, for app visibility (empty when it is not cached).
-    fn app_labels(&self, app: &OwnerApp) -> BTreeMap<String, String> {
+    /// The labels of a workload, for app visibility; `None` when the workload is not cached.
+    fn app_labels(&self, app: &OwnerApp) -> Option<BTreeMap<String, String>> {
         let name = app.name.as_str();
-        let labels = match app.kind {
-            AppKind::Deployment => self.deployments.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::StatefulSet => self.stateful_sets.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::DaemonSet => self.daemon_sets.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::CronJob => self.cron_jobs.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::Job => self.jobs.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-            AppKind::ReplicaSet => self.replica_sets.get(&self.key(name)).and_then(|o| o.metadata.labels.clone()),
-        };
-        labels.unwrap_or_default()
+        let labels = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| meta.labels.clone().unwrap_or_default();
+        match app.kind {
+            AppKind::Deployment => self.deployments.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::StatefulSet => self.stateful_sets.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::DaemonSet => self.daemon_sets.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::CronJob => self.cron_jobs.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::Job => self.jobs.get(&self.key(name)).map(|o| labels(&o.metadata)),
+            AppKind::ReplicaSet => self.replica_sets.get(&self.key(name)).map(|o| labels(&o.metadata)),
+        }
+    }
+
+    /// Whether the app that owns a pod is visible. Fails closed: an owning workload missing
+    /// from the cache (deleted with `--cascade=orphan` before the garbage collector removed
+    /// the pod's or ReplicaSet's ownerReference, or not listed yet) hides its pods, because
+    /// its labels — which may hide it — cannot be read. Once the ownerReference is gone, the
+    /// ReplicaSet (or the pod) is judged as the app (or bare pod) it has become.
+    fn owner_visible(&self, policy: &AccessPolicy, app: &OwnerApp) -> bool {
+        self.app_labels(app).is_some_and(|labels| policy.app_visible(&app.name, &labels))
     }
 
     /// Summary of a pod if the policy lets the caller see it.
@@ -156,7 +166,7 @@ impl NamespaceCaches {
             let app_visible = match apps.get(app) {
                 Some(visible) => *visible,
                 None => {
-                    let visible = policy.app_visible(&app.name, &self.app_labels(app));
+                    let visible = self.owner_visible(policy, app);
                     apps.insert(app.clone(), visible);
                     visible
                 }
@@ -439,6 +449,69 @@ impl Cluster {
         match self.existing(policy, &ns) {
             Ok(caches) => caches.visible_pod(policy, pod, Utc::now()).is_some(),
             Err(_) => false,
+        }
+    }
+
+    /// The app owning `pod` (resolved through this cache's ReplicaSets and Jobs) and that
+    /// app's labels (`None` when the app is not cached): what the log archive records so the
+    /// policy can still be applied once the pod and its app are gone.
+    pub fn pod_owner(&self, pod: &Pod) -> Option<(OwnerApp, Option<BTreeMap<String, String>>)> {
+        let ns = self.inner.namespaces.get(pod.metadata.namespace.as_deref()?)?;
+        let app = summary::resolve_owner(pod, ns)?;
+        let labels = ns.app_labels(&app);
+        Some((app, labels))
+    }
+
+    /// The labels of a cached workload of an allowlisted namespace (`None` when not cached).
+    pub fn workload_labels(&self, ns: &AllowedNamespace, app: &OwnerApp) -> Option<BTreeMap<String, String>> {
+        self.inner.namespaces.get(ns.as_str())?.app_labels(app)
+    }
+
+    /// Whether the log archive of `ns` may be served: false while the caches sync, and when
+    /// the namespace exists and its labels hide it (it then answers 404 like on every other
+    /// route). A namespace that no longer exists is fine: its archived pods outlive it.
+    pub fn archive_namespace_visible(&self, policy: &AccessPolicy, ns: &AllowedNamespace) -> bool {
+        self.caches(ns).is_ok_and(|caches| {
+            caches
+                .namespace
+                .get(&ObjectRef::new(ns.as_str()))
+                .is_none_or(|o| policy.namespace_visible(o.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
+        })
+    }
+
+    /// Whether an archived pod called `name`, with the metadata recorded at capture, passes
+    /// the policy *now* — the same filters as a live pod:
+    ///
+    /// * the namespace ([`Cluster::archive_namespace_visible`]);
+    /// * a pod of that name that still exists is judged live: a hidden one is never served
+    ///   from the archive;
+    /// * otherwise `filters.pods` on the name, `filters.exclude_labels` on the recorded
+    ///   labels, and the owning app: `filters.apps` on its name and `exclude_labels` on its
+    ///   labels — the current ones while the app is cached, else those recorded at capture.
+    ///   Labels that were not recorded hide the pod whenever label rules exist (fail closed).
+    pub fn archived_pod_visible(&self, policy: &AccessPolicy, ns: &AllowedNamespace, name: &str, meta: &PodMeta) -> bool {
+        if !self.archive_namespace_visible(policy, ns) {
+            return false;
+        }
+        let Ok(caches) = self.caches(ns) else { return false };
+        if let Some(live) = caches.pods.get(&caches.key(name)) {
+            return caches.visible_pod(policy, &live, Utc::now()).is_some();
+        }
+        let known = |labels: Option<BTreeMap<String, String>>| match labels {
+            Some(labels) => Some(labels),
+            None if policy.has_label_rules() => None,
+            None => Some(BTreeMap::new()),
+        };
+        let Some(labels) = known(meta.labels.clone()) else { return false };
+        if !policy.pod_visible(name, &labels, None) {
+            return false;
+        }
+        let Some(app_name) = meta.app_name.as_deref() else { return true };
+        let kind = meta.app_kind.as_deref().and_then(|k| k.parse::<AppKind>().ok());
+        let current = kind.and_then(|kind| caches.app_labels(&OwnerApp { kind, name: app_name.to_owned() }));
+        match known(current.or_else(|| meta.app_labels.clone())) {
+            Some(app_labels) => policy.app_visible(app_name, &app_labels),
+            None => false,
         }
     }
 

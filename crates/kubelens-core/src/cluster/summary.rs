@@ -50,7 +50,8 @@ pub(crate) trait OwnerLookup {
 /// Only *controller* references count (`controller: true`), and the API group must match
 /// (`apps/…`, `batch/…`), so a custom resource that happens to be called `ReplicaSet` is not
 /// mistaken for one. An intermediate owner missing from the cache (e.g. during sync) makes
-/// the intermediate itself the app.
+/// the intermediate itself the app (and, not being cached, it hides its pods: visibility
+/// fails closed for owners the cache does not hold).
 pub(crate) fn resolve_owner(pod: &Pod, lookup: &impl OwnerLookup) -> Option<OwnerApp> {
     let owner = controller_of(&pod.metadata)?;
     let app = |kind, name: &str| Some(OwnerApp { kind, name: name.to_owned() });

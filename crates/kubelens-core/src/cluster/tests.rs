@@ -235,6 +235,38 @@ async fn app_labels_hide_the_app_and_its_pods() {
     assert!(cluster.pod(&policy, &ns, "db-0").is_err());
 }
 
+/// Issue 14.4: an owning workload missing from the cache (a Deployment deleted with
+/// `--cascade=orphan`, a ReplicaSet not listed yet) must hide its pods, not reveal them with
+/// empty labels under the ReplicaSet's name.
+#[tokio::test]
+async fn pods_of_an_uncached_owner_are_hidden() {
+    let policy = policy(HIDE);
+    let mut objects = seed();
+    // The Deployment `web` (whose labels could hide it) is gone from the cache; its ReplicaSet still
+    // names it as controller.
+    objects.deployments.clear();
+    // A pod whose ReplicaSet is not cached at all.
+    objects.pods.push(pod("orphan-rs-x", Some(("apps/v1", "ReplicaSet", "not-cached"))));
+    // A pod whose Job is not cached.
+    objects.pods.push(pod("lost-job-x", Some(("batch/v1", "Job", "not-cached-job"))));
+    let fake = FakeCluster::new(&policy, objects);
+    let cluster = fake.cluster();
+    let ns = policy.namespace("team-a").unwrap();
+    for hidden in ["web-7d9f-a", "orphan-rs-x", "lost-job-x"] {
+        assert!(
+            matches!(cluster.pod(&policy, &ns, hidden), Err(ClusterError::Access(AccessError::NotFound { .. }))),
+            "{hidden} must be hidden while its owner is unknown"
+        );
+    }
+    let listed = cluster.pods(&policy, &ns).unwrap();
+    for hidden in ["web-7d9f-a", "web-7d9f-b", "orphan-rs-x", "lost-job-x"] {
+        assert!(!names(&listed).contains(&hidden), "{hidden} listed: {:?}", names(&listed));
+    }
+    // Pods whose owners are cached are unaffected.
+    assert!(cluster.pod(&policy, &ns, "db-0").is_ok());
+    assert!(cluster.pod(&policy, &ns, "legacy-1").is_ok());
+}
+
 #[tokio::test]
 async fn hidden_namespaces_are_not_found() {
     let policy = policy(HIDE);

@@ -12,6 +12,7 @@
 //! | what the pod says | what the stream does |
 //! |---|---|
 //! | pod gone | `ended`, reason `deleted` |
+//! | pod (or its app or namespace) now hidden by the policy | `ended`, reason `hidden` |
 //! | same container instance still running | `reconnecting`, backoff, reconnect from the cursor |
 //! | new instance (restart count / container id / pod uid changed) | `streaming`, reason `restarted`, read the new instance from its beginning |
 //! | instance terminated and will restart | `waiting`, poll until the new instance runs |
@@ -182,6 +183,10 @@ pub enum StatusReason {
     ExitedWillRestart,
     /// The pod was deleted.
     Deleted,
+    /// The pod still exists but the access policy now hides it (it, its app or its namespace
+    /// gained an excluded label, or the filters changed): its viewers' streams end, and
+    /// nothing of it is archived from then on.
+    Hidden,
     /// The upstream stream ended or failed while the container runs (network, API server
     /// restart, the kubelet's 4-hour cap).
     Dropped,
@@ -246,6 +251,8 @@ pub enum UpstreamEvent {
 pub enum ContainerProbe {
     /// The pod does not exist.
     PodGone,
+    /// The pod exists but the access policy hides it (the pod, its app or its namespace).
+    Hidden,
     /// The pod exists but has no such container.
     NoSuchContainer,
     /// The container's runtime state.
@@ -338,7 +345,8 @@ impl ContainerLookup for ApiContainerLookup {
 
 /// [`ContainerLookup`] over the discovery watch cache: no API request per question, so
 /// liveness checks of thousands of open streams cost nothing. A pod the cache does not hold
-/// (deleted, or never visible) is [`ContainerProbe::PodGone`].
+/// is [`ContainerProbe::PodGone`]; one it holds that the policy hides (the pod, its app or its
+/// namespace) is [`ContainerProbe::Hidden`].
 #[derive(Debug, Clone)]
 pub struct CachedContainerLookup {
     cluster: crate::cluster::Cluster,
@@ -358,6 +366,7 @@ impl ContainerLookup for CachedContainerLookup {
             Err(_) => ContainerProbe::PodGone,
             Ok(ns) => match self.cluster.pod_object(&self.policy, &ns, pod) {
                 Ok(object) => probe_pod(&object, container),
+                Err(crate::cluster::ClusterError::Access(_)) if self.cluster.pod_exists(&ns, pod) => ContainerProbe::Hidden,
                 Err(crate::cluster::ClusterError::Access(_)) => ContainerProbe::PodGone,
                 // Not synced yet (or another transient state): say "running, same instance"
                 // by reporting what we cannot know as an API error, which callers retry.
@@ -655,6 +664,7 @@ impl Run {
             // Learn which instance is followed, so a later end can tell a restart from a drop.
             match self.lookup.probe(&self.key.namespace, &self.key.pod, &self.key.container).await {
                 Ok(ContainerProbe::PodGone) => return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Deleted)),
+                Ok(ContainerProbe::Hidden) => return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Hidden)),
                 Ok(ContainerProbe::NoSuchContainer) => {
                     return self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoSuchContainer));
                 }
@@ -830,6 +840,10 @@ impl Run {
                 self.end(SourceStatus::new(SourceState::Ended, StatusReason::Deleted));
                 false
             }
+            Ok(ContainerProbe::Hidden) => {
+                self.end(SourceStatus::new(SourceState::Ended, StatusReason::Hidden));
+                false
+            }
             Ok(ContainerProbe::NoSuchContainer) => {
                 self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoSuchContainer));
                 false
@@ -883,6 +897,7 @@ impl Run {
         let probe = self.lookup.probe(&self.key.namespace, &self.key.pod, &self.key.container).await;
         let rt = match probe {
             Ok(ContainerProbe::PodGone) => return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Deleted)),
+            Ok(ContainerProbe::Hidden) => return self.end(SourceStatus::new(SourceState::Ended, StatusReason::Hidden)),
             Ok(ContainerProbe::NoSuchContainer) => {
                 return self.end(SourceStatus::new(SourceState::Ended, StatusReason::NoSuchContainer));
             }
@@ -977,6 +992,65 @@ mod tests {
         restarted.restart_count = 3;
         assert!(!rt.same_instance(&restarted));
         assert!(rt.same_instance(&rt.clone()));
+    }
+
+    /// Issue 14.1: a pod the policy hides (itself, its app or its namespace) ends its stream
+    /// as `hidden`, a missing one as `deleted` — the archive treats the two differently.
+    #[tokio::test]
+    async fn a_hidden_pod_ends_the_stream_as_hidden_not_deleted() {
+        use crate::cluster::testing::{FakeCluster, FakeObjects};
+        use crate::config::{FiltersConfig, NamespacesConfig};
+        use crate::policy::AccessPolicy;
+        let hide = serde_json::json!({"kubelens.io/hide": "true"});
+        let pod = |ns: &str, name: &str, labels: serde_json::Value, owner: Option<&str>| -> Pod {
+            let mut meta = serde_json::json!({"name": name, "namespace": ns, "uid": format!("u-{name}"), "labels": labels});
+            if let Some(owner) = owner {
+                meta["ownerReferences"] =
+                    serde_json::json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": owner, "uid": "s", "controller": true}]);
+            }
+            serde_json::from_value(serde_json::json!({
+                "metadata": meta,
+                "spec": {"containers": [{"name": "app"}]},
+                "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "containerID": "containerd://a", "state": {"running": {}}}]}
+            }))
+            .unwrap()
+        };
+        let objects = FakeObjects {
+            namespaces: vec![
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "team-a"}})).unwrap(),
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "team-b", "labels": hide.clone()}})).unwrap(),
+            ],
+            stateful_sets: vec![serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "secret-db", "namespace": "team-a", "labels": hide.clone()}
+            }))
+            .unwrap()],
+            pods: vec![
+                pod("team-a", "labelled", hide.clone(), None),
+                pod("team-a", "secret-db-0", serde_json::json!({}), Some("secret-db")),
+                pod("team-b", "in-hidden-ns", serde_json::json!({}), None),
+            ],
+            ..FakeObjects::default()
+        };
+        let filters: FiltersConfig = serde_yaml_ng::from_str("exclude_labels:\n  kubelens.io/hide: 'true'\n").unwrap();
+        let policy = AccessPolicy::new(&NamespacesConfig { allowed: vec!["team-a".into(), "team-b".into()] }, &filters).unwrap();
+        let fake = FakeCluster::new(&policy, objects);
+        let lookup = Arc::new(CachedContainerLookup::new(fake.cluster(), Arc::new(policy)));
+        let upstream = PodLogUpstream::new(fake.cluster().client(), lookup);
+        for (ns, name, reason) in [
+            ("team-a", "labelled", StatusReason::Hidden),
+            ("team-a", "secret-db-0", StatusReason::Hidden),
+            ("team-b", "in-hidden-ns", StatusReason::Hidden),
+            ("team-a", "never-existed", StatusReason::Deleted),
+        ] {
+            let key = SourceKey { namespace: ns.into(), pod: name.into(), container: "app".into(), previous: false };
+            let events: Vec<UpstreamEvent> = upstream.stream(key, UpstreamOptions::default(), None).collect().await;
+            assert_eq!(
+                events,
+                [UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, reason))],
+                "{ns}/{name}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //!   upstream; if the viewer leaves before the source ended, the tap hands the capture back
 //!   (one upstream, overlapping lines deduplicated by position). A tap also writes its tail
 //!   when its stream ends because the pod was deleted or the container exited, so a pod
-//!   force-deleted while being followed keeps its tail even when its log is gone.
+//!   force-deleted while being followed keeps its tail even when its log is gone. A stream
+//!   that ends because the policy now hides the pod (`hidden`) writes nothing, and a capture
+//!   whose read ends that way discards what it read.
 //! * Sources are marked terminated when the pod is deleted (TTL from then); a previous
 //!   instance of a container that restarted is marked when captured (it expires TTL after
 //!   the restart, which bounds a crash loop's archive).
@@ -552,6 +554,11 @@ async fn capture_once(inner: &Inner, job: &CaptureJob, retry_empty: bool) -> boo
         }
     }
     drop(stream);
+    if end == Some(StatusReason::Hidden) {
+        // The policy hides the pod now: nothing more of it goes into the archive.
+        tracing::debug!(source = %job.source.id(), "pod hidden by the policy; capture discarded");
+        return true;
+    }
     let gone = matches!(end, Some(StatusReason::Deleted | StatusReason::NoPreviousInstance | StatusReason::NoSuchContainer | StatusReason::Refused));
     if seen == 0 && retry_empty && !gone {
         tracing::debug!(source = %job.source.id(), "capture read nothing; retrying");
@@ -756,6 +763,8 @@ impl ArchiveTap {
                         let mut state = lock(&self.shared.state);
                         state.ended = true;
                         let owned = state.owned.take().is_some();
+                        // A stream ended because the pod became hidden writes nothing (and
+                        // neither does the capture it owned, from now on).
                         let keep = !owned && matches!(reason, StatusReason::Deleted | StatusReason::Exited);
                         let ring = std::mem::take(&mut state.ring);
                         // An owned capture already wrote every line as it came.
@@ -815,6 +824,7 @@ mod tests {
     use crate::storage::memory::MemoryStore;
     use crate::storage::{LineQuery, StoreLimits};
     use chrono::{DateTime, Utc};
+    use std::collections::BTreeMap;
 
     fn raw(sec: i64, text: &str) -> UpstreamEvent {
         let ts = DateTime::<Utc>::from_timestamp(1_769_767_200 + sec, 0).unwrap();
@@ -862,6 +872,8 @@ mod tests {
             deleting,
             node: None,
             app: Some(("Job".into(), "job".into())),
+            labels: BTreeMap::new(),
+            app_labels: None,
             containers: containers
                 .iter()
                 .map(|(n, r, run)| ContainerSnapshot { name: (*n).into(), restart_count: *r, run: *run })

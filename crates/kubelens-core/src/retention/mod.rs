@@ -31,12 +31,12 @@ pub mod capture;
 pub mod read;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use serde::Serialize;
 
-use crate::storage::{MAX_POSITION, PodMeta, StorageError};
+use crate::storage::{MAX_POD_META_BYTES, MAX_POSITION, PodMeta, StorageError};
 
 pub use capture::{ArchiveRecorder, LogOpener, RecorderConfig};
 pub use read::{ArchivedContainer, ArchivedLogLine, ArchivedPod};
@@ -104,6 +104,10 @@ pub struct PodSnapshot {
     pub node: Option<String>,
     /// Owning app (kind, name), if any.
     pub app: Option<(String, String)>,
+    /// The pod's labels (recorded so archive reads can apply `filters.exclude_labels`).
+    pub labels: BTreeMap<String, String>,
+    /// The owning app's labels, when the caller knows them (the discovery cache does).
+    pub app_labels: Option<BTreeMap<String, String>>,
     /// Init containers, then regular containers.
     pub containers: Vec<ContainerSnapshot>,
 }
@@ -115,12 +119,25 @@ impl PodSnapshot {
     }
 
     /// Metadata stored with every archived source of this pod.
+    ///
+    /// Labels that would push the metadata over [`MAX_POD_META_BYTES`] are left out (`None`):
+    /// reads then treat the pod as hidden whenever label exclusions are configured.
     pub fn meta(&self) -> PodMeta {
-        PodMeta {
+        let mut meta = PodMeta {
             app_kind: self.app.as_ref().map(|(k, _)| k.clone()),
             app_name: self.app.as_ref().map(|(_, n)| n.clone()),
             node: self.node.clone(),
+            labels: Some(self.labels.clone()),
+            app_labels: self.app_labels.clone(),
+        };
+        let size = |meta: &PodMeta| serde_json::to_vec(meta).map_or(usize::MAX, |v| v.len());
+        if size(&meta) > MAX_POD_META_BYTES {
+            meta.app_labels = None;
         }
+        if size(&meta) > MAX_POD_META_BYTES {
+            meta.labels = None;
+        }
+        meta
     }
 
     /// Reads a Pod object (watch event, GET). `None` without name, namespace or uid.
@@ -156,6 +173,8 @@ impl PodSnapshot {
             deleting: meta.deletion_timestamp.is_some(),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             app,
+            labels: meta.labels.clone().unwrap_or_default(),
+            app_labels: None,
             containers,
         })
     }

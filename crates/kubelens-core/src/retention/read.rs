@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::RetentionError;
 use crate::logs::upstream::{LinePosition, RawLine, StartAt};
 use crate::logs::{LogTimestamp, SourceCursor};
-use crate::storage::{ArchivedLine, LineQuery, LogArchive, SourceInfo, SourceKey};
+use crate::storage::{ArchivedLine, LineQuery, LogArchive, PodMeta, SourceInfo, SourceKey};
 
 /// Lines read per archive call.
 const PAGE: usize = 5000;
@@ -57,6 +57,10 @@ pub struct ArchivedPod {
     pub expires_at: Option<DateTime<Utc>>,
     /// Archived containers, by name.
     pub containers: Vec<ArchivedContainer>,
+    /// The metadata recorded at capture (labels, owning app): what archive reads check the
+    /// current policy against. Not part of the API output.
+    #[serde(skip)]
+    pub meta: PodMeta,
 }
 
 fn time_of(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -88,6 +92,7 @@ fn group(sources: Vec<SourceInfo>) -> Vec<ArchivedPod> {
                 terminated_at: None,
                 expires_at: None,
                 containers: Vec::new(),
+                meta: info.meta.clone(),
             };
             (pod, None, None)
         });
@@ -249,7 +254,7 @@ fn to_raw(line: ArchivedLine, index: u32) -> RawLine {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryStore;
-    use crate::storage::{PodMeta, StoreLimits};
+    use crate::storage::StoreLimits;
 
     fn key(uid: &str, container: &str, instance: u32) -> SourceKey {
         SourceKey { namespace: "team-a".into(), pod: "p".into(), pod_uid: uid.into(), container: container.into(), instance }

@@ -270,6 +270,15 @@ pub struct PodMeta {
     pub app_name: Option<String>,
     /// Node the pod ran on.
     pub node: Option<String>,
+    /// The pod's labels at capture, so archive reads apply `filters.exclude_labels` like live
+    /// reads. `None`: not recorded (archived before labels were recorded, or too large to
+    /// keep): such a pod is hidden whenever `exclude_labels` is configured (fail closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The owning app's labels at capture (`None`: not known). Reads prefer the app's current
+    /// labels while it is still cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Most metadata bytes stored per source (serialized JSON), so metadata cannot grow unbounded.

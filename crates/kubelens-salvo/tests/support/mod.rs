@@ -133,3 +133,21 @@ pub fn get_status(base: &str, path: &str) -> Option<u16> {
     let n = stream.read(&mut head).ok()?;
     std::str::from_utf8(&head[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// The discovery cache of `policy`'s namespaces, as the backend's ServiceAccount sees them,
+/// synced (for tests that run the router in-process: the log service needs it).
+pub async fn sa_cluster(env: &TestEnv, policy: &kubelens_core::policy::AccessPolicy) -> kubelens_core::cluster::Cluster {
+    let client = kube::Client::try_from(sa_kube_config(env).await).unwrap();
+    let cluster = kubelens_core::cluster::Cluster::with_client(
+        client,
+        kubelens_core::cluster::ApiRequestStats::default(),
+        policy,
+        &kubelens_core::Readiness::new(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.is_synced() {
+        assert!(Instant::now() < deadline, "discovery caches not synced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster
+}
