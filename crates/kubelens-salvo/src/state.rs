@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kubelens_core::auth::{Authenticator, StreamTickets};
 use kubelens_core::cluster::Cluster;
-use kubelens_core::inspect::PodMetricsReader;
+use kubelens_core::inspect::{PodEventsReader, PodMetricsReader};
 use kubelens_core::policy::AccessPolicy;
 use kubelens_core::{Config, Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,9 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// Reads pod usage from metrics.k8s.io; set together with the cluster.
     pub pod_metrics: Option<Arc<PodMetricsReader>>,
+    /// Reads pods' events for the inspector (briefly cached, shared by all users); set
+    /// together with the cluster.
+    pub pod_events: Option<PodEventsReader>,
     /// Session store and log archive (`None` when not wired: the session API answers 503).
     pub storage: Option<kubelens_storage::Stores>,
     /// Terminated pods' log archive (`None`: no storage, nothing is archived or served).
@@ -58,6 +61,7 @@ impl AppState {
             policy: Arc::new(policy),
             cluster: None,
             pod_metrics: None,
+            pod_events: None,
             metrics: Metrics::new(),
             logs: None,
             storage: None,
@@ -77,6 +81,7 @@ impl AppState {
     /// Attaches the Kubernetes caches.
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
         self.pod_metrics = Some(Arc::new(PodMetricsReader::new(cluster.client())));
+        self.pod_events = Some(PodEventsReader::new(cluster.client()));
         self.cluster = Some(cluster);
         self
     }

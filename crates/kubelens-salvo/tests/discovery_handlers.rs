@@ -350,3 +350,19 @@ async fn change_stream_ends_at_token_expiry_plus_grace() {
     assert!(body.contains(r#""reason":"token_expired""#), "{body}");
     assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
+
+#[tokio::test]
+async fn pod_details_list_events_once_per_ttl_however_many_requests() {
+    let (service, fake, _) = setup();
+    let events_lists = || fake.api_requests().iter().filter(|p| p.ends_with("/events")).count();
+    for _ in 0..20 {
+        let (status, body) = get(&service, "/api/v1/namespaces/team-a/pods/debug/details").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["events"], serde_json::json!([]));
+    }
+    assert_eq!(events_lists(), 1, "20 inspector requests within the TTL cost one events list: {:?}", fake.api_requests());
+    // Another pod is another entry.
+    let (status, _) = get(&service, "/api/v1/namespaces/team-a/pods/db-0/details").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events_lists(), 2);
+}
