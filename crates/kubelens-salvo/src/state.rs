@@ -20,6 +20,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Operational metrics shared by every subsystem.
     pub metrics: Metrics,
+    /// The per-user stream cap (`logs.max_streams_per_user`), shared by every long or
+    /// buffered read a user holds: pod and app log streams, one-shot and archive reads, pod
+    /// change streams. (The process-wide upstream cap lives in the log service.)
+    pub admission: kubelens_core::logs::admission::StreamAdmission,
     /// Log streaming (`None` when no Kubernetes client could be configured: 503).
     pub logs: Option<Arc<crate::logs::LogService>>,
     /// Validates bearer tokens for the `/api/v1` auth hoop.
@@ -54,7 +58,9 @@ impl AppState {
         });
         let auth = Authenticator::without_keys(&config.auth);
         let tickets = StreamTickets::new(config.auth.stream_ticket_ttl);
+        let admission = kubelens_core::logs::admission::StreamAdmission::from_config(&config.logs);
         Self {
+            admission,
             config: Arc::new(config),
             readiness,
             shutdown: CancellationToken::new(),

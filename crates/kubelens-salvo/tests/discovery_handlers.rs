@@ -366,3 +366,30 @@ async fn pod_details_list_events_once_per_ttl_however_many_requests() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(events_lists(), 2);
 }
+
+#[tokio::test]
+async fn pod_watches_count_against_the_per_user_stream_cap() {
+    let issuer = issuer();
+    let mut config = config(issuer);
+    config.logs.max_streams_per_user = 1;
+    let state = AppState::new(config, Readiness::new()).with_auth(issuer.authenticator());
+    let fake = FakeCluster::new(&state.policy, objects());
+    let state = state.with_cluster(fake.cluster());
+    let service = kubelens_salvo::service(state.clone());
+    let url = "http://127.0.0.1/api/v1/namespaces/team-a/pods/watch";
+    let first = TestClient::get(url).bearer_auth(issuer.viewer_token()).send(&service).await;
+    assert_eq!(first.status_code.unwrap_or(StatusCode::OK), StatusCode::OK);
+    let mut second = TestClient::get(url).bearer_auth(issuer.viewer_token()).send(&service).await;
+    assert_eq!(second.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    let body: Value = serde_json::from_str(&second.take_string().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    // Closing the first watch gives the slot back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state.admission.viewer_streams("viewer") > 0 {
+        assert!(std::time::Instant::now() < deadline, "the watch's slot was not released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = TestClient::get(url).bearer_auth(issuer.viewer_token()).send(&service).await;
+    assert_eq!(again.status_code.unwrap_or(StatusCode::OK), StatusCode::OK);
+}
