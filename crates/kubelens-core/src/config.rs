@@ -300,12 +300,20 @@ pub struct LogsConfig {
     pub keepalive_interval: Duration,
     /// Lines kept per upstream source in the fan-out hub's ring buffer (late-joiner backfill).
     pub hub_buffer_lines: usize,
+    /// Bytes of log text kept per upstream source in the hub's ring buffer (oldest lines are
+    /// evicted first): bounds hub memory per upstream when lines are long.
+    pub hub_buffer_bytes: usize,
     /// Queued lines per viewer before it is marked lagged and cut loose.
     pub viewer_queue_lines: usize,
     /// Maximum concurrent upstream Kubernetes log streams for the whole process.
     pub max_upstream_streams: usize,
-    /// Maximum concurrent SSE log streams per user (`sub`).
+    /// Maximum concurrent streams per user (`sub`): SSE log streams, one-shot and archive
+    /// reads while they run, and pod change streams (`/pods/watch`).
     pub max_streams_per_user: usize,
+    /// Maximum sources (containers) one user's app log streams read together; a source
+    /// beyond it gets a `status` `ended`/`too_many_streams` event (429 when no source of a
+    /// new app stream fits).
+    pub max_sources_per_user: usize,
     /// How long an app merge holds a *live* line for quiet sources before emitting it in
     /// timestamp order (history is merged exactly, without this window).
     #[serde(with = "humantime_serde")]
@@ -335,9 +343,11 @@ impl Default for LogsConfig {
             terminated_log_ttl: Duration::from_secs(60 * 60),
             keepalive_interval: Duration::from_secs(15),
             hub_buffer_lines: 10_000,
+            hub_buffer_bytes: 8 * 1024 * 1024,
             viewer_queue_lines: 4_096,
             max_upstream_streams: 2_000,
             max_streams_per_user: 50,
+            max_sources_per_user: 200,
             merge_watermark: Duration::from_millis(250),
             merge_history_timeout: Duration::from_secs(10),
             sse_write_coalesce: Duration::from_millis(5),
@@ -676,10 +686,14 @@ impl Config {
             ("logs.viewer_queue_lines", logs.viewer_queue_lines),
             ("logs.max_upstream_streams", logs.max_upstream_streams),
             ("logs.max_streams_per_user", logs.max_streams_per_user),
+            ("logs.max_sources_per_user", logs.max_sources_per_user),
         ] {
             if value == 0 {
                 problem(key, "must be at least 1".to_owned());
             }
+        }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&logs.hub_buffer_bytes) {
+            problem("logs.hub_buffer_bytes", "must be between 64 KiB (65536) and 1 GiB (1073741824)".to_owned());
         }
         if logs.keepalive_interval < Duration::from_secs(1) {
             problem("logs.keepalive_interval", "must be at least 1s".to_owned());

@@ -177,6 +177,7 @@ pub async fn pod_logs_from_archive(
     ns: &str,
     name: &str,
     query: &LogQuery,
+    viewer: kubelens_core::logs::admission::ViewerPermit,
     res: &mut Response,
 ) -> Result<(), ApiError> {
     let Some(retention) = state.retention.as_ref() else { return Err(ApiError::not_found("pod")) };
@@ -199,7 +200,7 @@ pub async fn pod_logs_from_archive(
     let end = SourceStatus::new(SourceState::Ended, StatusReason::Complete);
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
         let events = lines.into_iter().map(UpstreamEvent::Line).chain(std::iter::once(UpstreamEvent::Status(end)));
-        return one_shot(futures::stream::iter(events).boxed(), ns, name, &source.container, query, u32::try_from(max).unwrap_or(u32::MAX), res).await;
+        return one_shot(futures::stream::iter(events).boxed(), ns, (name, &source.container), query, u32::try_from(max).unwrap_or(u32::MAX), viewer, res).await;
     }
     let status = ArchivedStatus {
         state: "archived",
@@ -225,6 +226,7 @@ pub async fn pod_logs_from_archive(
         frames.push(crate::logs::status_frame(&pod_name, &container, &end));
     }
     SseBody::new(futures::stream::iter(frames).boxed(), logs.keepalive_interval, state.shutdown.clone(), shutdown_frames(pod_name, container))
+        .hold(viewer)
         .respond(res);
     Ok(())
 }

@@ -196,13 +196,18 @@ pub async fn get_app(req: &mut Request, depot: &mut Depot, res: &mut Response) -
 /// this viewer missed events, reload the list), and a final `status`
 /// (`{"state":"ended","reason":"shutdown"}`) when the server shuts down. A comment line is
 /// sent every `logs.keepalive_interval` so proxies keep the connection open. Events carry no
-/// `id`: there is nothing to resume, a reconnecting client reloads the list.
+/// `id`: there is nothing to resume, a reconnecting client reloads the list. Each open change
+/// stream counts against the caller's `logs.max_streams_per_user` (429 `too_many_streams`).
 #[handler]
 pub async fn watch_pods(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     strict_query(req, &[TICKET_PARAM])?;
     let state = state(depot)?;
     let ns = namespace(&state.policy, req)?;
     let events = cluster(state)?.pod_events(&state.policy, &ns)?;
+    // A change stream is a stream like a log stream: it counts against the caller's
+    // `logs.max_streams_per_user` (429 beyond) for as long as its body lives.
+    let who = crate::auth::principal(depot)?;
+    let permit = state.admission.try_viewer(&who.subject).map_err(|e| crate::logs::admission_error(&e, &state.metrics))?;
     let shutdown = state.shutdown.clone();
     let keepalive = state.config.logs.keepalive_interval;
     // Like log streams, a change stream ends at its token's expiry plus the grace.
@@ -216,7 +221,7 @@ pub async fn watch_pods(req: &mut Request, depot: &mut Depot, res: &mut Response
     // Counted in `sse_streams_open` for as long as the response body lives.
     let open = state.metrics.sse_stream_guard();
     let events = sse_events(events, shutdown, deadline).map(move |event| {
-        let _counted = &open;
+        let _held = (&open, &permit);
         event
     });
     SseKeepAlive::new(events).max_interval(keepalive).comment("keepalive").stream(res);

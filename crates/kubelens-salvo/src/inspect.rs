@@ -10,16 +10,11 @@
 //! anything is serialized. When Metrics Server is absent or not ready, `/metrics` answers 503
 //! with code `metrics_unavailable` (detection is cached for a minute).
 
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
 use kubelens_core::inspect::{self, MetricsError, Viewer};
 use salvo::prelude::*;
 
 use crate::discovery::{cluster, namespace, param, state, strict_query};
 use crate::error::ApiError;
-
-/// Events listed per inspector request (newest are kept, see `inspect::MAX_EVENTS`).
-const EVENT_LIST_LIMIT: u32 = 200;
 
 /// The inspector routes, pushed into the authenticated `api/v1` router.
 pub fn routes() -> Router {
@@ -37,21 +32,11 @@ pub async fn pod_details(req: &mut Request, depot: &mut Depot, res: &mut Respons
     let ns = namespace(&state.policy, req)?;
     let cluster = cluster(state)?;
     let pod = cluster.pod_object(&state.policy, &ns, param(req, "name")?)?;
-    // Events are not cached (low rate endpoint): one list call, bounded, by the pod's uid.
-    let events = match pod.metadata.uid.as_deref() {
-        Some(uid) => {
-            let api: Api<Event> = Api::namespaced(cluster.client(), ns.as_str());
-            let params = ListParams::default().fields(&format!("involvedObject.uid={uid}")).limit(EVENT_LIST_LIMIT);
-            match api.list(&params).await {
-                Ok(list) => list.items,
-                Err(err) => {
-                    // The inspector is still useful without events; say so in the log only.
-                    tracing::warn!(error = %err, namespace = ns.as_str(), "cannot list pod events");
-                    Vec::new()
-                }
-            }
-        }
-        None => Vec::new(),
+    // Events come from a short-lived cache shared by all users (see
+    // `kubelens_core::inspect::PodEventsReader`): N requests within its TTL cost one list.
+    let events = match (pod.metadata.uid.as_deref(), state.pod_events.as_ref()) {
+        (Some(uid), Some(reader)) => reader.events(ns.as_str(), uid).await,
+        _ => std::sync::Arc::new(Vec::new()),
     };
     let viewer = Viewer { is_admin: principal.is_admin };
     let details = inspect::pod_details(&pod, &events, viewer, &state.config.inspector.sensitive_annotations);

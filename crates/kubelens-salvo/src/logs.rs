@@ -279,9 +279,10 @@ pub fn choose_container(pod: &Pod, requested: Option<&str>) -> Result<String, Ap
     }
 }
 
-fn admission_error(err: &AdmissionError, metrics: &kubelens_core::Metrics) -> ApiError {
+pub(crate) fn admission_error(err: &AdmissionError, metrics: &kubelens_core::Metrics) -> ApiError {
     let limit = match err {
         AdmissionError::UserLimit { .. } => "user",
+        AdmissionError::UserSourceLimit { .. } => "user_sources",
         _ => "upstream",
     };
     metrics.streams_rejected.inc(&[limit]);
@@ -405,7 +406,9 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let query = LogQuery::parse(req, logs)?;
     let Some(pod) = service.targets.pod(&ns, &name).await? else {
         // The pod no longer exists: serve it from the log archive if it is there (404 if not).
-        return crate::archive::pod_logs_from_archive(req, &app_state, &ns, &name, &query, res).await;
+        // An archive read holds one of the caller's stream slots while it runs.
+        let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
+        return crate::archive::pod_logs_from_archive(req, &app_state, &ns, &name, &query, viewer, res).await;
     };
     let container = choose_container(&pod, query.container.as_deref())?;
     if query.previous {
@@ -418,16 +421,16 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             ));
         }
     }
-    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
+    let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     let key = SourceKey { namespace: ns.clone(), pod: name.clone(), container: container.clone(), previous: query.previous };
     tracing::info!(namespace = %ns, pod = %name, container = %container, follow = query.follow, "log stream opened");
 
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
-        drop(viewer);
+        // A one-shot holds the caller's stream slot while it runs, like a stream.
         let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
         let upstream = service.upstream.stream(key, upstream_options(logs, &query), Some(permit));
-        return one_shot(upstream, &ns, &name, &container, &query, logs.max_tail_lines, res).await;
+        return one_shot(upstream, &ns, (&name, &container), &query, logs.max_tail_lines, viewer, res).await;
     }
     if !query.follow {
         // A finite SSE read is not shared: the hub's upstreams follow.
@@ -503,89 +506,191 @@ struct OneShotLine<'a> {
     ts: String,
     pod: &'a str,
     container: &'a str,
-    line: String,
+    line: &'a str,
     truncated: bool,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct OneShot<'a> {
-    pod: &'a str,
-    container: &'a str,
-    lines: Vec<OneShotLine<'a>>,
-    /// More lines exist than were returned (the one-shot cap was hit).
-    more: bool,
+/// A streamed one-shot body is handed to hyper in chunks of about this size: a one-shot costs
+/// this much (plus one line) in memory however long the log is, and hyper only asks for the
+/// next chunk when the client has taken the previous one (backpressure).
+pub(crate) const ONE_SHOT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What a one-shot body needs to render its lines.
+struct OneShotBody {
+    upstream: BoxStream<'static, UpstreamEvent>,
+    /// A line read before the response was committed (to tell "deleted, nothing to show").
+    first: Option<kubelens_core::logs::upstream::RawLine>,
+    pod: String,
+    container: String,
+    filter: LineFilter,
+    download: bool,
+    timestamps: bool,
+    cap: usize,
+    sent: usize,
+    /// Lines were written (JSON needs a comma before the next).
+    wrote_line: bool,
+    done: bool,
+    /// The caller's stream slot (and, inside `upstream`, the upstream slot): held exactly as
+    /// long as the body.
+    _viewer: ViewerPermit,
 }
 
+impl OneShotBody {
+    fn write_line(&mut self, line: &kubelens_core::logs::upstream::RawLine, out: &mut Vec<u8>) {
+        let ts = line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true);
+        if self.download {
+            if self.timestamps {
+                out.extend_from_slice(ts.as_bytes());
+                out.push(b' ');
+            }
+            out.extend_from_slice(line.text.as_bytes());
+            out.push(b'\n');
+            return;
+        }
+        if self.wrote_line {
+            out.push(b',');
+        }
+        self.wrote_line = true;
+        let item = OneShotLine {
+            id: line_id(&line.position),
+            ts,
+            pod: &self.pod,
+            container: &self.container,
+            line: &line.text,
+            truncated: line.truncated,
+        };
+        // Serializing plain strings and bools into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &item);
+    }
+
+    fn write_end(&self, more: bool, out: &mut Vec<u8>) {
+        if !self.download {
+            out.extend_from_slice(if more { b"],\"more\":true}" } else { b"],\"more\":false}" });
+        }
+    }
+
+    /// The next chunk: every line that is ready, up to [`ONE_SHOT_CHUNK_BYTES`]; waits only
+    /// when it has nothing to hand out.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(ONE_SHOT_CHUNK_BYTES.min(16 * 1024));
+        if let Some(line) = self.first.take() {
+            self.sent += 1;
+            self.write_line(&line, &mut out);
+        }
+        while out.len() < ONE_SHOT_CHUNK_BYTES {
+            let event = if out.is_empty() {
+                self.upstream.next().await
+            } else {
+                match self.upstream.next().now_or_never() {
+                    Some(event) => event,
+                    None => break,
+                }
+            };
+            match event {
+                Some(UpstreamEvent::Line(line)) => {
+                    if !self.filter.accepts(&line.text) {
+                        continue;
+                    }
+                    if self.sent == self.cap {
+                        self.write_end(true, &mut out);
+                        self.done = true;
+                        break;
+                    }
+                    self.sent += 1;
+                    self.write_line(&line, &mut out);
+                }
+                Some(UpstreamEvent::Status(status)) if status.state != SourceState::Ended => {}
+                Some(UpstreamEvent::Status(_)) | None => {
+                    self.write_end(false, &mut out);
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        if self.done {
+            // Drop the upstream (and its slot) now, not when hyper drops the body.
+            self.upstream = futures::stream::empty().boxed();
+        }
+        Some(Bytes::from(out))
+    }
+}
+
+/// Answers a finite read (`follow=false`, not SSE) as one JSON document
+/// (`{"pod","container","lines":[...],"more"}`) or, for downloads, plain text, **streamed**:
+/// lines go out as they arrive, never more than about [`ONE_SHOT_CHUNK_BYTES`] at a time in
+/// memory. The response is committed once the first line (or the end) is known, so a pod
+/// deleted before it had anything to show is still a 404.
 pub(crate) async fn one_shot(
     mut upstream: BoxStream<'static, UpstreamEvent>,
     ns: &str,
-    pod: &str,
-    container: &str,
+    (pod, container): (&str, &str),
     query: &LogQuery,
     cap: u32,
+    viewer: ViewerPermit,
     res: &mut Response,
 ) -> Result<(), ApiError> {
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    let mut lines = Vec::new();
-    let mut more = false;
+    let mut first = None;
+    let mut ended = false;
     while let Some(event) = upstream.next().await {
         match event {
             UpstreamEvent::Line(line) => {
-                if !query.filter.accepts(&line.text) {
-                    continue;
-                }
-                if lines.len() == cap {
-                    more = true;
+                if cap > 0 && query.filter.accepts(&line.text) {
+                    first = Some(line);
                     break;
                 }
-                lines.push(line);
             }
             UpstreamEvent::Status(status) if status.state == SourceState::Ended => {
-                if lines.is_empty() && matches!(status.reason, StatusReason::Deleted | StatusReason::Hidden) {
+                if matches!(status.reason, StatusReason::Deleted | StatusReason::Hidden) {
                     return Err(ApiError::not_found("pod"));
                 }
+                ended = true;
                 break;
             }
             UpstreamEvent::Status(_) | UpstreamEvent::CaughtUp => {}
         }
     }
-    drop(upstream);
-    if query.download {
-        let mut text = String::new();
-        for line in &lines {
-            if query.timestamps {
-                text.push_str(&line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true));
-                text.push(' ');
-            }
-            text.push_str(&line.text);
-            text.push('\n');
-        }
+    let body = OneShotBody {
+        upstream: if ended { futures::stream::empty().boxed() } else { upstream },
+        first,
+        pod: pod.to_owned(),
+        container: container.to_owned(),
+        filter: query.filter.clone(),
+        download: query.download,
+        timestamps: query.timestamps,
+        cap,
+        sent: 0,
+        wrote_line: false,
+        done: false,
+        _viewer: viewer,
+    };
+    let head = if query.download {
         res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         let filename = format!("attachment; filename=\"{ns}_{pod}_{container}.log\"");
         if let Ok(value) = HeaderValue::from_str(&filename) {
             res.headers_mut().insert(CONTENT_DISPOSITION, value);
         }
-        res.body(Bytes::from(text));
-        return Ok(());
-    }
-    let body = OneShot {
-        pod,
-        container,
-        lines: lines
-            .into_iter()
-            .map(|l| OneShotLine {
-                id: line_id(&l.position),
-                ts: l.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true),
-                pod,
-                container,
-                line: l.text,
-                truncated: l.truncated,
-            })
-            .collect(),
-        more,
+        Vec::new()
+    } else {
+        res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        let mut head = b"{\"pod\":".to_vec();
+        let _ = serde_json::to_writer(&mut head, pod);
+        head.extend_from_slice(b",\"container\":");
+        let _ = serde_json::to_writer(&mut head, container);
+        head.extend_from_slice(b",\"lines\":[");
+        head
     };
-    res.render(Json(body));
+    let chunks = futures::stream::once(futures::future::ready(Bytes::from(head)))
+        .chain(futures::stream::unfold(body, |mut body| async move {
+            let chunk = body.next_chunk().await?;
+            Some((chunk, body))
+        }))
+        .filter(|chunk| futures::future::ready(!chunk.is_empty()))
+        .map(Ok::<_, std::convert::Infallible>);
+    res.stream(chunks);
     Ok(())
 }
 
@@ -595,8 +700,10 @@ pub(crate) async fn one_shot(
 ///
 /// Every source goes through the hub and into an [`AppLogMerge`] (timestamp order within the
 /// watermark, exact resume ids). Sources join when a pod appears (the app's pods are re-read
-/// every second) and leave when theirs ends. A source that cannot get an upstream slot gets a
-/// `status` event (`ended`, `too_many_streams`) instead of failing the whole stream.
+/// every second) and leave when theirs ends. A source that cannot get an upstream slot, or
+/// would take the caller's app streams past `logs.max_sources_per_user` sources, gets a
+/// `status` event (`ended`, `too_many_streams`) instead of failing the whole stream (429 when
+/// no source of the app fits).
 #[handler]
 pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let who = principal(depot)?;
@@ -626,7 +733,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     }
     let query = LogQuery::parse(req, logs)?;
     let pods = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
-    let viewer = service.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
+    let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, app = %app, pods = pods.len(), "app log stream opened");
     let start = match (&resume, query.start) {
         (Some(_), _) => None,
@@ -635,10 +742,34 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     };
     let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let over_user_sources = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let open = {
         let (service, options) = (service.clone(), upstream_options(logs, &query));
         let (admitted, refused) = (Arc::clone(&admitted), Arc::clone(&refused));
+        let (admission, subject, over) = (app_state.admission.clone(), who.subject.clone(), Arc::clone(&over_user_sources));
+        // One source slot of the user per source in this stream (`logs.max_sources_per_user`),
+        // shared by a source's re-opens (after `lagged`) so a re-open never needs a new slot.
+        // Dead entries are pruned on every open: the map is bounded by the live sources.
+        let mut slots: HashMap<SourceKey, std::sync::Weak<ViewerPermit>> = HashMap::new();
         Box::new(move |key: &SourceKey, from: ResumePoint| {
+            slots.retain(|_, slot| slot.strong_count() > 0);
+            let slot = match slots.get(key).and_then(std::sync::Weak::upgrade) {
+                Some(slot) => slot,
+                None => match admission.try_source(&subject) {
+                    Ok(permit) => {
+                        let slot = Arc::new(permit);
+                        slots.insert(key.clone(), Arc::downgrade(&slot));
+                        slot
+                    }
+                    Err(_) => {
+                        tracing::warn!(namespace = %key.namespace, pod = %key.pod, "app stream source not admitted (per-user source cap)");
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        over.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let status = SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams);
+                        return futures::stream::iter([HubEvent::Status(status)]).boxed();
+                    }
+                },
+            };
             let permit = service.admission.try_upstream();
             let shared = subscribe_shared(&service.hub, &service.upstream, key.clone(), from, options.clone(), permit, None);
             if shared.admitted {
@@ -647,7 +778,12 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 tracing::warn!(namespace = %key.namespace, pod = %key.pod, "app stream source not admitted (upstream cap)");
                 refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            shared.subscription.boxed()
+            // The source slot lives as long as this source's subscription.
+            shared.subscription.map(move |event| {
+                let _slot = &slot;
+                event
+            })
+            .boxed()
         })
     };
     let members = {
@@ -674,7 +810,12 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     stream.join(&pods);
     let ordering = std::sync::atomic::Ordering::Relaxed;
     if refused.load(ordering) > 0 && admitted.load(ordering) == 0 {
-        return Err(admission_error(&AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }, &app_state.metrics));
+        let err = if over_user_sources.load(ordering) {
+            AdmissionError::UserSourceLimit { limit: logs.max_sources_per_user }
+        } else {
+            AdmissionError::UpstreamLimit { limit: logs.max_upstream_streams }
+        };
+        return Err(admission_error(&err, &app_state.metrics));
     }
     let filter = query.filter.clone();
     let frames = stream.into_stream().filter_map(move |event| {
@@ -763,6 +904,108 @@ mod tests {
         assert_eq!(choose_container(&pod(&["app", "b"], Some("gone")), None).unwrap_err().code, "container_required");
         assert_eq!(choose_container(&pod(&["app", "b"], None), Some("init")).unwrap(), "init");
         assert_eq!(choose_container(&pod(&["app"], None), Some("nope")).unwrap_err().code, "unknown_container");
+    }
+
+    fn query(download: bool) -> LogQuery {
+        LogQuery {
+            container: None,
+            start: StartAt::Tail(10),
+            follow: false,
+            timestamps: false,
+            previous: false,
+            download,
+            filter: LineFilter::new(None, None).unwrap(),
+        }
+    }
+
+    fn raw_line(sec: i64, text: &str) -> UpstreamEvent {
+        UpstreamEvent::Line(kubelens_core::logs::upstream::RawLine {
+            position: LinePosition { ts: DateTime::from_timestamp(sec, 0).unwrap(), index: 0 },
+            text: text.to_owned(),
+            truncated: false,
+        })
+    }
+
+    async fn next_data(body: &mut salvo::http::ResBody) -> Option<Bytes> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.next()).await.expect("a chunk in time")?.unwrap();
+            if let Ok(data) = frame.into_data() {
+                return Some(data);
+            }
+        }
+    }
+
+    /// A one-shot is streamed: its first lines leave while the upstream is still reading,
+    /// and it holds the caller's stream slot until the body is done.
+    #[tokio::test]
+    async fn one_shots_stream_their_lines_and_hold_the_callers_slot() {
+        let admission = StreamAdmission::new(10, 1);
+        let (mut tx, rx) = futures::channel::mpsc::channel::<UpstreamEvent>(16);
+        let big = "x".repeat(1000);
+        for i in 0..3 {
+            tx.try_send(raw_line(i, &big)).unwrap();
+        }
+        let mut res = Response::new();
+        let viewer = admission.try_viewer("u").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), one_shot(rx.boxed(), "ns", ("p", "c"), &query(false), 100, viewer, &mut res))
+            .await
+            .expect("the response is committed before the upstream ends")
+            .unwrap();
+        let mut body = res.take_body();
+        let mut text = String::new();
+        while text.matches(&big).count() < 3 {
+            text.push_str(std::str::from_utf8(&next_data(&mut body).await.unwrap()).unwrap());
+        }
+        assert!(text.starts_with(r#"{"pod":"p","container":"c","lines":[{"id":"1970-01-01T00:00:00.000000000Z~0""#), "{}", &text[..80]);
+        assert_eq!(admission.viewer_streams("u"), 1, "the slot is held while the one-shot runs");
+        assert!(admission.try_viewer("u").is_err());
+        // The upstream goes on and ends; the document closes.
+        tx.try_send(raw_line(3, "last")).unwrap();
+        tx.try_send(UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete))).unwrap();
+        while let Some(chunk) = next_data(&mut body).await {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["lines"].as_array().unwrap().len(), 4);
+        assert_eq!(doc["lines"][3]["line"], "last");
+        assert_eq!(doc["more"], false);
+        drop(body);
+        assert_eq!(admission.viewer_streams("u"), 0);
+    }
+
+    #[tokio::test]
+    async fn one_shots_stop_at_the_cap_and_downloads_are_text() {
+        let admission = StreamAdmission::new(10, 5);
+        let events: Vec<UpstreamEvent> = (0..5).map(|i| raw_line(i, &format!("l{i}"))).collect();
+        let mut res = Response::new();
+        one_shot(futures::stream::iter(events).boxed(), "ns", ("p", "c"), &query(false), 2, admission.try_viewer("u").unwrap(), &mut res)
+            .await
+            .unwrap();
+        let mut body = res.take_body();
+        let mut text = String::new();
+        while let Some(chunk) = next_data(&mut body).await {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((doc["lines"].as_array().unwrap().len(), doc["more"].as_bool()), (2, Some(true)), "{text}");
+        let events: Vec<UpstreamEvent> = (0..2).map(|i| raw_line(i, &format!("l{i}"))).collect();
+        let mut res = Response::new();
+        one_shot(futures::stream::iter(events).boxed(), "ns", ("p", "c"), &query(true), 10, admission.try_viewer("u").unwrap(), &mut res)
+            .await
+            .unwrap();
+        let mut body = res.take_body();
+        let mut text = String::new();
+        while let Some(chunk) = next_data(&mut body).await {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(text, "l0\nl1\n");
+        // Deleted before anything was shown: 404, nothing streamed.
+        let gone = vec![UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Deleted))];
+        let mut res = Response::new();
+        let err = one_shot(futures::stream::iter(gone).boxed(), "ns", ("p", "c"), &query(false), 10, admission.try_viewer("u").unwrap(), &mut res)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "not_found");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kubelens_core::auth::{Authenticator, StreamTickets};
 use kubelens_core::cluster::Cluster;
-use kubelens_core::inspect::PodMetricsReader;
+use kubelens_core::inspect::{PodEventsReader, PodMetricsReader};
 use kubelens_core::policy::AccessPolicy;
 use kubelens_core::{Config, Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Operational metrics shared by every subsystem.
     pub metrics: Metrics,
+    /// The per-user stream cap (`logs.max_streams_per_user`), shared by every long or
+    /// buffered read a user holds: pod and app log streams, one-shot and archive reads, pod
+    /// change streams. (The process-wide upstream cap lives in the log service.)
+    pub admission: kubelens_core::logs::admission::StreamAdmission,
     /// Log streaming (`None` when no Kubernetes client could be configured: 503).
     pub logs: Option<Arc<crate::logs::LogService>>,
     /// Validates bearer tokens for the `/api/v1` auth hoop.
@@ -33,6 +37,9 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// Reads pod usage from metrics.k8s.io; set together with the cluster.
     pub pod_metrics: Option<Arc<PodMetricsReader>>,
+    /// Reads pods' events for the inspector (briefly cached, shared by all users); set
+    /// together with the cluster.
+    pub pod_events: Option<PodEventsReader>,
     /// Session store and log archive (`None` when not wired: the session API answers 503).
     pub storage: Option<kubelens_storage::Stores>,
     /// Terminated pods' log archive (`None`: no storage, nothing is archived or served).
@@ -51,13 +58,16 @@ impl AppState {
         });
         let auth = Authenticator::without_keys(&config.auth);
         let tickets = StreamTickets::new(config.auth.stream_ticket_ttl);
+        let admission = kubelens_core::logs::admission::StreamAdmission::from_config(&config.logs);
         Self {
+            admission,
             config: Arc::new(config),
             readiness,
             shutdown: CancellationToken::new(),
             policy: Arc::new(policy),
             cluster: None,
             pod_metrics: None,
+            pod_events: None,
             metrics: Metrics::new(),
             logs: None,
             storage: None,
@@ -77,6 +87,7 @@ impl AppState {
     /// Attaches the Kubernetes caches.
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
         self.pod_metrics = Some(Arc::new(PodMetricsReader::new(cluster.client())));
+        self.pod_events = Some(PodEventsReader::new(cluster.client()));
         self.cluster = Some(cluster);
         self
     }

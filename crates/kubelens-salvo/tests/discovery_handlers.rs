@@ -350,3 +350,46 @@ async fn change_stream_ends_at_token_expiry_plus_grace() {
     assert!(body.contains(r#""reason":"token_expired""#), "{body}");
     assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
+
+#[tokio::test]
+async fn pod_details_list_events_once_per_ttl_however_many_requests() {
+    let (service, fake, _) = setup();
+    let events_lists = || fake.api_requests().iter().filter(|p| p.ends_with("/events")).count();
+    for _ in 0..20 {
+        let (status, body) = get(&service, "/api/v1/namespaces/team-a/pods/debug/details").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["events"], serde_json::json!([]));
+    }
+    assert_eq!(events_lists(), 1, "20 inspector requests within the TTL cost one events list: {:?}", fake.api_requests());
+    // Another pod is another entry.
+    let (status, _) = get(&service, "/api/v1/namespaces/team-a/pods/db-0/details").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events_lists(), 2);
+}
+
+#[tokio::test]
+async fn pod_watches_count_against_the_per_user_stream_cap() {
+    let issuer = issuer();
+    let mut config = config(issuer);
+    config.logs.max_streams_per_user = 1;
+    let state = AppState::new(config, Readiness::new()).with_auth(issuer.authenticator());
+    let fake = FakeCluster::new(&state.policy, objects());
+    let state = state.with_cluster(fake.cluster());
+    let service = kubelens_salvo::service(state.clone());
+    let url = "http://127.0.0.1/api/v1/namespaces/team-a/pods/watch";
+    let first = TestClient::get(url).bearer_auth(issuer.viewer_token()).send(&service).await;
+    assert_eq!(first.status_code.unwrap_or(StatusCode::OK), StatusCode::OK);
+    let mut second = TestClient::get(url).bearer_auth(issuer.viewer_token()).send(&service).await;
+    assert_eq!(second.status_code, Some(StatusCode::TOO_MANY_REQUESTS));
+    let body: Value = serde_json::from_str(&second.take_string().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    // Closing the first watch gives the slot back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state.admission.viewer_streams("viewer") > 0 {
+        assert!(std::time::Instant::now() < deadline, "the watch's slot was not released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = TestClient::get(url).bearer_auth(issuer.viewer_token()).send(&service).await;
+    assert_eq!(again.status_code.unwrap_or(StatusCode::OK), StatusCode::OK);
+}

@@ -326,12 +326,12 @@ async fn client_disconnect_cancels_the_upstream_request() {
     // first line, so there is no event to wait for).
     assert_eq!(server.logs.admission.upstream_in_use(), 1);
     assert_eq!(server.logs.hub.active_upstreams(), 1);
-    assert_eq!(server.logs.admission.viewer_streams(&subject("viewer").await), 1);
+    assert_eq!(server.state.admission.viewer_streams(&subject("viewer").await), 1);
     drop(sse);
     // The hub keeps an upstream without viewers for its linger (3 s), then drops it; the
     // upstream permit lives inside the upstream stream, so it counts the open request.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.logs.admission.upstream_in_use() > 0 || server.logs.admission.viewer_streams(&subject("viewer").await) > 0 {
+    while server.logs.admission.upstream_in_use() > 0 || server.state.admission.viewer_streams(&subject("viewer").await) > 0 {
         assert!(Instant::now() < deadline, "upstream still open after the client left");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -364,7 +364,7 @@ async fn stream_caps_answer_429() {
     let d = SseClient::open(&pod_url(&pods[0]), "admin", None).await.unwrap();
     drop((a, b, c, d));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.logs.admission.viewer_streams(&subject("viewer").await) > 0 {
+    while server.state.admission.viewer_streams(&subject("viewer").await) > 0 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -729,4 +729,133 @@ async fn huge_binary_and_crlf_lines_are_handled_safely() {
     assert_eq!(lines[0]["truncated"], false);
     assert!(texts[2].starts_with("bin \u{fffd}\u{fffd}") && texts[2].ends_with(" end"), "{:?}", texts[2]);
     assert_eq!(&texts[3..], ["crlf", "after"]);
+}
+
+/// `GET url` as `user`: status and JSON body.
+async fn get_status_json(url: &str, user: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new().get(url).bearer_auth(token(user).await).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// A pod whose log holds 2,000 lines of 9,000 characters (18 MB), with characters JSON must
+/// escape.
+fn create_big_log_pod(env: &TestEnv, prefix: &str) -> String {
+    let pod = unique(prefix);
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let lines: Vec<String> = (0..2000).map(|i| format!("seq={} \"q\" \\ {}", i + 1, "y".repeat(9000))).collect();
+    kubelens_testenv::append_cri_lines(&path, &lines).unwrap();
+    pod
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shots_and_archive_reads_count_against_the_stream_cap() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |c| c.logs.max_streams_per_user = 1).await;
+    let pod = create_big_log_pod(env, "oneshot-cap");
+    let one_shot = |p: &str| format!("{}/namespaces/team-a/pods/{p}/logs?follow=false&tailLines=10000", server.base);
+    // A one-shot that is still being read holds the user's only slot: a stream, another
+    // one-shot and an archive read (a pod that no longer exists is looked up in the archive)
+    // are 429 meanwhile.
+    let resp = reqwest::Client::new().get(one_shot(&pod)).bearer_auth(token("viewer").await).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reading = resp.bytes_stream();
+    let first = reading.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"{\"pod\""), "{:?}", &first[..first.len().min(40)]);
+    let (status, body) = SseClient::open(&format!("{}/namespaces/team-a/pods/{pod}/logs", server.base), "viewer", None).await.err().unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_streams")), "{body}");
+    let (status, body) = get_status_json(&one_shot(&pod), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_streams")), "{body}");
+    let (status, body) = get_status_json(&one_shot(&unique("gone")), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_streams")), "{body}");
+    // Another user is not affected.
+    let (status, _) = get_status_json(&format!("{}/namespaces/team-a/pods/debug/logs?follow=false", server.base), "admin").await;
+    assert_eq!(status, 200);
+    // Reading to the end (or leaving) gives the slot back.
+    let mut total = first.len();
+    while let Some(chunk) = reading.next().await {
+        total += chunk.unwrap().len();
+    }
+    assert!(total > 18_000_000, "{total}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.admission.viewer_streams(&subject("viewer").await) > 0 {
+        assert!(Instant::now() < deadline, "the one-shot's slot was not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = get_status_json(&one_shot(&unique("gone")), "viewer").await;
+    assert_eq!(status, 404, "below the cap a missing pod is a 404 again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_one_shots_are_streamed_as_valid_json_and_text() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let pod = create_big_log_pod(env, "oneshot-big");
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs?follow=false&tailLines=10000", server.base);
+    let resp = reqwest::Client::new().get(&url).bearer_auth(token("viewer").await).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json; charset=utf-8");
+    // Streamed: no length known up front (a buffered body would carry Content-Length).
+    assert!(resp.headers().get("content-length").is_none(), "{:?}", resp.headers());
+    let mut chunks = 0usize;
+    let mut text = Vec::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        chunks += 1;
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(chunks > 1, "the body arrived in one piece");
+    let doc: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let got = doc["lines"].as_array().unwrap();
+    assert_eq!(got.len(), 2000);
+    assert_eq!(doc["more"], false);
+    assert_eq!(doc["pod"], pod.as_str());
+    for (i, line) in got.iter().enumerate() {
+        assert_eq!(seq_of(line["line"].as_str().unwrap()).0, i as u64 + 1);
+    }
+    assert!(got[0]["line"].as_str().unwrap().contains(" \"q\" \\ "));
+    // The download is the same lines as text.
+    let resp = reqwest::Client::new().get(format!("{url}&download=true")).bearer_auth(token("viewer").await).send().await.unwrap();
+    let text = resp.text().await.unwrap();
+    assert_eq!(text.lines().count(), 2000);
+    assert!(text.lines().enumerate().all(|(i, l)| l.starts_with(&format!("seq={} ", i + 1))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_streams_read_at_most_max_sources_per_user() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |c| c.logs.max_sources_per_user = 2).await;
+    let app = unique("srccap");
+    let (_uid, pods) = create_app(env, "team-a", &app, 3);
+    for (pod, path) in &pods {
+        loggen(env, path, pod, 5, 500, &[]).wait().unwrap();
+    }
+    let url = format!("{}/namespaces/team-a/apps/{app}/logs?tailLines=100", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    // Two sources are read; the third gets `ended`/`too_many_streams`.
+    let mut refused = Vec::new();
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused.is_empty() || served.len() < 2 || served.values().any(|n| *n < 5) {
+        assert!(Instant::now() < deadline, "refused {refused:?}, served {served:?}");
+        let e = sse.next(Duration::from_secs(20)).await.unwrap();
+        match e.event.as_str() {
+            "log" => *served.entry(e.data["pod"].as_str().unwrap().to_owned()).or_default() += 1,
+            "status" if e.data["reason"] == "too_many_streams" => refused.push(e.data["pod"].as_str().unwrap().to_owned()),
+            _ => {}
+        }
+    }
+    assert_eq!(refused.len(), 1);
+    assert!(!served.contains_key(&refused[0]), "the refused source sent no line");
+    assert_eq!(server.state.admission.user_sources(&subject("viewer").await), 2);
+    // A second app stream of this user has no source left: 429. Another user's is served.
+    let (status, body) = SseClient::open(&url, "viewer", None).await.err().unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_streams")), "{body}");
+    let _other = SseClient::open(&url, "admin", None).await.unwrap();
+    drop(sse);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.admission.user_sources(&subject("viewer").await) > 0 {
+        assert!(Instant::now() < deadline, "source slots not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -5,7 +5,7 @@
 //! client spawns its request buffer there).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::AtomicUsize;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -48,6 +48,7 @@ pub struct FakeObjects {
 pub struct FakeCluster {
     cluster: Cluster,
     pod_feeds: BTreeMap<String, PodFeed>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 fn filled<K>(objects: &[K], ns: Option<&str>) -> Store<K>
@@ -72,8 +73,24 @@ where
 impl FakeCluster {
     /// A synced cluster holding `objects`, for the namespaces `policy` allowlists.
     pub fn new(policy: &AccessPolicy, objects: FakeObjects) -> Self {
-        let service = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
-            Err::<http::Response<kube::client::Body>, BoxError>("the fake cluster has no API server".into())
+        // The fake API server records every request and answers event lists (empty), so
+        // tests can count what a handler asks Kubernetes for; anything else fails.
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&requests);
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let path = req.uri().path().to_owned();
+            recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(path.clone());
+            async move {
+                if path.ends_with("/events") {
+                    let body = br#"{"kind":"EventList","apiVersion":"v1","metadata":{},"items":[]}"#.to_vec();
+                    return http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(body))
+                        .map_err(BoxError::from);
+                }
+                Err::<http::Response<kube::client::Body>, BoxError>("the fake cluster has no API server".into())
+            }
         });
         let client = kube::Client::new(service, "default");
         let mut namespaces = BTreeMap::new();
@@ -107,12 +124,17 @@ impl FakeCluster {
             pod_feeds.insert(name.to_owned(), feed);
         }
         let inner = Inner { client, stats: ApiRequestStats::default(), namespaces, tasks: Vec::new() };
-        Self { cluster: Cluster { inner: Arc::new(inner) }, pod_feeds }
+        Self { cluster: Cluster { inner: Arc::new(inner) }, pod_feeds, requests }
     }
 
     /// The cluster handle (clone it into handler state).
     pub fn cluster(&self) -> Cluster {
         self.cluster.clone()
+    }
+
+    /// Paths of the requests sent to the (fake) API server so far, in order.
+    pub fn api_requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn feed(&mut self, pod: &Pod) -> Option<&mut PodFeed> {

@@ -5,6 +5,7 @@
 //! applying the masking policy of [`masking`] for callers without the admin group. Masking
 //! happens here, on the server, before anything is serialized.
 
+mod events;
 pub mod masking;
 mod metrics;
 pub mod quantity;
@@ -17,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Serialize;
 
+pub use events::{EVENTS_CACHE_MAX_EVENTS, EVENTS_CACHE_TTL, PodEventsReader};
 pub use masking::MASKED;
 pub use metrics::{ContainerUsage, MetricsError, PodMetricsReader, PodUsage};
 

@@ -1,5 +1,6 @@
-//! Admission control for log streams: a process-wide cap on upstream Kubernetes log streams
-//! and a per-user cap on open SSE log streams.
+//! Admission control for log streams: a process-wide cap on upstream Kubernetes log streams,
+//! a per-user cap on open streams (log streams, one-shot and archive reads, pod change
+//! streams) and a per-user cap on the sources (containers) that user's app streams read.
 //!
 //! Why two caps: upstream streams cost the API server and the kubelet (one long-lived HTTP
 //! request each), so their number is bounded for the whole process no matter who asks; SSE
@@ -36,6 +37,12 @@ pub enum AdmissionError {
         /// `logs.max_streams_per_user`.
         limit: usize,
     },
+    /// This user's app streams already read `limit` sources (containers) together.
+    #[error("your app log streams already read {limit} containers; close one and try again")]
+    UserSourceLimit {
+        /// `logs.max_sources_per_user`.
+        limit: usize,
+    },
 }
 
 /// The two stream caps. Cheap to clone; clones share the counters.
@@ -45,6 +52,9 @@ pub struct StreamAdmission {
     max_upstream: usize,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
     max_per_user: usize,
+    /// Sources (containers) read by each user's app streams.
+    sources: Arc<Mutex<HashMap<String, usize>>>,
+    max_sources_per_user: usize,
 }
 
 impl fmt::Debug for StreamAdmission {
@@ -62,7 +72,14 @@ impl fmt::Debug for StreamAdmission {
 impl StreamAdmission {
     /// Caps from `logs.max_upstream_streams` and `logs.max_streams_per_user`.
     pub fn from_config(config: &LogsConfig) -> Self {
-        Self::new(config.max_upstream_streams, config.max_streams_per_user)
+        Self::new(config.max_upstream_streams, config.max_streams_per_user).with_sources_per_user(config.max_sources_per_user)
+    }
+
+    /// Caps the sources (containers) one user's app streams read together (default: no cap
+    /// beyond the upstream cap).
+    pub fn with_sources_per_user(mut self, max: usize) -> Self {
+        self.max_sources_per_user = max;
+        self
     }
 
     /// Explicit caps. A cap of 0 admits nothing (config validation forbids it; tests use it).
@@ -74,6 +91,8 @@ impl StreamAdmission {
             max_upstream,
             per_user: Arc::new(Mutex::new(HashMap::new())),
             max_per_user,
+            sources: Arc::new(Mutex::new(HashMap::new())),
+            max_sources_per_user: max_upstream,
         }
     }
 
@@ -89,18 +108,20 @@ impl StreamAdmission {
 
     /// Takes one SSE stream slot for `subject` (the token's `sub`), or fails at once.
     pub fn try_viewer(&self, subject: &str) -> Result<ViewerPermit, AdmissionError> {
-        // The lock is never held across an await and the critical section cannot panic, so
-        // a poisoned mutex still holds consistent counts: recover it instead of failing.
-        let mut users = self.per_user.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = users.entry(subject.to_owned()).or_insert(0);
-        if *count >= self.max_per_user {
-            if *count == 0 {
-                users.remove(subject);
-            }
-            return Err(AdmissionError::UserLimit { limit: self.max_per_user });
-        }
-        *count += 1;
-        Ok(ViewerPermit { subject: subject.to_owned(), users: Arc::clone(&self.per_user) })
+        take(&self.per_user, self.max_per_user, subject)
+            .ok_or(AdmissionError::UserLimit { limit: self.max_per_user })
+    }
+
+    /// Takes one source slot (one container read by an app stream) for `subject`, or fails
+    /// at once when the user's app streams already read `logs.max_sources_per_user` sources.
+    pub fn try_source(&self, subject: &str) -> Result<ViewerPermit, AdmissionError> {
+        take(&self.sources, self.max_sources_per_user, subject)
+            .ok_or(AdmissionError::UserSourceLimit { limit: self.max_sources_per_user })
+    }
+
+    /// Sources currently read by `subject`'s app streams.
+    pub fn user_sources(&self, subject: &str) -> usize {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner).get(subject).copied().unwrap_or(0)
     }
 
     /// Upstream streams currently admitted.
@@ -120,13 +141,30 @@ impl StreamAdmission {
     }
 }
 
+/// Counts one more for `subject` unless it is at `max`.
+fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, max: usize, subject: &str) -> Option<ViewerPermit> {
+    // The lock is never held across an await and the critical section cannot panic, so
+    // a poisoned mutex still holds consistent counts: recover it instead of failing.
+    let mut users = counts.lock().unwrap_or_else(PoisonError::into_inner);
+    let count = users.entry(subject.to_owned()).or_insert(0);
+    if *count >= max {
+        if *count == 0 {
+            users.remove(subject);
+        }
+        return None;
+    }
+    *count += 1;
+    Some(ViewerPermit { subject: subject.to_owned(), users: Arc::clone(counts) })
+}
+
 /// One admitted upstream Kubernetes log stream; the slot is released on drop.
 #[derive(Debug)]
 pub struct UpstreamPermit {
     _permit: OwnedSemaphorePermit,
 }
 
-/// One admitted SSE log stream of a user; the slot is released on drop.
+/// One admitted stream (or, from [`StreamAdmission::try_source`], one app-stream source) of
+/// a user; the slot is released on drop.
 pub struct ViewerPermit {
     subject: String,
     users: Arc<Mutex<HashMap<String, usize>>>,
@@ -180,6 +218,19 @@ mod tests {
         let a3 = admission.try_viewer("alice").unwrap();
         drop((a2, a3, b));
         assert_eq!(admission.users_with_streams(), 0, "zero-count entries are removed");
+    }
+
+    #[test]
+    fn source_slots_are_per_user_and_separate_from_stream_slots() {
+        let admission = StreamAdmission::new(100, 1).with_sources_per_user(2);
+        let _stream = admission.try_viewer("alice").unwrap();
+        let s1 = admission.try_source("alice").unwrap();
+        let _s2 = admission.try_source("alice").unwrap();
+        assert_eq!(admission.try_source("alice").unwrap_err(), AdmissionError::UserSourceLimit { limit: 2 });
+        assert!(admission.try_source("bob").is_ok());
+        assert_eq!(admission.user_sources("alice"), 2);
+        drop(s1);
+        assert!(admission.try_source("alice").is_ok());
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Fan-out hub: one upstream Kubernetes log stream per [`SourceKey`], however many viewers.
 //!
 //! ```text
-//!   upstream (1 per key) ──► pump task ──► ring buffer (hub_buffer_lines, late-joiner backfill)
+//!   upstream (1 per key) ──► pump task ──► ring buffer (hub_buffer_lines and hub_buffer_bytes,
+//!                                    │                  late-joiner backfill)
 //!                                    └──► viewer queues (viewer_queue_lines each, try_send only)
 //! ```
 //!
 //! * The first [`LogHub::subscribe`] for a key calls the caller's opener with a [`StartAt`]
 //!   and spawns a pump task (through the caller's [`Spawner`]) that owns the upstream stream.
 //!   Later subscribers share it: no second request to the API server.
-//! * Every line is pushed into a bounded ring (oldest evicted) and `try_send` to each viewer's
+//! * Every line is pushed into a ring bounded in lines and in bytes (oldest evicted when either
+//!   bound is passed; a single line larger than the byte bound is kept alone) and `try_send` to each viewer's
 //!   bounded queue. **When a viewer's queue is full** the viewer is cut loose: it still
 //!   receives what is queued, then a final [`HubEvent::Lagged`] with the cursor after the
 //!   last line it received, and its stream ends; it reconnects with that cursor and loses
@@ -54,11 +56,22 @@ pub type UpstreamOpener = Box<dyn FnOnce(StartAt) -> UpstreamStream + Send>;
 pub struct HubConfig {
     /// Lines kept per key for backfill and in-ring resume (`logs.hub_buffer_lines`).
     pub buffer_lines: usize,
+    /// Bytes of line text (plus [`LINE_OVERHEAD_BYTES`] per line) kept per key
+    /// (`logs.hub_buffer_bytes`): with long lines this bound evicts before the line bound.
+    pub buffer_bytes: usize,
     /// Events queued per viewer before it is lagged (`logs.viewer_queue_lines`).
     pub viewer_queue_lines: usize,
     /// How long an upstream without viewers is kept open (absorbs page reloads and
     /// reconnects). Zero closes at once and uses no timer.
     pub linger: Duration,
+}
+
+/// What a ring line costs besides its text (the `LogLine`, its `Arc` and the ring slot), as
+/// counted against [`HubConfig::buffer_bytes`].
+pub const LINE_OVERHEAD_BYTES: usize = 96;
+
+fn ring_cost(line: &LogLine) -> usize {
+    line.text.len() + LINE_OVERHEAD_BYTES
 }
 
 impl HubConfig {
@@ -69,6 +82,7 @@ impl HubConfig {
     pub fn from_logs(logs: &LogsConfig) -> Self {
         Self {
             buffer_lines: logs.hub_buffer_lines.max(1),
+            buffer_bytes: logs.hub_buffer_bytes.max(1),
             viewer_queue_lines: logs.viewer_queue_lines.max(1),
             linger: Self::DEFAULT_LINGER,
         }
@@ -140,6 +154,8 @@ struct Channel {
 
 struct ChannelState {
     ring: VecDeque<Arc<LogLine>>,
+    /// What the ring holds, as counted against `buffer_bytes` ([`ring_cost`]).
+    ring_bytes: usize,
     /// The ring holds every line admitted by this cursor (None: unknown yet).
     covers: Option<SourceCursor>,
     /// The ring starts at the log's beginning and nothing was evicted.
@@ -240,6 +256,7 @@ impl LogHub {
             source,
             state: Mutex::new(ChannelState {
                 ring: VecDeque::new(),
+                ring_bytes: 0,
                 covers,
                 from_beginning,
                 status: None,
@@ -334,16 +351,23 @@ impl ChannelState {
         Some(lines.map(|l| HubEvent::Line(Arc::clone(l))).collect())
     }
 
-    fn push_line(&mut self, line: Arc<LogLine>, capacity: usize) {
+    fn push_line(&mut self, line: Arc<LogLine>, config: &HubConfig) {
         if self.covers.is_none() {
             self.covers = Some(SourceCursor { ts: line.ts, skip: line.index });
         }
-        if self.ring.len() >= capacity
+        let cost = ring_cost(&line);
+        // Evict the oldest lines until the new one fits both bounds. An evicted line moves
+        // the coverage past it, so a resume id older than the ring still gets an exact
+        // private upstream (the same path as for lines evicted by the line bound).
+        while !self.ring.is_empty()
+            && (self.ring.len() >= config.buffer_lines || self.ring_bytes + cost > config.buffer_bytes)
             && let Some(old) = self.ring.pop_front()
         {
+            self.ring_bytes = self.ring_bytes.saturating_sub(ring_cost(&old));
             self.covers = Some(SourceCursor::after(old.id()));
             self.from_beginning = false;
         }
+        self.ring_bytes += cost;
         self.ring.push_back(Arc::clone(&line));
         self.viewers.retain_mut(|v| {
             if let Some(f) = v.filter {
@@ -410,7 +434,7 @@ async fn pump(channel: Arc<Channel>, hub: Weak<HubInner>, mut upstream: Upstream
             item = upstream.next() => match item {
                 Some(UpstreamEvent::Line(raw)) => {
                     let line = Arc::new(LogLine::from_raw(raw, Arc::clone(&channel.source)));
-                    lock(&channel.state).push_line(line, config.buffer_lines);
+                    lock(&channel.state).push_line(line, &config);
                 }
                 Some(UpstreamEvent::Status(status)) => lock(&channel.state).push_status(status),
                 Some(UpstreamEvent::CaughtUp) => lock(&channel.state).push_caught_up(),
@@ -552,7 +576,7 @@ mod tests {
     }
 
     fn hub(buffer: usize, queue: usize, linger: Duration) -> LogHub {
-        LogHub::new(HubConfig { buffer_lines: buffer, viewer_queue_lines: queue, linger }, spawner())
+        LogHub::new(HubConfig { buffer_lines: buffer, buffer_bytes: usize::MAX, viewer_queue_lines: queue, linger }, spawner())
     }
 
     fn raw(sec: i64, index: u32, text: &str) -> UpstreamEvent {
@@ -707,6 +731,44 @@ mod tests {
         assert_eq!(fake.opens.load(Ordering::SeqCst), 2);
         assert!(matches!(lock(&fake.starts)[1], StartAt::After(p) if p.index == 0));
         assert_eq!(hub.active_upstreams(), 1, "the private upstream is not shared");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ring_is_bounded_in_bytes_and_resume_past_an_evicted_line_stays_exact() {
+        // Room for three 1,000-byte lines, though the line bound would keep 1,000 of them.
+        let bytes = 3 * (1000 + LINE_OVERHEAD_BYTES);
+        let hub = LogHub::new(HubConfig { buffer_lines: 1000, buffer_bytes: bytes, viewer_queue_lines: 100, linger: Duration::ZERO }, spawner());
+        let fake = Fake::default();
+        let _first = hub.subscribe(key("web"), ResumePoint::Tail(0), fake.opener());
+        for i in 0..10 {
+            fake.send(0, raw(i, 0, &format!("{i}").repeat(1000))).await;
+        }
+        settle().await;
+        let channel = lock(&hub.inner.channels).get(&key("web")).cloned().unwrap();
+        {
+            let state = lock(&channel.state);
+            assert_eq!(state.ring.len(), 3, "evicted by bytes, not by lines");
+            assert!(state.ring_bytes <= bytes);
+        }
+        // A late joiner asking for everything gets what the byte-bounded ring holds.
+        let mut greedy = hub.subscribe(key("web"), ResumePoint::Tail(1000), fake.opener());
+        let got: Vec<String> = texts(&mut greedy, 3).await.into_iter().map(|t| t[..1].to_owned()).collect();
+        assert_eq!(got, ["7", "8", "9"]);
+        assert_eq!(fake.opens.load(Ordering::SeqCst), 1);
+        // Inside the ring: served from memory. Before it (line 5 was evicted by bytes): a
+        // private upstream from exactly that cursor.
+        let inside = SourceCursor::parse_last_event_id("1970-01-01T00:00:07Z~0").unwrap();
+        let mut sub = hub.subscribe(key("web"), ResumePoint::After(inside), fake.opener());
+        assert_eq!(texts(&mut sub, 2).await.iter().map(|t| t[..1].to_owned()).collect::<Vec<_>>(), ["8", "9"]);
+        assert_eq!(fake.opens.load(Ordering::SeqCst), 1);
+        let evicted = SourceCursor::parse_last_event_id("1970-01-01T00:00:05Z~0").unwrap();
+        let _outside = hub.subscribe(key("web"), ResumePoint::After(evicted), fake.opener());
+        assert_eq!(fake.opens.load(Ordering::SeqCst), 2);
+        assert!(matches!(lock(&fake.starts)[1], StartAt::After(p) if p.index == 0 && p.ts == LogTimestamp::from_unix_nanos(5_000_000_000).into()));
+        // A line larger than the whole bound is kept alone (a late joiner still sees it).
+        fake.send(0, raw(20, 0, &"x".repeat(bytes * 2))).await;
+        settle().await;
+        assert_eq!(lock(&channel.state).ring.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
