@@ -159,7 +159,7 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp`/`nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
-    /// Minimum time between two JWKS refetches caused by unknown key ids.
+    /// Minimum time between two JWKS refetches caused by unknown key ids (at least `1s`).
     #[serde(with = "humantime_serde")]
     pub jwks_refetch_cooldown: Duration,
     /// Regular JWKS refresh interval.
@@ -616,6 +616,10 @@ impl Config {
         if auth.jwks_fetch_timeout.is_zero() || auth.jwks_fetch_timeout > Duration::from_secs(60) {
             problem("auth.jwks_fetch_timeout", "must be between 1ms and 60s".to_owned());
         }
+        // A zero cooldown would let every token with a random `kid` trigger a JWKS fetch.
+        if auth.jwks_refetch_cooldown < Duration::from_secs(1) {
+            problem("auth.jwks_refetch_cooldown", "must be at least 1s".to_owned());
+        }
         if auth.jwks_refresh_interval < Duration::from_secs(1) {
             problem("auth.jwks_refresh_interval", "must be at least 1s".to_owned());
         }
@@ -893,6 +897,18 @@ namespaces:
         .unwrap();
         assert_eq!(config.storage.backend, StorageBackend::Memory);
         assert!(Config::load(MINIMAL, |name| (name == env::STORAGE_BACKEND).then(|| "mysql".to_owned())).is_err());
+    }
+
+    #[test]
+    fn jwks_refetch_cooldown_has_a_lower_bound() {
+        for bad in ["0s", "500ms"] {
+            let text = MINIMAL.replace("realm: main", &format!("realm: main\n  jwks_refetch_cooldown: {bad}"));
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            assert!(found[0].starts_with("auth.jwks_refetch_cooldown: must be at least 1s"), "{bad}: {found:?}");
+        }
+        let text = MINIMAL.replace("realm: main", "realm: main\n  jwks_refetch_cooldown: 1s");
+        assert_eq!(load(&text).unwrap().0.auth.jwks_refetch_cooldown, Duration::from_secs(1));
     }
 
     #[test]
