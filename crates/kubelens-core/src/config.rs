@@ -128,7 +128,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Base URL of Keycloak, e.g. `https://sso.example.com` (required).
+    /// Base URL of Keycloak, e.g. `https://sso.example.com` (required). Plain `http://` only
+    /// for a Keycloak on loopback (development, tests): signing keys need TLS.
     pub keycloak_url: String,
     /// Realm name (required).
     pub realm: String,
@@ -557,6 +558,11 @@ impl Config {
             problem("auth.keycloak_url", "is required".to_owned());
         } else if !(auth.keycloak_url.starts_with("https://") || auth.keycloak_url.starts_with("http://")) {
             problem("auth.keycloak_url", "must start with http:// or https://".to_owned());
+        } else if !crate::auth::key_material_issuer_allowed(&auth.keycloak_url) {
+            problem(
+                "auth.keycloak_url",
+                "must be https:// (plain http:// only for a Keycloak on loopback: 127.0.0.1, ::1, localhost); signing keys are never fetched without TLS".to_owned(),
+            );
         }
         if auth.realm.trim().is_empty() {
             problem("auth.realm", "is required".to_owned());
@@ -909,6 +915,17 @@ namespaces:
         }
         let text = MINIMAL.replace("realm: main", "realm: main\n  jwks_refetch_cooldown: 1s");
         assert_eq!(load(&text).unwrap().0.auth.jwks_refetch_cooldown, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn plain_http_keycloak_only_on_loopback() {
+        for bad in ["http://sso.example.com", "http://10.0.0.5:8080", "http://0.0.0.0:8080"] {
+            let found = problems(&MINIMAL.replace("https://sso.example.com", bad));
+            assert!(found[0].starts_with("auth.keycloak_url: must be https://"), "{bad}: {found:?}");
+        }
+        for ok in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"] {
+            assert!(load(&MINIMAL.replace("https://sso.example.com", ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]

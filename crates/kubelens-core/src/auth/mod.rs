@@ -27,7 +27,7 @@ pub use authenticator::{
 pub use error::{AuthError, AuthFailureKind, KeySourceError};
 pub use groups::GroupPolicy;
 pub use principal::Principal;
-pub use source::MAX_DOCUMENT_BYTES;
+pub use source::{MAX_DOCUMENT_BYTES, key_material_issuer_allowed};
 pub use tickets::{StreamTickets, TICKET_CAPACITY};
 
 #[cfg(test)]
