@@ -173,6 +173,9 @@ pub struct AuthConfig {
     /// Lifetime of a one-time SSE stream ticket.
     #[serde(with = "humantime_serde")]
     pub stream_ticket_ttl: Duration,
+    /// Outstanding (issued, not yet redeemed) stream tickets per user (`sub`); issuing one
+    /// more invalidates that user's oldest, so no user can push others' tickets out.
+    pub max_stream_tickets_per_user: usize,
     /// How long a stream may outlive the expiry of the token that opened it.
     #[serde(with = "humantime_serde")]
     pub stream_token_grace: Duration,
@@ -198,6 +201,7 @@ impl Default for AuthConfig {
             jwks_refresh_interval: Duration::from_secs(15 * 60),
             jwks_fetch_timeout: Duration::from_secs(10),
             stream_ticket_ttl: Duration::from_secs(30),
+            max_stream_tickets_per_user: 32,
             stream_token_grace: Duration::from_secs(5 * 60),
         }
     }
@@ -632,6 +636,9 @@ impl Config {
         if auth.stream_ticket_ttl.is_zero() || auth.stream_ticket_ttl > Duration::from_secs(300) {
             problem("auth.stream_ticket_ttl", "must be between 1s and 5m".to_owned());
         }
+        if auth.max_stream_tickets_per_user == 0 || auth.max_stream_tickets_per_user > 1_000 {
+            problem("auth.max_stream_tickets_per_user", "must be between 1 and 1000".to_owned());
+        }
 
         if self.namespaces.allowed.is_empty() {
             problem("namespaces.allowed", "is required: list the namespaces KubeLens may show".to_owned());
@@ -794,6 +801,7 @@ namespaces:
         assert_eq!(config.auth.algorithms, vec!["RS256"]);
         assert_eq!(config.session.max_bytes, 65536);
         assert_eq!(config.auth.issuer(), "https://sso.example.com/realms/main");
+        assert_eq!(config.auth.max_stream_tickets_per_user, crate::auth::DEFAULT_TICKETS_PER_USER);
     }
 
     #[test]
