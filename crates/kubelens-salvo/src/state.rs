@@ -57,7 +57,7 @@ impl AppState {
             AccessPolicy::deny_all()
         });
         let auth = Authenticator::without_keys(&config.auth);
-        let tickets = StreamTickets::new(config.auth.stream_ticket_ttl);
+        let tickets = StreamTickets::new(config.auth.stream_ticket_ttl, config.auth.max_stream_tickets_per_user);
         let admission = kubelens_core::logs::admission::StreamAdmission::from_config(&config.logs);
         Self {
             admission,

@@ -27,8 +27,8 @@ pub use authenticator::{
 pub use error::{AuthError, AuthFailureKind, KeySourceError};
 pub use groups::GroupPolicy;
 pub use principal::Principal;
-pub use source::MAX_DOCUMENT_BYTES;
-pub use tickets::{StreamTickets, TICKET_CAPACITY};
+pub use source::{MAX_DOCUMENT_BYTES, key_material_issuer_allowed};
+pub use tickets::{DEFAULT_TICKETS_PER_USER, StreamTickets, TICKET_CAPACITY};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
