@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# A newcomer's demo: start the testenv (real kube-apiserver + KWOK + Keycloak), run kubelens on
-# the embedded default storage (sqlite) against it with the backend's ServiceAccount, keep the
-# seeded app `team-a/web` logging, and print a ready-to-paste `curl -N` with a real Keycloak
-# token that live-tails the app's merged logs.
+# The README's first command (`make run`): installs what it needs (testenv/ci-prereqs, the
+# cached testenv binaries and Keycloak), starts the testenv (real kube-apiserver + KWOK +
+# Keycloak), runs kubelens on the embedded default storage (sqlite) against it with the
+# backend's ServiceAccount (the Helm chart's RBAC), keeps every seeded app's pods logging, and
+# prints the URL, the sign-in users and a ready-to-paste `curl -N` with a real Keycloak token.
+# The web console is served too once web/ exists (another branch; not yet).
 #
-#   scripts/demo.sh            (or: make demo)      Ctrl-C stops everything it started.
+#   make run   (= scripts/demo.sh; make demo is the same)   Ctrl-C stops everything it started.
+#   KUBELENS_DEMO_SKIP_PREREQS=1 skips the prerequisite step (already done).
 #
 # Environment: DEMO_DIR (default target/demo), DEMO_PORT (default: a free port),
 # DEMO_RATE (lines/s per pod, default 2), KUBELENS_RELEASE=1 to build in release mode.
@@ -18,6 +21,7 @@ mkdir -p "$DEMO_DIR"
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+T0=$SECONDS
 PIDS=()
 STARTED_TESTENV=0
 cleanup() {
@@ -30,7 +34,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# 0. Prerequisites: Debian packages and checks, the cached testenv binaries (+ helm) and
+#    Keycloak (idempotent; seconds when warm, ~15 min the first time).
+if [ "${KUBELENS_DEMO_SKIP_PREREQS:-0}" != 1 ]; then
+    say "[1/5] prerequisites (testenv/ci-prereqs + testenv/build; cached after the first run)"
+    "$ROOT/testenv/ci-prereqs" >&2
+    "$ROOT/testenv/build" --no-metrics >/dev/null
+fi
+
 # 1. testenv (reused when one is already running in $TESTENV_DIR).
+say "[2/5] testenv"
 if [ -f "$TESTENV_DIR/env" ] && \
    curl -sfk "$(grep '^TESTENV_APISERVER_URL=' "$TESTENV_DIR/env" | cut -d= -f2-)/readyz" \
         -H "Authorization: Bearer $(grep '^TESTENV_ADMIN_TOKEN=' "$TESTENV_DIR/env" | cut -d= -f2-)" >/dev/null 2>&1; then
@@ -48,8 +61,8 @@ set +a
 # 2. kubelens: sqlite storage, the ServiceAccount's kubeconfig, Keycloak of the testenv.
 PROFILE_FLAG=""; PROFILE_DIR=debug
 if [ "${KUBELENS_RELEASE:-0}" = 1 ]; then PROFILE_FLAG="--release"; PROFILE_DIR=release; fi
-say "building kubelens ($PROFILE_DIR)"
-(cd "$ROOT" && cargo build -q $PROFILE_FLAG -p kubelens-salvo --bin kubelens)
+say "[3/5] building kubelens ($PROFILE_DIR; first build several minutes, then seconds)"
+(cd "$ROOT" && cargo build $PROFILE_FLAG -p kubelens-salvo --bin kubelens)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/$PROFILE_DIR/kubelens"
 
@@ -89,7 +102,7 @@ storage:
   sqlite:
     path: $DEMO_DIR/kubelens.db
 EOF
-say "starting kubelens on 127.0.0.1:$PORT (log: $DEMO_DIR/kubelens.log)"
+say "[4/5] starting kubelens on 127.0.0.1:$PORT (log: $DEMO_DIR/kubelens.log)"
 KUBELENS_LOG_FORMAT=pretty "$BIN" --config "$DEMO_DIR/config.yaml" >"$DEMO_DIR/kubelens.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 120); do
@@ -99,12 +112,17 @@ for _ in $(seq 1 120); do
 done
 curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || say "warning: /readyz is not 200 yet (see $DEMO_DIR/kubelens.log)"
 
-# 3. Keep the seeded app team-a/web logging (one generator per pod).
-for pod in $(kubectl --kubeconfig "$TESTENV_KUBECONFIG" -n team-a get pods -l app=web -o name | sed 's|pod/||'); do
-    "$TESTENV_LOGGEN" --file "$TESTENV_LOG_DIR/team-a/$pod/app.log" --count 0 --rate "$RATE" \
-        --src "$pod" --start-seq 1000 --quiet &
+# 3. Keep every seeded pod's containers logging (one generator per container log file that
+#    the seeding wrote, except previous-instance files), $RATE lines/s each.
+say "[5/5] keeping the seeded apps logging ($RATE lines/s per container)"
+GENERATORS=0
+while IFS= read -r file; do
+    rel="${file#"$TESTENV_LOG_DIR"/}"   # <ns>/<pod>/<container>.log
+    "$TESTENV_LOGGEN" --file "$file" --count 0 --rate "$RATE" \
+        --src "${rel%.log}" --start-seq 1000 --quiet &
     PIDS+=($!)
-done
+    GENERATORS=$((GENERATORS + 1))
+done < <(find "$TESTENV_LOG_DIR" -name '*.log' ! -name '*.previous.log' | sort)
 
 # 4. A real token (user viewer, group /k8s-logs-access) and the command.
 token() {
@@ -116,8 +134,16 @@ token() {
 TOKEN="$(token)"
 cat <<EOF
 
-  KubeLens is running on http://127.0.0.1:$PORT (storage: sqlite $DEMO_DIR/kubelens.db).
-  The seeded app team-a/web (3 pods) is logging $RATE lines/s per pod. Paste:
+  KubeLens is running on http://127.0.0.1:$PORT (storage: sqlite $DEMO_DIR/kubelens.db),
+  ready $((SECONDS - T0)) s after the start. API: http://127.0.0.1:$PORT/api/v1/openapi.json
+  (web console: not yet in this repository). $GENERATORS seeded containers log $RATE lines/s.
+
+  Keycloak $TESTENV_KEYCLOAK_URL, realm ${TESTENV_REALM:-kubelens}; sign-in users (user / password):
+    viewer  / viewer-pw    group /k8s-logs-access: reads team-a and team-b
+    admin   / admin-pw     also /k8s-admin-access: sees secret values unmasked
+    nogroup / nogroup-pw   no group: refused (403)
+
+  Live-tail the app team-a/web (3 pods) as viewer, paste:
 
 curl -N -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/namespaces/team-a/apps/web/logs?tailLines=5"
 

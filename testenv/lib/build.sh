@@ -2,7 +2,7 @@
 # Build (once, cached by version) the Go binaries and fetch Keycloak.
 # Source after common.sh. Entry points: ensure_binaries, ensure_keycloak.
 
-GO_BINARIES="kube-apiserver etcd kwok metrics-server loggen"
+GO_BINARIES="kube-apiserver etcd kwok metrics-server loggen helm"
 
 # What each binary is built from, and how long a cold build usually takes here
 # (2 cores; measured, see README).
@@ -14,6 +14,7 @@ _pkg_of() {
         kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
         metrics-server) echo "sigs.k8s.io/metrics-server/cmd/metrics-server" ;;
         loggen) echo "./cmd/loggen" ;;
+        helm) echo "helm.sh/helm/v3/cmd/helm" ;;
     esac
 }
 _eta_of() {
@@ -24,6 +25,7 @@ _eta_of() {
         kwok) echo "usually 1.5-3 min cold" ;;
         metrics-server) echo "usually 5-6 min cold, only built for --metrics" ;;
         loggen) echo "seconds" ;;
+        helm) echo "usually 3-6 min cold (own module graph, incl. downloads)" ;;
     esac
 }
 _version_of() {
@@ -33,6 +35,7 @@ _version_of() {
         kwok) echo "$KWOK_VERSION" ;;
         metrics-server) echo "$METRICS_SERVER_VERSION" ;;
         loggen) echo "local" ;;
+        helm) echo "$HELM_VERSION" ;;
     esac
 }
 
@@ -44,11 +47,13 @@ _stamp_of() {
     case "$name" in
         kwok) echo "kwok-$KWOK_VERSION"; return ;;
         metrics-server) echo "metrics-server-$METRICS_SERVER_VERSION"; return ;;
+        helm) echo "helm-$HELM_VERSION"; return ;;
         etcd) extra="$TESTENV_HOME/cmd/etcd/main.go" ;;
         loggen) extra="$TESTENV_HOME/cmd/loggen/main.go" ;;
     esac
     # shellcheck disable=SC2086
-    cat "$TESTENV_HOME/versions.env" "$TESTENV_HOME/go.mod" "$TESTENV_HOME/go.sum" $extra \
+    # (HELM_VERSION has its own stamp above: a helm bump must not rebuild the control plane.)
+    cat <(grep -v '^HELM_VERSION=' "$TESTENV_HOME/versions.env") "$TESTENV_HOME/go.mod" "$TESTENV_HOME/go.sum" $extra \
         | sha256sum | cut -c1-16
 }
 
@@ -60,8 +65,25 @@ _ldflags_of() {
             echo "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=${v%%.*} -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
             ;;
         etcd) echo "-s -w" ;;
+        helm)
+            # What helm's own Makefile stamps: its version (`helm version`) and the Kubernetes
+            # version it assumes for `helm template` (.Capabilities.KubeVersion) = its client-go.
+            local kmin
+            kmin="$(_helm_client_go_minor)"
+            echo "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean${kmin:+ -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kmin}"
+            ;;
         *) echo "-s -w" ;;
     esac
+}
+
+# The minor version of the k8s.io/client-go that helm $HELM_VERSION requires (v0.34.x -> 34).
+_helm_client_go_minor() {
+    local go gomod
+    go="$(find_go)" || return 0
+    gomod="$(cd / && GOFLAGS= "$go" mod download -json "helm.sh/helm/v3@$HELM_VERSION" 2>/dev/null \
+        | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
+    [ -f "$gomod" ] || return 0
+    sed -n 's/^[[:space:]]*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$gomod" | head -1
 }
 
 _check_gomod_pins() {
@@ -116,7 +138,7 @@ _build_one() {
         cd "$TESTENV_HOME"
         export GOTOOLCHAIN=local
         case "$name" in
-            kwok|metrics-server)
+            kwok|metrics-server|helm)
                 export GOFLAGS="-trimpath" GOBIN="$tmp.d"
                 "$go" install -p 2 -ldflags "$(_ldflags_of "$name")" "$(_pkg_of "$name")@$(_version_of "$name")"
                 mv "$tmp.d/$name" "$tmp" && rmdir "$tmp.d"

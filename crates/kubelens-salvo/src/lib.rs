@@ -52,11 +52,15 @@ pub fn router(state: AppState) -> Router {
     router
 }
 
-/// The router of the separate metrics listener (`server.metrics_listen`).
+/// The router of the separate metrics listener (`server.metrics_listen`): `/metrics`, and
+/// `/healthz` + `/readyz` too, so the kubelet can probe a sidecar whose API listener is bound
+/// to 127.0.0.1 (deploy/helm: `sidecar.enabled`).
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .hoop(affix_state::inject(state))
         .push(Router::with_path("metrics").get(metrics::metrics))
+        .push(Router::with_path("healthz").get(health::healthz))
+        .push(Router::with_path("readyz").get(health::readyz))
 }
 
 /// The service: router, request metrics (service-level, so unmatched requests count too)

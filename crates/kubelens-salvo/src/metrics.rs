@@ -28,10 +28,21 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) {
         state.metrics.kube_api_requests.set(cluster.api_requests().total);
         state.metrics.set_cache_synced("all", cluster.is_synced());
     }
-    let body = state.metrics.render_prometheus();
+    let mut body = state.metrics.render_prometheus();
+    body.push_str(&build_info());
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     res.render(body);
+}
+
+/// `kubelens_build_info{version,rust_version} 1`: which build a replica runs (the labels are
+/// compile-time constants, so the cardinality is one).
+pub fn build_info() -> String {
+    format!(
+        "# HELP kubelens_build_info The running kubelens build (always 1).\n# TYPE kubelens_build_info gauge\nkubelens_build_info{{version=\"{}\",rust_version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_RUST_VERSION"),
+    )
 }
 
 /// Counts every response by matched route pattern (never the raw path: bounded
@@ -90,6 +101,18 @@ mod tests {
         assert!(text.contains("kubelens_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 3"), "{text}");
         assert!(text.contains("route=\"unmatched\",method=\"GET\",status=\"404\"} 1"), "{text}");
         assert!(!text.contains("no/such/path"), "raw paths must never become labels: {text}");
+        let build_info = format!("kubelens_build_info{{version=\"{}\",rust_version=\"", env!("CARGO_PKG_VERSION"));
+        assert!(text.lines().any(|l| l.starts_with(&build_info) && l.ends_with("} 1")), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_metrics_listener_also_answers_the_probes() {
+        let state = AppState::new(Config::default(), Readiness::new());
+        let service = salvo::Service::new(crate::metrics_router(state));
+        for (path, status) in [("/metrics", 200), ("/healthz", 200), ("/readyz", 200), ("/api/v1/me", 404)] {
+            let res = TestClient::get(format!("http://localhost{path}")).send(&service).await;
+            assert_eq!(res.status_code.map(|s| s.as_u16()), Some(status), "{path}");
+        }
     }
 
     #[tokio::test]

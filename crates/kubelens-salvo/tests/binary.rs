@@ -197,6 +197,27 @@ fn serves_healthz_reports_unready_without_a_cluster_and_stops_on_sigterm() {
 }
 
 #[test]
+fn version_flag_prints_the_crate_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(kubelens(dir.path()).arg("--version"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("kubelens {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn metrics_carry_the_build_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let body = server.wait_for("/metrics", 200);
+    let want = format!(
+        "kubelens_build_info{{version=\"{}\",rust_version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_RUST_VERSION")
+    );
+    assert!(body.lines().any(|l| l == want), "{want} missing:\n{body}");
+}
+
+#[test]
 fn readiness_sees_a_cluster_configuration_from_kubeconfig() {
     let dir = tempfile::tempdir().unwrap();
     // A syntactically valid kubeconfig: the client configuration is obtainable. Whether the

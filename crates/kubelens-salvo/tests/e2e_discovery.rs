@@ -1,6 +1,6 @@
 //! Discovery against the real testenv: a kube-apiserver with seeded workloads, the backend
 //! running as ServiceAccount `kubelens/kubelens` with exactly the RBAC of
-//! `deploy/kustomize/base/rbac.yaml`, and viewer tokens from the real Keycloak.
+//! `deploy/helm/kubelens/templates/rbac.yaml` (as testenv renders it), and viewer tokens from the real Keycloak.
 //!
 //! Run: `testenv/run -- cargo test -p kubelens-salvo --test e2e_discovery`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

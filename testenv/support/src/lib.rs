@@ -53,7 +53,7 @@ pub struct TestEnv {
     pub apiserver_ca: PathBuf,
     /// `system:masters` bearer token (`TESTENV_ADMIN_TOKEN`).
     pub admin_token: String,
-    /// Token of ServiceAccount `kubelens/kubelens`, bound to `deploy/kustomize/base/rbac.yaml`.
+    /// Token of ServiceAccount `kubelens/kubelens`, bound by the RBAC rendered from `deploy/helm/kubelens`.
     pub sa_token: String,
     /// `kubelens`.
     pub sa_namespace: String,
@@ -369,7 +369,7 @@ impl TestEnv {
     }
 
     /// A `kubectl` command authenticated as the backend's ServiceAccount (RBAC of
-    /// `deploy/kustomize/base/rbac.yaml`).
+    /// `deploy/helm/kubelens/templates/rbac.yaml`).
     pub fn kubectl_sa_cmd(&self) -> Command {
         let mut c = Command::new(&self.kubectl);
         c.arg("--server")

@@ -1,6 +1,6 @@
 //! Shared by the discovery e2e tests: a real backend (the kubelens router served on
 //! 127.0.0.1) whose Kubernetes client authenticates as the testenv ServiceAccount bound only
-//! by `deploy/kustomize/base/rbac.yaml`, and whose auth hoop validates real Keycloak tokens.
+//! by the Helm chart's RBAC (`deploy/helm/kubelens/templates/rbac.yaml`), and whose auth hoop validates real Keycloak tokens.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
