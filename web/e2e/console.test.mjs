@@ -3,13 +3,14 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { appendLines, browser, shots, signIn, startKubelens, testenv, waitFor } from './harness.mjs';
+import { allowWebOrigins, appendLines, browser, shots, signIn, startKubelens, testenv, waitFor } from './harness.mjs';
 
 let env, server, chrome;
 
 before(async () => {
   env = testenv();
   server = await startKubelens(env);
+  await allowWebOrigins(env, [server.base]);
   chrome = await browser();
   fs.mkdirSync(shots, { recursive: true });
 });
@@ -69,7 +70,7 @@ test('an app log merges its pods with a colour per pod', async () => {
   const ctx = await chrome.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   await signIn(page, server.base, 'viewer', pw('viewer'));
-  await page.waitForSelector('#namespaces a');
+  await page.waitForSelector('#user:text("' + 'viewer' + '")');
   await page.goto(`${server.base}/#/ns/team-a/app/db?kind=StatefulSet`);
   await page.waitForSelector('#stream-state.live', { timeout: 30_000 });
   const marker = `app-e2e-${Date.now()}`;
@@ -96,7 +97,7 @@ test('the inspector masks secrets for viewer and shows them to admin', async () 
     const ctx = await chrome.newContext({ viewport: { width: 1280, height: 800 } });
     const page = await ctx.newPage();
     await signIn(page, server.base, user, pw(user));
-    await page.waitForSelector('#namespaces a');
+    await page.waitForSelector(`#user:text("${user}")`);
     await page.goto(`${server.base}/#/ns/team-a/inspect/${pod}`);
     await page.waitForSelector('#env tr');
     const text = await page.$eval('#env', (t) => t.textContent);

@@ -107,3 +107,20 @@ export function appendLines(file, texts) {
   const body = texts.map((t, i) => `${new Date(now + i).toISOString().replace('Z', '000000Z')} stdout F ${t}\n`).join('');
   fs.appendFileSync(file, body);
 }
+
+/**
+ * Adds `origins` to the web origins of the console's Keycloak client through the admin REST
+ * API, so Keycloak answers the console's token requests (code exchange, refresh) with CORS
+ * headers. testenv's realm allows any redirect URI, but its `+` web origin derives nothing
+ * from a `*` redirect URI, and the console's port is picked at random per run.
+ */
+export async function allowWebOrigins(env, origins) {
+  const kc = env.TESTENV_KEYCLOAK_URL;
+  const form = new URLSearchParams({ grant_type: 'password', client_id: 'admin-cli', username: env.TESTENV_KEYCLOAK_ADMIN_USER, password: env.TESTENV_KEYCLOAK_ADMIN_PASSWORD });
+  const { access_token: token } = await (await fetch(`${kc}/realms/master/protocol/openid-connect/token`, { method: 'POST', body: form })).json();
+  const auth = { Authorization: `Bearer ${token}` };
+  const [client] = await (await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients?clientId=${env.TESTENV_WEB_CLIENT_ID}`, { headers: auth })).json();
+  client.webOrigins = [...new Set([...(client.webOrigins ?? []), ...origins])];
+  const res = await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients/${client.id}`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(client) });
+  if (!res.ok) throw new Error(`Keycloak admin API: ${res.status}`);
+}

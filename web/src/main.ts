@@ -269,6 +269,8 @@ async function logs(ns: string, kind: 'pod' | 'app', name: string, query: URLSea
     return q;
   };
   const path = `/api/v1/namespaces/${ns}/${kind === 'pod' ? 'pods' : 'apps'}/${name}/logs`;
+  // Read-only view of the kept lines for the browser tests (the DOM holds only visible rows).
+  (window as unknown as { kubelensLines: () => { dropped: number; lines: string[] } }).kubelensLines = () => ({ dropped: buf.dropped, lines: buf.all().map((l) => l.line) });
   const restart = () => {
     stream?.stop();
     buf.clear(); unseen = 0; badge.hidden = true; hl = regex(); rerender();
