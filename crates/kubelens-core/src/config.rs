@@ -110,6 +110,12 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Largest request body accepted on any endpoint, in bytes.
     pub max_body_bytes: usize,
+    /// Directory holding the built web console (`web/dist`: `index.html` + `assets/`),
+    /// served at `/`. `null` serves no console (the API alone).
+    pub web_root: Option<String>,
+    /// Keycloak public client the console signs in with (authorization code + PKCE). Handed
+    /// to the browser by `GET /console-config.json`; its tokens must pass the audience rule.
+    pub web_client_id: String,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +126,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             cors_allowed_origins: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            web_root: None,
+            web_client_id: "kubelens-web".to_owned(),
         }
     }
 }
@@ -573,6 +581,10 @@ impl Config {
         let mut problem = |key: &str, message: String| {
             problems.push(ConfigProblem { key: key.to_owned(), message });
         };
+
+        if self.server.web_client_id.trim().is_empty() {
+            problem("server.web_client_id", "must not be empty".to_owned());
+        }
 
         let auth = &mut self.auth;
         if auth.keycloak_url.trim().is_empty() {

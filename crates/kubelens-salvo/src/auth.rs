@@ -2,8 +2,9 @@
 //! auth endpoints (`GET /api/v1/me`, `POST /api/v1/stream-tickets`).
 //!
 //! Credentials: `Authorization: Bearer <access token>` everywhere; `?ticket=<one-time ticket>`
-//! additionally on the SSE log routes only ([`accepts_ticket`]), because a browser
-//! `EventSource` cannot set headers. A ticket on any other route is ignored (→ 401), so a
+//! or the stream-credential cookie ([`crate::stream_credential`]) additionally on the SSE
+//! routes only ([`accepts_ticket`]), because a browser `EventSource` cannot set headers.
+//! A ticket or cookie on any other route is ignored (→ 401), so a
 //! leaked ticket cannot be replayed against JSON endpoints. Failures: 401 with
 //! `WWW-Authenticate: Bearer` for missing/invalid credentials, 403 for a valid token without
 //! an allowed group, 503 while no signing keys were ever loaded.
@@ -81,12 +82,14 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
     };
     let result = match bearer_token(req) {
         Ok(Some(token)) => state.auth.authenticate(token).await,
-        Ok(None) => match req.query::<String>(TICKET_PARAM) {
-            Some(ticket) if accepts_ticket(req.method(), req.uri().path()) => {
-                state.tickets.redeem(&ticket).ok_or(AuthError::Ticket)
+        Ok(None) if accepts_ticket(req.method(), req.uri().path()) => {
+            match (req.query::<String>(TICKET_PARAM), crate::stream_credential::request_credential(req)) {
+                (Some(ticket), _) => state.tickets.redeem(&ticket).ok_or(AuthError::Ticket),
+                (None, Some(credential)) => state.stream_credentials.resolve(credential).ok_or(AuthError::Ticket),
+                (None, None) => Err(AuthError::Missing),
             }
-            _ => Err(AuthError::Missing),
-        },
+        }
+        Ok(None) => Err(AuthError::Missing),
         Err(err) => Err(err),
     };
     match result {

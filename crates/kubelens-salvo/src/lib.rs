@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod console;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -17,6 +18,7 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod state;
+pub mod stream_credential;
 
 use salvo::catcher::Catcher;
 use salvo::prelude::*;
@@ -28,18 +30,21 @@ pub use state::AppState;
 /// it to its own listener ([`metrics_router`]).
 pub fn router(state: AppState) -> Router {
     let metrics_here = state.config.server.metrics_listen.is_none();
+    let console_here = state.config.server.web_root.is_some();
     let mut router = Router::new()
         .hoop(affix_state::inject(state))
         .push(Router::with_path("healthz").get(health::healthz))
         .push(Router::with_path("readyz").get(health::readyz))
         // Documentation needs no token: mounted before the authenticated api/v1 tree.
         .push(Router::with_path("api/v1/openapi.json").get(openapi::openapi_json))
+        .push(console::config_route())
         // Every /api/v1 route is behind the auth hoop; handlers get the caller through
         // `auth::principal(depot)`.
         .push(
             Router::with_path("api/v1")
                 .hoop(auth::authenticate)
                 .push(auth::routes())
+                .push(stream_credential::routes())
                 .push(discovery::routes())
                 .push(inspect::routes())
                 .append(&mut logs::routes())
@@ -48,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         );
     if metrics_here {
         router = router.push(Router::with_path("metrics").get(metrics::metrics));
+    }
+    if console_here {
+        // Last: the catch-all only answers what no other route matched.
+        router = router.push(console::files_route());
     }
     router
 }

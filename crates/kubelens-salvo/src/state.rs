@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kubelens_core::auth::{Authenticator, StreamTickets};
+use kubelens_core::auth::{Authenticator, StreamCredentials, StreamTickets};
 use kubelens_core::cluster::Cluster;
 use kubelens_core::inspect::{PodEventsReader, PodMetricsReader};
 use kubelens_core::policy::AccessPolicy;
@@ -30,6 +30,9 @@ pub struct AppState {
     pub auth: Authenticator,
     /// One-time tickets for SSE streams opened by browsers.
     pub tickets: StreamTickets,
+    /// Reusable stream credentials (the `kubelens_stream` cookie) that survive a browser's
+    /// native `EventSource` reconnect.
+    pub stream_credentials: StreamCredentials,
     /// Namespace allowlist and pod/app filters; every endpoint checks it first.
     pub policy: Arc<AccessPolicy>,
     /// Kubernetes client and watch-fed caches; `None` until [`AppState::with_cluster`]
@@ -73,6 +76,7 @@ impl AppState {
             storage: None,
             auth,
             tickets,
+            stream_credentials: StreamCredentials::new(),
             retention: None,
         }
     }

@@ -17,6 +17,7 @@ mod groups;
 mod keys;
 mod principal;
 mod source;
+mod stream_credentials;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod tickets;
@@ -28,6 +29,9 @@ pub use error::{AuthError, AuthFailureKind, KeySourceError};
 pub use groups::GroupPolicy;
 pub use principal::Principal;
 pub use source::{MAX_DOCUMENT_BYTES, key_material_issuer_allowed};
+pub use stream_credentials::{
+    IssuedStreamCredential, STREAM_CREDENTIAL_CAPACITY, STREAM_CREDENTIAL_MAX_LIFETIME, StreamCredentials,
+};
 pub use tickets::{DEFAULT_TICKETS_PER_USER, StreamTickets, TICKET_CAPACITY};
 
 #[cfg(test)]

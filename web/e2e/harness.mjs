@@ -1,0 +1,126 @@
+// Starts the real kubelens binary against the running testenv (testenv/run exports the
+// TESTENV_* variables) with the built console (web/dist), and a system Chromium through
+// playwright-core (never a downloaded browser).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repo = path.resolve(here, '../..');
+export const shots = path.join(repo, 'docs/console');
+
+export function testenv() {
+  const file = process.env.KUBELENS_TESTENV_ENV ?? (process.env.TESTENV_DIR ? path.join(process.env.TESTENV_DIR, 'env') : path.join(repo, 'target/testenv/env'));
+  if (!fs.existsSync(file)) throw new Error(`testenv not running (no ${file}): run testenv/run -- npm --prefix web run e2e`);
+  const env = {};
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return env;
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+    s.on('error', reject);
+  });
+}
+
+/** Polls `check` until it returns a truthy value or `ms` pass. */
+export async function waitFor(what, check, ms = 60_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try { const v = await check(); if (v) return v; } catch (e) { last = e; }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
+}
+
+export async function startKubelens(env, extra = '') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubelens-web-e2e-'));
+  const kubeconfig = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(kubeconfig, `apiVersion: v1
+kind: Config
+clusters: [{name: testenv, cluster: {server: "${env.TESTENV_APISERVER_URL}", certificate-authority: "${env.TESTENV_APISERVER_CA}"}}]
+users: [{name: sa, user: {token: "${env.TESTENV_SA_TOKEN}"}}]
+contexts: [{name: sa, context: {cluster: testenv, user: sa}}]
+current-context: sa
+`);
+  const port = await freePort();
+  const config = path.join(dir, 'config.yaml');
+  fs.writeFileSync(config, `server:
+  listen: 127.0.0.1:${port}
+  shutdown_grace: 2s
+  web_root: ${path.join(repo, 'web/dist')}
+  web_client_id: ${env.TESTENV_WEB_CLIENT_ID}
+auth:
+  keycloak_url: ${env.TESTENV_KEYCLOAK_URL}
+  realm: ${env.TESTENV_REALM}
+  client_id: ${env.TESTENV_BACKEND_CLIENT_ID}
+  trusted_clients: [${env.TESTENV_WEB_CLIENT_ID}]
+  allowed_groups: [k8s-logs-access]
+  admin_group: k8s-admin-access
+kubernetes:
+  kubeconfig: ${kubeconfig}
+namespaces:
+  allowed: [team-a, team-b]
+filters:
+  exclude_labels:
+    kubelens.io/hide: "true"
+storage:
+  backend: memory
+${extra}`);
+  const bin = process.env.KUBELENS_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(repo, 'target'), 'debug/kubelens');
+  const log = fs.openSync(path.join(dir, 'kubelens.log'), 'w');
+  const child = spawn(bin, ['--config', config, '--log-format', 'json'], { stdio: ['ignore', log, log] });
+  const base = `http://127.0.0.1:${port}`;
+  await waitFor('kubelens /readyz', async () => (await fetch(`${base}/readyz`)).ok, 90_000);
+  return { base, dir, port, stop: () => child.kill('SIGTERM'), logFile: path.join(dir, 'kubelens.log') };
+}
+
+export async function browser() {
+  const args = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+  // launch() always starts Chromium on a fresh temporary user-data-dir (it refuses one given
+  // in args); each test also uses its own browser.newContext() (fresh cookies and storage).
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args, headless: true });
+}
+
+/** Signs in through Keycloak's real login page. */
+export async function signIn(page, base, user, password) {
+  await page.goto(`${base}/`);
+  await page.waitForSelector('#username', { timeout: 60_000 });
+  await page.fill('#username', user);
+  await page.fill('#password', password);
+  await page.click('#kc-login');
+}
+
+/** Appends CRI lines (current timestamps) to a KWOK-served log file. */
+export function appendLines(file, texts) {
+  const now = Date.now();
+  const body = texts.map((t, i) => `${new Date(now + i).toISOString().replace('Z', '000000Z')} stdout F ${t}\n`).join('');
+  fs.appendFileSync(file, body);
+}
+
+/**
+ * Adds `origins` to the web origins of the console's Keycloak client through the admin REST
+ * API, so Keycloak answers the console's token requests (code exchange, refresh) with CORS
+ * headers. testenv's realm allows any redirect URI, but its `+` web origin derives nothing
+ * from a `*` redirect URI, and the console's port is picked at random per run.
+ */
+export async function allowWebOrigins(env, origins) {
+  const kc = env.TESTENV_KEYCLOAK_URL;
+  const form = new URLSearchParams({ grant_type: 'password', client_id: 'admin-cli', username: env.TESTENV_KEYCLOAK_ADMIN_USER, password: env.TESTENV_KEYCLOAK_ADMIN_PASSWORD });
+  const { access_token: token } = await (await fetch(`${kc}/realms/master/protocol/openid-connect/token`, { method: 'POST', body: form })).json();
+  const auth = { Authorization: `Bearer ${token}` };
+  const [client] = await (await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients?clientId=${env.TESTENV_WEB_CLIENT_ID}`, { headers: auth })).json();
+  client.webOrigins = [...new Set([...(client.webOrigins ?? []), ...origins])];
+  const res = await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients/${client.id}`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(client) });
+  if (!res.ok) throw new Error(`Keycloak admin API: ${res.status}`);
+}

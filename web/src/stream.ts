@@ -1,0 +1,90 @@
+// One SSE stream with the browser's native EventSource. The stream-credential cookie makes
+// its own reconnects (same URL + Last-Event-ID) authenticate, so a cut connection resumes
+// with no gap and no duplicate and without any script action. Only when the browser gives
+// up (a non-200 answer, e.g. 401 after the cookie expired) do we renew the cookie and open a
+// new EventSource from the last id (lastEventId query parameter).
+import { renewStreamCredential } from './api';
+import type { LogLine } from './lines';
+
+export type StreamState = 'connecting' | 'live' | 'reconnecting' | 'ended';
+
+export interface StreamHandlers {
+  onLines(lines: LogLine[]): void;
+  onState(state: StreamState, reason: string): void;
+  onEvent?(type: string, data: unknown): void;
+}
+
+/** Reasons after which the server-side end is final (no reconnect). */
+const RESUMABLE_END = new Set(['token_expired', 'shutdown']);
+
+export class LogStream {
+  private es?: EventSource;
+  private lastId = '';
+  private closed = false;
+  private pending: LogLine[] = [];
+  private flushScheduled = false;
+  private failures = 0;
+
+  constructor(private url: string, private h: StreamHandlers, private events: string[] = []) {}
+
+  open(): void {
+    const u = new URL(this.url, location.origin);
+    if (this.lastId) u.searchParams.set('lastEventId', this.lastId);
+    const es = new EventSource(u.toString());
+    this.es = es;
+    this.h.onState(this.lastId ? 'reconnecting' : 'connecting', '');
+    es.onopen = () => { this.failures = 0; this.h.onState('live', ''); };
+    es.addEventListener('log', (e) => {
+      const m = e as MessageEvent;
+      this.lastId = m.lastEventId || this.lastId;
+      const d = JSON.parse(m.data);
+      this.pending.push({ id: m.lastEventId, ts: d.ts, pod: d.pod, container: d.container, line: d.line, truncated: d.truncated });
+      this.schedule();
+    });
+    es.addEventListener('status', (e) => {
+      const d = JSON.parse((e as MessageEvent).data);
+      if (d.state === 'ended') {
+        if (!RESUMABLE_END.has(d.reason)) { this.flush(); this.stop(); this.h.onState('ended', d.reason ?? ''); }
+        else this.h.onState('reconnecting', d.reason);
+      } else if (d.state === 'reconnecting' || d.state === 'waiting') {
+        this.h.onState('reconnecting', `${d.state}${d.reason ? ': ' + d.reason : ''}`);
+      }
+      this.h.onEvent?.('status', d);
+    });
+    es.addEventListener('lagged', () => this.h.onState('reconnecting', 'lagged'));
+    for (const t of this.events) es.addEventListener(t, (e) => this.h.onEvent?.(t, JSON.parse((e as MessageEvent).data)));
+    es.onerror = () => {
+      if (this.closed) return;
+      if (es.readyState === EventSource.CONNECTING) { this.h.onState('reconnecting', 'connection lost'); return; }
+      // The browser gave up (non-200): renew the cookie, then reopen from the last id.
+      es.close();
+      this.failures++;
+      this.h.onState('reconnecting', 'renewing credential');
+      const delay = Math.min(30_000, 500 * 2 ** Math.min(this.failures, 6));
+      setTimeout(() => {
+        if (this.closed) return;
+        renewStreamCredential().catch(() => undefined).finally(() => { if (!this.closed) this.open(); });
+      }, delay);
+    };
+  }
+
+  private schedule(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // A timer, not requestAnimationFrame: rAF stops in hidden tabs and lines would pile up.
+    setTimeout(() => this.flush(), 30);
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.pending.length === 0) return;
+    const batch = this.pending;
+    this.pending = [];
+    this.h.onLines(batch);
+  }
+
+  stop(): void {
+    this.closed = true;
+    this.es?.close();
+  }
+}
