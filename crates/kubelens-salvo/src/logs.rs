@@ -7,6 +7,7 @@
 //! of the app, joined and left as pods come and go. The contract is documented in
 //! `docs/logs.md`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -603,6 +604,7 @@ impl OneShotBody {
                     self.write_line(&line, &mut out);
                 }
                 Some(UpstreamEvent::Status(status)) if status.state != SourceState::Ended => {}
+                Some(UpstreamEvent::CaughtUp) => {}
                 Some(UpstreamEvent::Status(_)) | None => {
                     self.write_end(false, &mut out);
                     self.done = true;
