@@ -187,7 +187,7 @@ fn rss_bytes() -> usize {
 fn hub_memory(rt: &tokio::runtime::Runtime, viewers: usize) {
     rt.block_on(async {
         let hub = LogHub::new(
-            HubConfig { buffer_lines: 10_000, viewer_queue_lines: 4_096, linger: Duration::ZERO },
+            HubConfig { buffer_lines: 10_000, buffer_bytes: 8 * 1024 * 1024, viewer_queue_lines: 4_096, linger: Duration::ZERO },
             Arc::new(|f| {
                 tokio::spawn(f);
             }),

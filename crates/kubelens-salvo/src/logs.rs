@@ -55,7 +55,8 @@ pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-co
 pub struct LogService {
     /// Opens upstream Kubernetes log streams.
     pub upstream: PodLogUpstream,
-    /// Stream caps.
+    /// The process-wide upstream cap (`try_upstream`). Per-user caps are counted in
+    /// [`AppState::admission`], which every stream kind shares.
     pub admission: StreamAdmission,
     /// Pod and app lookups (visibility applied).
     pub targets: LogTargets,
