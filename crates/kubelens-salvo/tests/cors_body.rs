@@ -1,6 +1,7 @@
 //! `server.cors_allowed_origins` and `server.max_body_bytes` through the real service
 //! (salvo `TestClient`, no network): exact origins only, preflight answered, SSE routes
 //! included, unlisted origins get nothing; oversized bodies 413 on every route.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kubelens_core::{Config, Readiness};
 use kubelens_salvo::AppState;

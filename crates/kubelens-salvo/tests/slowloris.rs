@@ -1,6 +1,7 @@
 //! Slowloris: a real TCP client against the real listener (`kubelens_salvo::server::serve`)
 //! that sends its request head one byte at a time must be cut off once
 //! `server.header_read_timeout` has passed, while a normal request still works.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
