@@ -116,6 +116,17 @@ pub struct ServerConfig {
     /// Keycloak public client the console signs in with (authorization code + PKCE). Handed
     /// to the browser by `GET /console-config.json`; its tokens must pass the audience rule.
     pub web_client_id: String,
+    /// Time a client gets to send a complete HTTP/1 request head; a connection still
+    /// dribbling its headers after this is closed (Slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no read or write for this long is closed. Open SSE streams are
+    /// never idle (keepalive comments every `logs.keepalive_interval`), so this must exceed it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Concurrent connections accepted on the API listener; further ones wait in the
+    /// operating system's backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +139,9 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             web_root: None,
             web_client_id: "kubelens-web".to_owned(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
         }
     }
 }
@@ -761,6 +775,19 @@ impl Config {
         if self.session.max_bytes < 256 {
             problem("session.max_bytes", "must be at least 256".to_owned());
         }
+        let server = &self.server;
+        if server.header_read_timeout < Duration::from_secs(1) || server.header_read_timeout > Duration::from_secs(300) {
+            problem("server.header_read_timeout", "must be between 1s and 5m".to_owned());
+        }
+        if server.idle_timeout <= self.logs.keepalive_interval {
+            problem(
+                "server.idle_timeout",
+                "must exceed logs.keepalive_interval (else idle SSE streams would be cut)".to_owned(),
+            );
+        }
+        if server.max_connections == 0 {
+            problem("server.max_connections", "must be at least 1".to_owned());
+        }
         for (i, origin) in self.server.cors_allowed_origins.iter().enumerate() {
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 problem(
@@ -970,6 +997,14 @@ namespaces:
         for ok in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"] {
             assert!(load(&MINIMAL.replace("https://sso.example.com", ok)).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn listener_timeouts_are_validated() {
+        let found = problems(&format!("{MINIMAL}server:\n  header_read_timeout: 0s\n  idle_timeout: 10s\n  max_connections: 0\n"));
+        assert!(found.iter().any(|p| p.starts_with("server.header_read_timeout")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("server.idle_timeout: must exceed logs.keepalive_interval")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("server.max_connections")), "{found:?}");
     }
 
     #[test]
