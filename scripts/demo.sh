@@ -10,7 +10,7 @@
 #   KUBELENS_DEMO_SKIP_PREREQS=1 skips the prerequisite step (already done).
 #
 # Environment: DEMO_DIR (default target/demo), DEMO_PORT (default: a free port),
-# DEMO_RATE (lines/s per pod, default 2), KUBELENS_RELEASE=1 to build in release mode.
+# DEMO_RATE (lines/s per container, default 2), KUBELENS_RELEASE=1 to build in release mode.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEMO_DIR="${DEMO_DIR:-$ROOT/target/demo}"
