@@ -116,6 +116,17 @@ pub struct ServerConfig {
     /// Keycloak public client the console signs in with (authorization code + PKCE). Handed
     /// to the browser by `GET /console-config.json`; its tokens must pass the audience rule.
     pub web_client_id: String,
+    /// Time a client gets to send a complete HTTP/1 request head; a connection still
+    /// dribbling its headers after this is closed (Slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no read or write for this long is closed. Open SSE streams are
+    /// never idle (keepalive comments every `logs.keepalive_interval`), so this must exceed it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Concurrent connections accepted on the API listener; further ones wait in the
+    /// operating system's backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +139,9 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             web_root: None,
             web_client_id: "kubelens-web".to_owned(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
         }
     }
 }
@@ -136,7 +150,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Base URL of Keycloak, e.g. `https://sso.example.com` (required).
+    /// Base URL of Keycloak, e.g. `https://sso.example.com` (required). Plain `http://` only
+    /// for a Keycloak on loopback (development, tests): signing keys need TLS.
     pub keycloak_url: String,
     /// Realm name (required).
     pub realm: String,
@@ -167,7 +182,7 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp`/`nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
-    /// Minimum time between two JWKS refetches caused by unknown key ids.
+    /// Minimum time between two JWKS refetches caused by unknown key ids (at least `1s`).
     #[serde(with = "humantime_serde")]
     pub jwks_refetch_cooldown: Duration,
     /// Regular JWKS refresh interval.
@@ -180,6 +195,9 @@ pub struct AuthConfig {
     /// Lifetime of a one-time SSE stream ticket.
     #[serde(with = "humantime_serde")]
     pub stream_ticket_ttl: Duration,
+    /// Outstanding (issued, not yet redeemed) stream tickets per user (`sub`); issuing one
+    /// more invalidates that user's oldest, so no user can push others' tickets out.
+    pub max_stream_tickets_per_user: usize,
     /// How long a stream may outlive the expiry of the token that opened it.
     #[serde(with = "humantime_serde")]
     pub stream_token_grace: Duration,
@@ -205,6 +223,7 @@ impl Default for AuthConfig {
             jwks_refresh_interval: Duration::from_secs(15 * 60),
             jwks_fetch_timeout: Duration::from_secs(10),
             stream_ticket_ttl: Duration::from_secs(30),
+            max_stream_tickets_per_user: 32,
             stream_token_grace: Duration::from_secs(5 * 60),
         }
     }
@@ -569,6 +588,11 @@ impl Config {
             problem("auth.keycloak_url", "is required".to_owned());
         } else if !(auth.keycloak_url.starts_with("https://") || auth.keycloak_url.starts_with("http://")) {
             problem("auth.keycloak_url", "must start with http:// or https://".to_owned());
+        } else if !crate::auth::key_material_issuer_allowed(&auth.keycloak_url) {
+            problem(
+                "auth.keycloak_url",
+                "must be https:// (plain http:// only for a Keycloak on loopback: 127.0.0.1, ::1, localhost); signing keys are never fetched without TLS".to_owned(),
+            );
         }
         if auth.realm.trim().is_empty() {
             problem("auth.realm", "is required".to_owned());
@@ -628,11 +652,18 @@ impl Config {
         if auth.jwks_fetch_timeout.is_zero() || auth.jwks_fetch_timeout > Duration::from_secs(60) {
             problem("auth.jwks_fetch_timeout", "must be between 1ms and 60s".to_owned());
         }
+        // A zero cooldown would let every token with a random `kid` trigger a JWKS fetch.
+        if auth.jwks_refetch_cooldown < Duration::from_secs(1) {
+            problem("auth.jwks_refetch_cooldown", "must be at least 1s".to_owned());
+        }
         if auth.jwks_refresh_interval < Duration::from_secs(1) {
             problem("auth.jwks_refresh_interval", "must be at least 1s".to_owned());
         }
         if auth.stream_ticket_ttl.is_zero() || auth.stream_ticket_ttl > Duration::from_secs(300) {
             problem("auth.stream_ticket_ttl", "must be between 1s and 5m".to_owned());
+        }
+        if auth.max_stream_tickets_per_user == 0 || auth.max_stream_tickets_per_user > 1_000 {
+            problem("auth.max_stream_tickets_per_user", "must be between 1 and 1000".to_owned());
         }
 
         if self.namespaces.allowed.is_empty() {
@@ -720,6 +751,19 @@ impl Config {
         if self.session.max_bytes < 256 {
             problem("session.max_bytes", "must be at least 256".to_owned());
         }
+        let server = &self.server;
+        if server.header_read_timeout < Duration::from_secs(1) || server.header_read_timeout > Duration::from_secs(300) {
+            problem("server.header_read_timeout", "must be between 1s and 5m".to_owned());
+        }
+        if server.idle_timeout <= self.logs.keepalive_interval {
+            problem(
+                "server.idle_timeout",
+                "must exceed logs.keepalive_interval (else idle SSE streams would be cut)".to_owned(),
+            );
+        }
+        if server.max_connections == 0 {
+            problem("server.max_connections", "must be at least 1".to_owned());
+        }
         for (i, origin) in self.server.cors_allowed_origins.iter().enumerate() {
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 problem(
@@ -796,6 +840,7 @@ namespaces:
         assert_eq!(config.auth.algorithms, vec!["RS256"]);
         assert_eq!(config.session.max_bytes, 65536);
         assert_eq!(config.auth.issuer(), "https://sso.example.com/realms/main");
+        assert_eq!(config.auth.max_stream_tickets_per_user, crate::auth::DEFAULT_TICKETS_PER_USER);
     }
 
     #[test]
@@ -905,6 +950,37 @@ namespaces:
         .unwrap();
         assert_eq!(config.storage.backend, StorageBackend::Memory);
         assert!(Config::load(MINIMAL, |name| (name == env::STORAGE_BACKEND).then(|| "mysql".to_owned())).is_err());
+    }
+
+    #[test]
+    fn jwks_refetch_cooldown_has_a_lower_bound() {
+        for bad in ["0s", "500ms"] {
+            let text = MINIMAL.replace("realm: main", &format!("realm: main\n  jwks_refetch_cooldown: {bad}"));
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            assert!(found[0].starts_with("auth.jwks_refetch_cooldown: must be at least 1s"), "{bad}: {found:?}");
+        }
+        let text = MINIMAL.replace("realm: main", "realm: main\n  jwks_refetch_cooldown: 1s");
+        assert_eq!(load(&text).unwrap().0.auth.jwks_refetch_cooldown, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn plain_http_keycloak_only_on_loopback() {
+        for bad in ["http://sso.example.com", "http://10.0.0.5:8080", "http://0.0.0.0:8080"] {
+            let found = problems(&MINIMAL.replace("https://sso.example.com", bad));
+            assert!(found[0].starts_with("auth.keycloak_url: must be https://"), "{bad}: {found:?}");
+        }
+        for ok in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"] {
+            assert!(load(&MINIMAL.replace("https://sso.example.com", ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn listener_timeouts_are_validated() {
+        let found = problems(&format!("{MINIMAL}server:\n  header_read_timeout: 0s\n  idle_timeout: 10s\n  max_connections: 0\n"));
+        assert!(found.iter().any(|p| p.starts_with("server.header_read_timeout")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("server.idle_timeout: must exceed logs.keepalive_interval")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("server.max_connections")), "{found:?}");
     }
 
     #[test]

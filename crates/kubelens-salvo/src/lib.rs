@@ -6,7 +6,9 @@
 
 pub mod archive;
 pub mod auth;
+pub mod body_limit;
 pub mod console;
+pub mod cors;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -68,11 +70,16 @@ pub fn metrics_router(state: AppState) -> Router {
         .push(Router::with_path("metrics").get(metrics::metrics))
 }
 
-/// The service: router, request metrics (service-level, so unmatched requests count too)
-/// and the JSON catcher for unmatched routes.
+/// The service: router, request metrics (service-level, so unmatched requests count too),
+/// CORS (service-level, so preflights of every route are answered), the body size limit and
+/// the JSON catcher for unmatched routes.
 pub fn service(state: AppState) -> Service {
-    Service::new(router(state.clone()))
+    let cors = cors::handler(&state.config.server.cors_allowed_origins);
+    let mut service = Service::new(router(state.clone()))
         .hoop(affix_state::inject(state))
-        .hoop(metrics::count_requests)
-        .catcher(Catcher::default().hoop(error::json_catcher))
+        .hoop(metrics::count_requests);
+    if let Some(cors) = cors {
+        service = service.hoop(cors);
+    }
+    service.hoop(body_limit::limit_body).catcher(Catcher::default().hoop(error::json_catcher))
 }

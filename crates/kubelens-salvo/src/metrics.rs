@@ -36,6 +36,10 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) {
 
 /// Counts every response by matched route pattern (never the raw path: bounded
 /// cardinality, no object names), method and status, and times it to the response head.
+///
+/// Every label value is chosen by the server, never by the caller: the route is salvo's
+/// matched route template (`api/v1/namespaces/{ns}/pods`, or `unmatched`), the method one of
+/// [`method_label`]'s fixed set, the status a number the server set.
 #[handler]
 pub async fn count_requests(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
     let started = Instant::now();
@@ -46,8 +50,24 @@ pub async fn count_requests(req: &mut Request, depot: &mut Depot, res: &mut Resp
         path => format!("/{}", path.trim_start_matches('/')),
     };
     let status = res.status_code.unwrap_or(StatusCode::OK);
-    state.metrics.http_requests.inc(&[&route, req.method().as_str(), status.as_str()]);
+    state.metrics.http_requests.inc(&[&route, method_label(req.method()), status.as_str()]);
     state.metrics.http_request_duration.observe(started.elapsed());
+}
+
+/// The `method` label: the methods the API knows, everything else (extension methods any
+/// client can invent, e.g. `curl -X M12345`) as `other`, so callers cannot create series.
+pub fn method_label(method: &salvo::http::Method) -> &'static str {
+    use salvo::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +90,44 @@ mod tests {
         assert!(text.contains("kubelens_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 3"), "{text}");
         assert!(text.contains("route=\"unmatched\",method=\"GET\",status=\"404\"} 1"), "{text}");
         assert!(!text.contains("no/such/path"), "raw paths must never become labels: {text}");
+    }
+
+    #[tokio::test]
+    async fn route_labels_are_route_templates_not_paths() {
+        let state = AppState::new(Config::default(), Readiness::new());
+        let service = crate::service(state.clone());
+        TestClient::get("http://localhost/api/v1/namespaces/secret-team/pods/db-0").send(&service).await;
+        let mut res = TestClient::get("http://localhost/metrics").send(&service).await;
+        let text = res.take_string().await.unwrap();
+        assert!(text.contains("route=\"/api/v1/namespaces/{ns}/pods/{name}\""), "{text}");
+        assert!(!text.contains("secret-team") && !text.contains("db-0"), "{text}");
+    }
+
+    /// A caller chooses the method freely (`curl -X M12345`); each one must not become its
+    /// own series (unbounded memory and `/metrics` size, unauthenticated).
+    #[tokio::test]
+    async fn unknown_methods_share_one_label() {
+        use salvo::http::Method;
+        use salvo::test::RequestBuilder;
+        let state = AppState::new(Config::default(), Readiness::new());
+        let service = crate::service(state.clone());
+        for i in 0..50 {
+            let method = Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+            RequestBuilder::new("http://localhost/healthz", method).send(&service).await;
+        }
+        TestClient::head("http://localhost/healthz").send(&service).await;
+        let mut res = TestClient::get("http://localhost/metrics").send(&service).await;
+        let text = res.take_string().await.unwrap();
+        let series = text.lines().filter(|l| l.starts_with("kubelens_http_requests_total{")).count();
+        assert!(series <= 4, "one series per known method and status, not per caller method: {text}");
+        assert!(!text.contains("method=\"M1\""), "{text}");
+        assert!(text.contains("method=\"other\""), "{text}");
+        assert!(text.contains("method=\"HEAD\""), "{text}");
+        let other: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("kubelens_http_requests_total{") && l.contains("method=\"other\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(other, 50, "{text}");
     }
 }

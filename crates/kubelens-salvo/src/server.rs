@@ -30,7 +30,9 @@ pub async fn serve(
     on_bound(local);
     tracing::info!(address = %local, "listening");
 
-    let server = Server::new(acceptor);
+    let server = Server::new(acceptor)
+        .fuse_config(connection_limits(&state.config.server))
+        .max_connections(state.config.server.max_connections);
     let handle = server.handle();
     if let Some(metrics_addr) = state.config.server.metrics_listen {
         spawn_metrics_listener(state.clone(), metrics_addr).await?;
@@ -52,6 +54,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// Slowloris and idle-connection protection: salvo's fuse bounds the whole HTTP/1 head read
+/// (protocol detection included) by `server.header_read_timeout` and closes connections with
+/// no traffic for `server.idle_timeout` (SSE keepalives count as traffic).
+fn connection_limits(server: &kubelens_core::config::ServerConfig) -> salvo::fuse::FuseConfig {
+    salvo::fuse::FuseConfig::default()
+        .with_http1_header_timeout(server.header_read_timeout)
+        .with_connection_idle_timeout(server.idle_timeout)
+}
+
 /// Serves `/metrics` on its own listener until the process ends (it needs no draining: a
 /// scrape is one short request).
 async fn spawn_metrics_listener(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
@@ -59,7 +70,8 @@ async fn spawn_metrics_listener(state: AppState, addr: SocketAddr) -> std::io::R
     std_listener.set_nonblocking(true)?;
     let acceptor = TcpAcceptor::try_from(tokio::net::TcpListener::from_std(std_listener)?)?;
     tracing::info!(address = %addr, "metrics listening");
-    tokio::spawn(Server::new(acceptor).serve(crate::metrics_router(state)));
+    let server = Server::new(acceptor).fuse_config(connection_limits(&state.config.server));
+    tokio::spawn(server.serve(crate::metrics_router(state)));
     Ok(())
 }
 

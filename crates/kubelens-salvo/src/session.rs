@@ -431,7 +431,7 @@ pub async fn put_session(req: &mut Request, depot: &mut Depot, res: &mut Respons
         }
     }
     let precondition = precondition(req, true)?;
-    let max = state.config.session.max_bytes;
+    let max = state.config.session.max_bytes.min(state.config.server.max_body_bytes);
     let body = read_limited_body(req, max).await?;
     let document = parse_document(&body)?;
     let stored = serde_json::to_vec(&document).map_err(|_| ApiError::internal())?;

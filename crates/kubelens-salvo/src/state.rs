@@ -53,7 +53,7 @@ impl AppState {
             AccessPolicy::deny_all()
         });
         let auth = Authenticator::without_keys(&config.auth);
-        let tickets = StreamTickets::new(config.auth.stream_ticket_ttl);
+        let tickets = StreamTickets::new(config.auth.stream_ticket_ttl, config.auth.max_stream_tickets_per_user);
         Self {
             config: Arc::new(config),
             readiness,

@@ -152,6 +152,13 @@ pub enum KeySourceError {
         /// The configured issuer.
         expected: String,
     },
+    /// A discovery, JWKS or redirect URL is plain HTTP although key material needs TLS (see
+    /// `auth::source`: plain HTTP only when the issuer and the URL are both on loopback).
+    #[error("refusing to fetch key material from {url}: plain HTTP is allowed only on loopback for a loopback issuer")]
+    InsecureUrl {
+        /// The URL refused.
+        url: String,
+    },
     /// `jwks_uri` is missing or not an http(s) URL.
     #[error("discovery document has no usable jwks_uri")]
     NoJwksUri,

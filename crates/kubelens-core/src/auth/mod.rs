@@ -28,11 +28,11 @@ pub use authenticator::{
 pub use error::{AuthError, AuthFailureKind, KeySourceError};
 pub use groups::GroupPolicy;
 pub use principal::Principal;
-pub use source::MAX_DOCUMENT_BYTES;
+pub use source::{MAX_DOCUMENT_BYTES, key_material_issuer_allowed};
 pub use stream_credentials::{
     IssuedStreamCredential, STREAM_CREDENTIAL_CAPACITY, STREAM_CREDENTIAL_MAX_LIFETIME, StreamCredentials,
 };
-pub use tickets::{StreamTickets, TICKET_CAPACITY};
+pub use tickets::{DEFAULT_TICKETS_PER_USER, StreamTickets, TICKET_CAPACITY};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,4 +1,11 @@
 //! Fetching OIDC discovery and the JWKS over HTTP, with timeouts and a response size cap.
+//!
+//! Key material travels over TLS only: every URL this module requests (discovery, `jwks_uri`,
+//! every redirect target) must be `https://`, except when the issuer itself is plain `http://`
+//! on a loopback host (`127.0.0.0/8`, `::1`, `localhost`: a local Keycloak in development and
+//! tests), and then only to loopback hosts too. An `https://` → `http://` redirect is refused
+//! in every case. A man in the middle of a plain-HTTP fetch could otherwise publish its own
+//! signing keys and mint tokens for any user.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -29,12 +36,24 @@ struct Discovery {
 
 impl OidcSource {
     pub(crate) fn new(issuer: String, timeout: Duration) -> Result<Self, KeySourceError> {
+        let local_http_issuer = reqwest::Url::parse(&issuer).is_ok_and(|url| is_local_http(&url));
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            // Discovery must come from the issuer itself; a couple of redirects covers a
+            // proxy adding a trailing slash, more suggests something is wrong.
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error("too many redirects");
+            }
+            let downgrade = attempt.previous().last().is_some_and(|from| from.scheme() == "https")
+                && attempt.url().scheme() != "https";
+            if downgrade || !key_url_allowed(local_http_issuer, attempt.url()) {
+                return attempt.error("redirect to a URL not allowed for key material (plain HTTP)");
+            }
+            attempt.follow()
+        });
         let client = reqwest::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
-            // Discovery must come from the issuer itself; a couple of redirects covers a
-            // proxy adding a trailing slash, more suggests something is wrong.
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirects)
             .build()
             .map_err(KeySourceError::Client)?;
         Ok(Self { client, issuer, jwks_uri: RwLock::new(None) })
@@ -82,6 +101,12 @@ impl OidcSource {
     }
 
     async fn get_capped(&self, url: &str) -> Result<Vec<u8>, KeySourceError> {
+        let insecure = || KeySourceError::InsecureUrl { url: url.to_owned() };
+        let issuer_is_local_http = reqwest::Url::parse(&self.issuer).is_ok_and(|u| is_local_http(&u));
+        let parsed = reqwest::Url::parse(url).map_err(|_| insecure())?;
+        if !key_url_allowed(issuer_is_local_http, &parsed) {
+            return Err(insecure());
+        }
         let http = |source| KeySourceError::Http { url: url.to_owned(), source };
         let mut response = self
             .client
@@ -106,5 +131,68 @@ impl OidcSource {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+}
+
+/// Redirects followed per request at most.
+const MAX_REDIRECTS: usize = 3;
+
+/// Whether key material may be requested from `url`: `https://` always; plain `http://` only
+/// to a loopback host and only when the issuer itself is plain HTTP on loopback.
+pub(crate) fn key_url_allowed(issuer_is_local_http: bool, url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => issuer_is_local_http && is_local_http(url),
+        _ => false,
+    }
+}
+
+/// Whether an issuer (or `keycloak_url`) can serve key material at all: `https://`, or plain
+/// `http://` on loopback.
+pub fn key_material_issuer_allowed(issuer: &str) -> bool {
+    reqwest::Url::parse(issuer).is_ok_and(|url| url.scheme() == "https" || is_local_http(&url))
+}
+
+/// `http://` to `127.0.0.0/8`, `::1` or `localhost`.
+fn is_local_http(url: &reqwest::Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn allowed(issuer: &str, url: &str) -> bool {
+        let issuer = reqwest::Url::parse(issuer).unwrap();
+        key_url_allowed(is_local_http(&issuer), &reqwest::Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn key_material_needs_tls_unless_everything_is_local() {
+        let https = "https://sso.example.com/realms/r";
+        assert!(allowed(https, "https://sso.example.com/certs"));
+        assert!(allowed(https, "https://keys.example.com/certs"));
+        assert!(!allowed(https, "http://sso.example.com/certs"), "https issuer, http jwks_uri");
+        assert!(!allowed(https, "http://127.0.0.1/certs"), "https issuer, even loopback http");
+        let local = "http://127.0.0.1:8080/realms/r";
+        for ok in ["http://127.0.0.1:8080/certs", "http://127.9.9.9/certs", "http://localhost/c", "http://[::1]:1/c", "https://x.example/c"] {
+            assert!(allowed(local, ok), "{ok}");
+        }
+        for bad in ["http://0.0.0.0/c", "http://10.0.0.1/c", "http://127.0.0.1.evil.example/c", "http://localhost.evil.example/c", "ftp://127.0.0.1/c", "file:///etc/c"] {
+            assert!(!allowed(local, bad), "{bad}");
+        }
+        assert!(!allowed("http://sso.example.com/realms/r", "http://sso.example.com/certs"), "http issuer off loopback");
     }
 }

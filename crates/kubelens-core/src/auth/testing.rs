@@ -253,6 +253,8 @@ pub enum StubBehavior {
     Drop,
     /// A 200 with this exact body.
     Body(String),
+    /// A `302 Found` to this `Location`.
+    Redirect(String),
 }
 
 #[derive(Debug)]
@@ -261,6 +263,7 @@ struct StubState {
     jwks_behavior: StubBehavior,
     jwks: Value,
     issuer_override: Option<String>,
+    jwks_uri_override: Option<String>,
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 serving `/realms/kubelens/.well-known/openid-configuration`
@@ -291,6 +294,7 @@ impl StubOidc {
             jwks_behavior: StubBehavior::Ok,
             jwks,
             issuer_override: None,
+            jwks_uri_override: None,
         }));
         let jwks_requests = Arc::new(AtomicU64::new(0));
         let discovery_requests = Arc::new(AtomicU64::new(0));
@@ -322,6 +326,11 @@ impl StubOidc {
     /// Makes discovery announce another `issuer` value.
     pub fn set_discovery_issuer(&self, issuer: &str) {
         self.state.lock().unwrap().issuer_override = Some(issuer.to_owned());
+    }
+
+    /// Makes discovery announce another `jwks_uri`.
+    pub fn set_discovery_jwks_uri(&self, jwks_uri: &str) {
+        self.state.lock().unwrap().jwks_uri_override = Some(jwks_uri.to_owned());
     }
 
     /// JWKS requests served so far.
@@ -364,7 +373,8 @@ async fn serve(
                 if path == discovery_path {
                     discovery_requests.fetch_add(1, Ordering::SeqCst);
                     let issuer = state.issuer_override.clone().unwrap_or_else(|| format!("{url}/realms/{REALM}"));
-                    let doc = json!({ "issuer": issuer, "jwks_uri": format!("{url}{jwks_path}") });
+                    let jwks_uri = state.jwks_uri_override.clone().unwrap_or_else(|| format!("{url}{jwks_path}"));
+                    let doc = json!({ "issuer": issuer, "jwks_uri": jwks_uri });
                     (state.discovery.clone(), doc.to_string())
                 } else if path == jwks_path {
                     jwks_requests.fetch_add(1, Ordering::SeqCst);
@@ -373,6 +383,7 @@ async fn serve(
                     (StubBehavior::Status(404), String::new())
                 }
             };
+            let mut location = String::new();
             let (status, body) = match behavior {
                 StubBehavior::Ok => (200, normal),
                 StubBehavior::Status(code) => (code, "{}".to_owned()),
@@ -384,9 +395,13 @@ async fn serve(
                 }
                 StubBehavior::Drop => return,
                 StubBehavior::Body(body) => (200, body),
+                StubBehavior::Redirect(to) => {
+                    location = format!("Location: {to}\r\n");
+                    (302, String::new())
+                }
             };
             let response = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status} X\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;

@@ -258,3 +258,40 @@ async fn an_unreachable_keycloak_fails_fast_and_reports_keys_unavailable() {
     assert_eq!(auth.authenticate(&issuer.viewer_token()).await, Err(AuthError::KeysUnavailable));
     assert_eq!(auth.jwks_fetch_count(), 1);
 }
+
+/// `0.0.0.0` reaches this machine on Linux but is not loopback: it stands in for "plain HTTP
+/// to some other host" without sending traffic anywhere but 127.0.0.1.
+fn off_loopback(stub: &StubOidc, path: &str) -> String {
+    format!("{}{path}", stub.url.replace("127.0.0.1", "0.0.0.0"))
+}
+
+#[tokio::test]
+async fn a_plain_http_jwks_uri_off_loopback_is_refused() {
+    let (stub, issuer, auth) = setup().await;
+    stub.set_discovery_jwks_uri(&off_loopback(&stub, "/realms/kubelens/protocol/openid-connect/certs"));
+    assert!(!auth.load_keys().await);
+    assert_eq!(auth.authenticate(&issuer.viewer_token()).await, Err(AuthError::KeysUnavailable));
+    assert_eq!(stub.jwks_requests(), 0, "no key material fetched over plain HTTP off loopback");
+}
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_off_loopback_is_refused() {
+    let (stub, issuer, auth) = setup().await;
+    let target = off_loopback(&stub, "/realms/kubelens/.well-known/openid-configuration");
+    stub.set_discovery_behavior(StubBehavior::Redirect(target));
+    assert!(!auth.load_keys().await);
+    assert_eq!(stub.discovery_requests(), 1, "the redirect target was not requested");
+    assert_eq!(auth.authenticate(&issuer.viewer_token()).await, Err(AuthError::KeysUnavailable));
+    assert_eq!(stub.jwks_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_loopback_http_issuer_may_use_loopback_http_keys() {
+    let (stub, issuer, auth) = setup().await;
+    stub.set_discovery_jwks_uri(&format!(
+        "{}/realms/kubelens/protocol/openid-connect/certs",
+        stub.url.replace("127.0.0.1", "localhost")
+    ));
+    assert!(auth.load_keys().await);
+    assert!(auth.authenticate(&issuer.viewer_token()).await.is_ok());
+}

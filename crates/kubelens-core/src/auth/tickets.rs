@@ -9,7 +9,8 @@
 //! ticket only works on the replica that issued it, so several replicas need session
 //! affinity for the ticket request and the stream request (see `docs/auth.md`).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -23,6 +24,9 @@ use super::principal::Principal;
 /// at roughly capacity × principal size no matter how fast tickets are requested.
 pub const TICKET_CAPACITY: u64 = 100_000;
 
+/// Default of `auth.max_stream_tickets_per_user`.
+pub const DEFAULT_TICKETS_PER_USER: usize = 32;
+
 /// Length of an encoded ticket: 32 random bytes in unpadded base64url.
 const TICKET_LEN: usize = 43;
 
@@ -32,11 +36,22 @@ struct Entry {
     expires: tokio::time::Instant,
 }
 
+/// Ticket ids a user holds, oldest first (some may already be redeemed or expired).
+type Outstanding = Arc<Mutex<VecDeque<[u8; 32]>>>;
+
 /// Issues and redeems one-time tickets. Cheap to clone (shared store).
+///
+/// Each user (`sub`) holds at most `per_user` outstanding tickets: issuing one more
+/// invalidates that user's oldest, so one user asking in a loop only ever replaces their own
+/// tickets and can never push other users' tickets out of the global LRU.
 #[derive(Clone)]
 pub struct StreamTickets {
     store: moka::sync::Cache<[u8; 32], Arc<Entry>>,
+    /// Per-user ticket ids; an entry idles out one ttl after its user's last ticket, when all
+    /// of them have expired anyway.
+    by_user: moka::sync::Cache<String, Outstanding>,
     ttl: Duration,
+    per_user: usize,
 }
 
 impl std::fmt::Debug for StreamTickets {
@@ -46,8 +61,8 @@ impl std::fmt::Debug for StreamTickets {
 }
 
 impl StreamTickets {
-    /// A store whose tickets live `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// A store whose tickets live `ttl`, at most `per_user` outstanding per user (at least 1).
+    pub fn new(ttl: Duration, per_user: usize) -> Self {
         let store = moka::sync::Cache::builder()
             .max_capacity(TICKET_CAPACITY)
             // LRU admits every new ticket; the default TinyLFU could refuse to store a fresh
@@ -55,7 +70,8 @@ impl StreamTickets {
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(ttl)
             .build();
-        Self { store, ttl }
+        let by_user = moka::sync::Cache::builder().max_capacity(TICKET_CAPACITY).time_to_idle(ttl).build();
+        Self { store, by_user, ttl, per_user: per_user.max(1) }
     }
 
     /// How long a ticket stays redeemable.
@@ -68,7 +84,20 @@ impl StreamTickets {
         let mut id = [0u8; 32];
         rand::rng().fill_bytes(&mut id);
         let entry = Entry { principal: principal.clone(), expires: tokio::time::Instant::now() + self.ttl };
-        self.store.insert(id, Arc::new(entry));
+        let outstanding = self.by_user.get_with_by_ref(principal.subject.as_str(), Outstanding::default);
+        {
+            let mut ids = outstanding.lock().unwrap_or_else(PoisonError::into_inner);
+            // Forget redeemed and expired ids first, then make room by invalidating the
+            // user's oldest live ticket.
+            ids.retain(|old| self.store.contains_key(old));
+            while ids.len() >= self.per_user {
+                if let Some(oldest) = ids.pop_front() {
+                    self.store.invalidate(&oldest);
+                }
+            }
+            ids.push_back(id);
+            self.store.insert(id, Arc::new(entry));
+        }
         URL_SAFE_NO_PAD.encode(id)
     }
 
@@ -112,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_is_redeemable_exactly_once() {
-        let tickets = StreamTickets::new(Duration::from_secs(30));
+        let tickets = StreamTickets::new(Duration::from_secs(30), DEFAULT_TICKETS_PER_USER);
         let ticket = tickets.issue(&principal());
         assert_eq!(ticket.len(), TICKET_LEN);
         assert!(ticket.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
@@ -124,7 +153,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_redeems_yield_one_principal() {
-        let tickets = StreamTickets::new(Duration::from_secs(30));
+        let tickets = StreamTickets::new(Duration::from_secs(30), DEFAULT_TICKETS_PER_USER);
         let ticket = tickets.issue(&principal());
         let mut handles = Vec::new();
         for _ in 0..16 {
@@ -140,7 +169,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tickets_expire() {
-        let tickets = StreamTickets::new(Duration::from_secs(30));
+        let tickets = StreamTickets::new(Duration::from_secs(30), DEFAULT_TICKETS_PER_USER);
         let ticket = tickets.issue(&principal());
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(tickets.redeem(&ticket), None);
@@ -149,9 +178,50 @@ mod tests {
         assert!(tickets.redeem(&ticket).is_some());
     }
 
+    fn user(subject: &str) -> Principal {
+        Principal { subject: subject.into(), username: subject.into(), ..principal() }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_yields_only_its_own_users_principal() {
+        let tickets = StreamTickets::new(Duration::from_secs(30), DEFAULT_TICKETS_PER_USER);
+        let (a, b) = (tickets.issue(&user("alice")), tickets.issue(&user("bob")));
+        assert_eq!(tickets.redeem(&b).map(|p| p.subject), Some("bob".to_owned()));
+        assert_eq!(tickets.redeem(&a).map(|p| p.subject), Some("alice".to_owned()));
+    }
+
+    /// One user asking for tickets in a loop must not evict other users' tickets from the
+    /// global LRU; beyond the cap only their own oldest ones go.
+    #[tokio::test]
+    async fn one_user_cannot_evict_other_users_tickets() {
+        let tickets = StreamTickets::new(Duration::from_secs(30), DEFAULT_TICKETS_PER_USER);
+        let bobs = tickets.issue(&user("bob"));
+        let mut mallory = Vec::new();
+        for _ in 0..TICKET_CAPACITY + 1_000 {
+            mallory.push(tickets.issue(&user("mallory")));
+        }
+        tickets.store.run_pending_tasks();
+        assert!(tickets.store.entry_count() <= DEFAULT_TICKETS_PER_USER as u64 + 1, "{}", tickets.store.entry_count());
+        assert_eq!(tickets.redeem(&bobs).map(|p| p.subject), Some("bob".to_owned()));
+        let (old, recent) = mallory.split_at(mallory.len() - DEFAULT_TICKETS_PER_USER);
+        assert!(old.iter().all(|t| tickets.redeem(t).is_none()), "beyond the cap the oldest are invalid");
+        assert!(recent.iter().all(|t| tickets.redeem(t).is_some()), "the newest per-user tickets stay valid");
+    }
+
+    #[tokio::test]
+    async fn redeemed_tickets_free_their_slot() {
+        let tickets = StreamTickets::new(Duration::from_secs(30), 2);
+        for _ in 0..10 {
+            let first = tickets.issue(&user("alice"));
+            assert!(tickets.redeem(&first).is_some());
+        }
+        let (a, b) = (tickets.issue(&user("alice")), tickets.issue(&user("alice")));
+        assert!(tickets.redeem(&a).is_some() && tickets.redeem(&b).is_some());
+    }
+
     #[tokio::test]
     async fn garbage_and_expired_tokens_are_refused() {
-        let tickets = StreamTickets::new(Duration::from_secs(30));
+        let tickets = StreamTickets::new(Duration::from_secs(30), DEFAULT_TICKETS_PER_USER);
         for bad in ["", "x", &"A".repeat(43), &"A".repeat(44), "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"] {
             assert_eq!(tickets.redeem(bad), None, "{bad}");
         }
