@@ -43,7 +43,7 @@ export async function waitFor(what, check, ms = 60_000) {
   throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
 }
 
-export async function startKubelens(env, extra = '') {
+export async function startKubelens(env, extra = '', serverExtra = '') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubelens-web-e2e-'));
   const kubeconfig = path.join(dir, 'kubeconfig');
   fs.writeFileSync(kubeconfig, `apiVersion: v1
@@ -60,7 +60,7 @@ current-context: sa
   shutdown_grace: 2s
   web_root: ${path.join(repo, 'web/dist')}
   web_client_id: ${env.TESTENV_WEB_CLIENT_ID}
-auth:
+${serverExtra}auth:
   keycloak_url: ${env.TESTENV_KEYCLOAK_URL}
   realm: ${env.TESTENV_REALM}
   client_id: ${env.TESTENV_BACKEND_CLIENT_ID}
