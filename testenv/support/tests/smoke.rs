@@ -304,7 +304,11 @@ fn seeded_objects_and_service_account_rbac() {
         // kubectl resolves the resource by discovery: only meaningful with metrics-server.
         assert_eq!(can(&["list", "pods.metrics.k8s.io", "-n", "team-a"]), "yes");
     }
-    assert_eq!(can(&["list", "namespaces"]), "yes");
+    // Namespaces: only the allowlisted ones, by name (resourceNames; the backend watches each
+    // with a metadata.name field selector), never all of them.
+    assert_eq!(can(&["get", "namespaces/team-a"]), "yes");
+    assert_eq!(can(&["get", "namespaces/secret-ns"]), "no");
+    assert_eq!(can(&["list", "namespaces"]), "no");
     assert_eq!(can(&["get", "secrets", "-n", "team-a"]), "no");
     assert_eq!(can(&["list", "pods", "-n", "secret-ns"]), "no");
     assert_eq!(can(&["create", "pods/exec", "-n", "team-a"]), "no");

@@ -87,7 +87,9 @@ impl Kubelens {
             .spawn()
             .unwrap();
         let server = Self { child, url: format!("http://127.0.0.1:{port}"), dir, stderr_path };
-        server.wait_ready(Duration::from_secs(60));
+        // Generous: in the full parallel suite on 2 cores the first OIDC discovery and cache sync
+        // took over 60 s once (e2e_helm).
+        server.wait_ready(Duration::from_secs(180));
         server
     }
 
