@@ -175,6 +175,10 @@ pub struct MetricsInner {
     /// Failures of the retention pod watches (each is retried with backoff; pods that
     /// terminate during the gap are caught by the re-list or counted in `archive_missed`).
     pub retention_watch_errors: Counter,
+    /// Pods found deleted by a re-list of a retention watch (their deletion event fell in a
+    /// watch gap); each is then handled as a deletion, and what could not be read is counted
+    /// in `archive_missed{reason="logs_gone"}`.
+    pub retention_deleted_unseen: Counter,
 }
 
 /// Shared handle to all metrics; cheap to clone.
@@ -239,6 +243,7 @@ impl Metrics {
         family(&mut out, "storage_errors_total", "counter", "Storage errors by operation.", &["operation"], &m.storage_errors);
         histogram(&mut out, "storage_operation_duration_seconds", "Storage operation latency.", &m.storage_latency);
         counter(&mut out, "retention_watch_errors_total", "Retention pod watch failures (retried with backoff).", m.retention_watch_errors.get());
+        counter(&mut out, "retention_pods_deleted_unseen_total", "Pods whose deletion a retention watch only saw by re-listing.", m.retention_deleted_unseen.get());
         counter(&mut out, "archive_containers_captured_total", "Containers of terminated pods whose logs were archived.", m.archive_captured.get());
         counter(&mut out, "archive_bytes_total", "Bytes written to the log archive.", m.archive_bytes.get());
         family(&mut out, "archive_captures_missed_total", "counter", "Archive captures that could not be made, by reason.", &["reason"], &m.archive_missed);

@@ -126,10 +126,18 @@ struct CaptureJob {
     mark_now: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PodTrack {
+    /// The latest observation: what a deletion seen only through a re-list is planned from.
+    last: PodSnapshot,
     restarts: HashMap<String, u32>,
     captured: HashSet<(String, u32)>,
+}
+
+impl PodTrack {
+    fn new(pod: &PodSnapshot) -> Self {
+        Self { last: pod.clone(), restarts: HashMap::new(), captured: HashSet::new() }
+    }
 }
 
 /// Captures terminated pods' logs into the archive. Cheap to clone.
@@ -250,7 +258,23 @@ impl ArchiveRecorder {
                 });
             }
             PodSignal::Listed { namespace, live_uids } => {
-                lock(&self.inner.pods).retain(|uid, _| live_uids.contains(uid));
+                // Pods this process tracked that the list no longer has were deleted during a
+                // watch gap (a re-list after an error): their deletion was never signalled.
+                // Handle them as deletions now — capture what Kubernetes still serves; what it
+                // no longer serves is counted as `missed{reason="logs_gone"}` — and say so.
+                let vanished: Vec<PodSnapshot> = {
+                    let pods = lock(&self.inner.pods);
+                    pods.iter()
+                        .filter(|(uid, track)| track.last.namespace == namespace && !live_uids.contains(*uid))
+                        .map(|(_, track)| track.last.clone())
+                        .collect()
+                };
+                for pod in vanished {
+                    self.inner.metrics.retention_deleted_unseen.inc();
+                    tracing::warn!(namespace = %pod.namespace, pod = %pod.name,
+                        "pod was deleted while the pod watch was re-listing; capturing what is left of its logs");
+                    self.handle(PodSignal::Deleted(pod));
+                }
                 let this = self.clone();
                 tokio::spawn(async move {
                     match this.sweep_orphans(&namespace, &live_uids).await {
@@ -295,7 +319,8 @@ impl ArchiveRecorder {
     /// The captures `pod` calls for that this process has not started yet.
     fn plan(&self, pod: &PodSnapshot) -> Vec<CaptureJob> {
         let mut pods = lock(&self.inner.pods);
-        let track = pods.entry(pod.uid.clone()).or_default();
+        let track = pods.entry(pod.uid.clone()).or_insert_with(|| PodTrack::new(pod));
+        track.last.clone_from(pod);
         let mut jobs = Vec::new();
         for c in &pod.containers {
             let seen = track.restarts.insert(c.name.clone(), c.restart_count);
@@ -595,7 +620,7 @@ async fn finish(inner: &Inner, job: &CaptureJob, seen: u64, end: Option<StatusRe
     if seen == 0 {
         match end {
             Some(StatusReason::Deleted | StatusReason::NoPreviousInstance | StatusReason::NoSuchContainer) => {
-                tracing::info!(source = %job.source.id(), "logs were gone before they could be captured");
+                tracing::warn!(source = %job.source.id(), "logs were gone before they could be captured");
                 metrics.archive_missed.inc(&[missed::LOGS_GONE]);
                 return;
             }
@@ -994,6 +1019,37 @@ mod tests {
         drop(tap);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(store.list_sources("team-a").await.unwrap().iter().all(|s| s.key.pod_uid != "u5"));
+    }
+
+    #[tokio::test]
+    async fn a_pod_deleted_during_a_watch_gap_is_captured_from_the_relist_or_counted() {
+        let script = Script::default();
+        script.set("job-x", "app", false, vec![raw(1, "still served"), raw(2, "by the kubelet")]);
+        let (rec, store, metrics) = recorder(&script, 100);
+        let running = pod("u7", "Running", false, &[("app", 0, ContainerRun::Running)]);
+        let mut other_ns = pod("u8", "Running", false, &[("app", 0, ContainerRun::Running)]);
+        other_ns.namespace = "team-b".into();
+        rec.handle(PodSignal::Observed(running));
+        rec.handle(PodSignal::Observed(other_ns));
+        idle(&rec).await;
+        // The watch failed, the pod was deleted meanwhile, the re-list does not have it.
+        rec.handle(PodSignal::Listed { namespace: "team-a".into(), live_uids: HashSet::new() });
+        idle(&rec).await;
+        assert_eq!(texts(&store, &key("u7", "app", 0)).await, ["still served", "by the kubelet"]);
+        assert_eq!(metrics.retention_deleted_unseen.get(), 1, "only team-a's pod vanished");
+        assert!(store.list_sources("team-a").await.unwrap()[0].terminated_at_ms.is_some(), "marked: its TTL runs");
+        // A pod whose log was gone as well is counted as missed, never dropped silently.
+        let mut gone = pod("u9", "Running", false, &[("main", 0, ContainerRun::Running)]);
+        gone.name = "gone".into();
+        rec.handle(PodSignal::Observed(gone));
+        rec.handle(PodSignal::Listed { namespace: "team-a".into(), live_uids: HashSet::new() });
+        idle(&rec).await;
+        assert_eq!(metrics.retention_deleted_unseen.get(), 2);
+        assert_eq!(metrics.archive_missed.get(&[missed::LOGS_GONE]), 1);
+        // team-b's pod is still tracked: its own re-list without it captures it.
+        rec.handle(PodSignal::Listed { namespace: "team-b".into(), live_uids: HashSet::new() });
+        idle(&rec).await;
+        assert_eq!(metrics.retention_deleted_unseen.get(), 3);
     }
 
     #[tokio::test]
