@@ -285,17 +285,6 @@ async fn without_a_cluster_discovery_is_unavailable() {
 async fn change_stream_sends_events_keepalives_and_a_final_event() {
     let (service, mut fake, state) = setup();
     let shutdown = state.shutdown.clone();
-    let driver = tokio::spawn(async move {
-        // Give the handler time to subscribe, then change things, then shut down.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        fake.apply_pod(pod("team-a", "new-pod", None, &[]));
-        fake.apply_pod(pod("team-a", "sneaky", None, &[("kubelens.io/hide", "true")]));
-        fake.apply_pod(pod("team-b", "other-ns", None, &[]));
-        fake.delete_pod(pod("team-a", "debug", None, &[]));
-        // Long enough for at least one keepalive (keepalive_interval: 1s).
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        shutdown.cancel();
-    });
     // Browsers cannot send headers on EventSource: a one-time ticket authenticates the stream.
     let mut ticket = TestClient::post("http://127.0.0.1/api/v1/stream-tickets")
         .bearer_auth(issuer().viewer_token())
@@ -310,6 +299,17 @@ async fn change_stream_sends_events_keepalives_and_a_final_event() {
         res.headers().get("content-type").and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
+    // The handler has subscribed by the time it answered (the response is its return value):
+    // change things only now — no guess of how long subscribing takes — then shut down.
+    let driver = tokio::spawn(async move {
+        fake.apply_pod(pod("team-a", "new-pod", None, &[]));
+        fake.apply_pod(pod("team-a", "sneaky", None, &[("kubelens.io/hide", "true")]));
+        fake.apply_pod(pod("team-b", "other-ns", None, &[]));
+        fake.delete_pod(pod("team-a", "debug", None, &[]));
+        // Long enough for at least one keepalive (keepalive_interval: 1s), with room for load.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        shutdown.cancel();
+    });
     let body = tokio::time::timeout(Duration::from_secs(10), res.take_string()).await.unwrap().unwrap();
     driver.await.unwrap();
     assert!(body.contains("retry:2000\n"), "{body}");

@@ -26,8 +26,8 @@ pub const LIMITS: StoreLimits = StoreLimits {
 };
 
 /// TTL used by expiry checks; the checks wait a multiple of it (bounded).
-const SHORT_TTL: Duration = Duration::from_millis(400);
-const AFTER_TTL: Duration = Duration::from_millis(1100);
+const SHORT_TTL: Duration = Duration::from_millis(1000);
+const AFTER_TTL: Duration = Duration::from_millis(2200);
 
 type CheckResult = Result<(), String>;
 

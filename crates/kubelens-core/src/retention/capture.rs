@@ -917,7 +917,8 @@ mod tests {
     }
 
     async fn idle(rec: &ArchiveRecorder) {
-        for _ in 0..500 {
+        // Up to 10 s: captures are spawned tasks, slow on a loaded machine.
+        for _ in 0..2000 {
             if rec.in_flight() == 0 {
                 // Let spawned mark/tap tasks run too.
                 for _ in 0..50 {
