@@ -174,7 +174,7 @@ fn main() {
 
         match std::env::var("KUBELENS_TEST_POSTGRES_URL") {
             Ok(url) => {
-                let config = PostgresConfig { url: Secret::new(url), max_connections: 4, schema: Some(unique("bench")) };
+                let config = PostgresConfig { url: Secret::new(url.clone()), max_connections: 4, schema: Some(unique("bench")) };
                 let store = kubelens_storage::postgres::PostgresStore::open(&config, limits()).await.unwrap();
                 bench("postgres", Stores::from_one(store, StorageBackend::Postgres), lines, sessions).await;
                 psql_copy_peer(&url, lines);

@@ -224,12 +224,12 @@ where
 
     async fn session_purge(&self) -> Result<u64, StorageError> {
         let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
-        Ok(sqlx::query("DELETE FROM kubelens_sessions WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
+        sqlx::query("DELETE FROM kubelens_sessions WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
             .bind(now_ms())
             .execute(&mut *conn)
             .await
             .map_err(sqlx_error)
-            .map(|r| DB::rows_affected(&r))?)
+            .map(|r| DB::rows_affected(&r))
     }
 
     async fn archive_append(
@@ -443,12 +443,12 @@ where
     async fn archive_purge(&self) -> Result<u64, StorageError> {
         let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
         // One statement: the lines go with their source (`ON DELETE CASCADE`).
-        Ok(sqlx::query("DELETE FROM kubelens_log_sources WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
+        sqlx::query("DELETE FROM kubelens_log_sources WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
             .bind(now_ms())
             .execute(&mut *conn)
             .await
             .map_err(sqlx_error)
-            .map(|r| DB::rows_affected(&r))?)
+            .map(|r| DB::rows_affected(&r))
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
