@@ -113,6 +113,41 @@ async fn bench(name: &str, stores: Stores, lines_total: usize, sessions: usize) 
     }
 }
 
+/// The peer for the PostgreSQL archive: `psql \copy` of the same rows (text format, one
+/// COPY) into a table of the same shape (primary key and time index) on the same server.
+fn psql_copy_peer(url: &str, lines_total: usize) {
+    let psql = std::env::var("KUBELENS_TEST_PG_BINDIR").map(|d| format!("{d}/psql")).unwrap_or_else(|_| "psql".into());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.tsv");
+    let mut tsv = String::new();
+    for i in 0..lines_total as u64 {
+        let line = format!(
+            "2026-01-30T10:00:00.{i:09}Z INFO request handled method=GET path=/api/v1/items status=200 seq={i}"
+        );
+        let hex: String = line.bytes().map(|b| format!("{b:02x}")).collect();
+        tsv.push_str(&format!("1\t{i}\t{}\tf\t\\\\x{hex}\n", 1_769_767_200_000_000_000i64 + i as i64 * 1000));
+    }
+    std::fs::write(&file, tsv).unwrap();
+    let table = unique("bench_copy");
+    let run = |sql: &str| {
+        let out = std::process::Command::new(&psql).arg(url).arg("-q").arg("-v").arg("ON_ERROR_STOP=1").arg("-c").arg(sql).output().unwrap();
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&format!(
+        "CREATE TABLE {table} (source_id BIGINT NOT NULL, position BIGINT NOT NULL, ts_ns BIGINT NOT NULL, \
+         truncated BOOLEAN NOT NULL, line BYTEA NOT NULL, PRIMARY KEY (source_id, position)); \
+         CREATE INDEX ON {table} (source_id, ts_ns)"
+    ));
+    let t = Instant::now();
+    run(&format!("\\copy {table} (source_id, position, ts_ns, truncated, line) FROM '{}'", file.display()));
+    let copy = t.elapsed();
+    run(&format!("DROP TABLE {table}"));
+    println!(
+        "| psql | \\copy of the same {lines_total} rows (one COPY, incl. psql start) | {:.0} lines/s | | |",
+        lines_total as f64 / copy.as_secs_f64()
+    );
+}
+
 fn limits() -> StoreLimits {
     StoreLimits {
         archive_max_lines_per_source: 10_000_000,
@@ -139,9 +174,10 @@ fn main() {
 
         match std::env::var("KUBELENS_TEST_POSTGRES_URL") {
             Ok(url) => {
-                let config = PostgresConfig { url: Secret::new(url), max_connections: 4, schema: Some(unique("bench")) };
+                let config = PostgresConfig { url: Secret::new(url.clone()), max_connections: 4, schema: Some(unique("bench")) };
                 let store = kubelens_storage::postgres::PostgresStore::open(&config, limits()).await.unwrap();
                 bench("postgres", Stores::from_one(store, StorageBackend::Postgres), lines, sessions).await;
+                psql_copy_peer(&url, lines);
             }
             Err(_) => eprintln!("postgres skipped: KUBELENS_TEST_POSTGRES_URL unset"),
         }

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use kubelens_core::config::{StorageBackend, StorageConfig};
 use kubelens_core::storage::{
-    AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
-    StorageError, StoreFuture, StoreLimits, StoredSession, Version,
+    AppendOutcome, ArchivedLine, LineQuery, PodMeta, Precondition, SourceInfo, SourceKey, StorageError, StoreLimits,
+    StoredSession, Version,
 };
 
 use crate::Stores;
+use crate::backend::{Backend, StoreAdapter};
 
 /// First and largest delay between two attempts to open the backend.
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -45,7 +46,7 @@ impl DeferredStores {
 
     /// The trait objects handlers use; they delegate to the slot.
     pub fn as_stores(&self, backend: StorageBackend) -> Stores {
-        let this = Arc::new(self.clone());
+        let this = Arc::new(StoreAdapter::new(self.clone()));
         Stores { sessions: this.clone(), archive: this, backend }
     }
 
@@ -83,90 +84,48 @@ impl DeferredStores {
     }
 }
 
-impl SessionStore for DeferredStores {
-    fn get<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
-        match self.stores() {
-            Ok(s) => s.sessions.get(subject),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+impl Backend for DeferredStores {
+    async fn session_get(&self, subject: &str) -> Result<Option<StoredSession>, StorageError> {
+        self.stores()?.sessions.get(subject).await
     }
-    fn put<'a>(
-        &'a self,
-        subject: &'a str,
-        data: &'a [u8],
+    async fn session_put(
+        &self,
+        subject: &str,
+        data: &[u8],
         precondition: Precondition,
         ttl: Option<Duration>,
-    ) -> StoreFuture<'a, Version> {
-        match self.stores() {
-            Ok(s) => s.sessions.put(subject, data, precondition, ttl),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    ) -> Result<Version, StorageError> {
+        self.stores()?.sessions.put(subject, data, precondition, ttl).await
     }
-    fn delete<'a>(&'a self, subject: &'a str, precondition: Precondition) -> StoreFuture<'a, bool> {
-        match self.stores() {
-            Ok(s) => s.sessions.delete(subject, precondition),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn session_delete(&self, subject: &str, precondition: Precondition) -> Result<bool, StorageError> {
+        self.stores()?.sessions.delete(subject, precondition).await
     }
-    fn purge_expired(&self) -> StoreFuture<'_, u64> {
-        match self.stores() {
-            Ok(s) => s.sessions.purge_expired(),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn session_purge(&self) -> Result<u64, StorageError> {
+        self.stores()?.sessions.purge_expired().await
     }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        match self.stores() {
-            Ok(s) => s.sessions.ping(),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn archive_append(
+        &self,
+        source: &SourceKey,
+        meta: &PodMeta,
+        lines: &[ArchivedLine],
+    ) -> Result<AppendOutcome, StorageError> {
+        self.stores()?.archive.append(source, meta, lines).await
     }
-}
-
-impl LogArchive for DeferredStores {
-    fn append<'a>(
-        &'a self,
-        source: &'a SourceKey,
-        meta: &'a PodMeta,
-        lines: &'a [ArchivedLine],
-    ) -> StoreFuture<'a, AppendOutcome> {
-        match self.stores() {
-            Ok(s) => s.archive.append(source, meta, lines),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn archive_read(&self, source: &SourceKey, query: LineQuery) -> Result<Vec<ArchivedLine>, StorageError> {
+        self.stores()?.archive.read(source, query).await
     }
-    fn read<'a>(&'a self, source: &'a SourceKey, query: LineQuery) -> StoreFuture<'a, Vec<ArchivedLine>> {
-        match self.stores() {
-            Ok(s) => s.archive.read(source, query),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn archive_list(&self, namespace: &str) -> Result<Vec<SourceInfo>, StorageError> {
+        self.stores()?.archive.list_sources(namespace).await
     }
-    fn list_sources<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, Vec<SourceInfo>> {
-        match self.stores() {
-            Ok(s) => s.archive.list_sources(namespace),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn archive_mark(&self, source: &SourceKey, at_ms: i64, ttl: Duration) -> Result<bool, StorageError> {
+        self.stores()?.archive.mark_terminated(source, at_ms, ttl).await
     }
-    fn mark_terminated<'a>(
-        &'a self,
-        source: &'a SourceKey,
-        terminated_at_ms: i64,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool> {
-        match self.stores() {
-            Ok(s) => s.archive.mark_terminated(source, terminated_at_ms, ttl),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn archive_purge(&self) -> Result<u64, StorageError> {
+        self.stores()?.archive.purge_expired().await
     }
-    fn purge_expired(&self) -> StoreFuture<'_, u64> {
-        match self.stores() {
-            Ok(s) => s.archive.purge_expired(),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
-    }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        match self.stores() {
-            Ok(s) => s.archive.ping(),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+    async fn ping(&self) -> Result<(), StorageError> {
+        let stores = self.stores()?;
+        stores.sessions.ping().await?;
+        stores.archive.ping().await
     }
 }

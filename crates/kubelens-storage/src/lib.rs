@@ -8,6 +8,10 @@
 //! | Redis (connection manager, Lua scripts) | `redis` | several | native key expiry |
 //! | memory (`kubelens_core::storage::memory`) | always | one, lost on restart | checked on read |
 //!
+//! sqlite and PostgreSQL share one implementation ([`sql::SqlBackend`], generic over a small
+//! [`sql::SqlDialect`]); every backend implements [`backend::Backend`] with plain async
+//! methods and is exposed to core's object-safe traits by the one [`backend::StoreAdapter`].
+//!
 //! [`open`] picks the backend from [`StorageConfig`] and applies that backend's migrations.
 //! Every implementation makes exactly one attempt per call and maps driver errors to
 //! [`StorageError`]; retries (opening at startup, readiness pings) are composed outside, see
@@ -15,6 +19,7 @@
 //! pass.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod conformance;
 pub mod deferred;
 #[cfg(feature = "postgres")]
@@ -23,6 +28,8 @@ pub mod postgres;
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 
 use std::sync::Arc;
 
@@ -81,20 +88,6 @@ pub async fn open(config: &StorageConfig, limits: StoreLimits) -> Result<Stores,
         other => Err(StorageError::Invalid(format!(
             "storage backend {other:?} is not compiled into this binary (cargo feature missing)"
         ))),
-    }
-}
-
-/// Maps sqlx errors: connection-level and resource errors are `Unavailable`, decode errors
-/// `Corrupt`. The message never contains the connection URL (sqlx does not print it).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn sqlx_error(err: sqlx::Error) -> StorageError {
-    match &err {
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::TypeNotFound { .. } => StorageError::Corrupt(err.to_string()),
-        sqlx::Error::Migrate(m) => StorageError::Corrupt(format!("migration failed: {m}")),
-        _ => StorageError::Unavailable(err.to_string()),
     }
 }
 

@@ -3,24 +3,27 @@
 //! together apply them once). An optional `schema` isolates installations (and tests) that
 //! share one database.
 //!
+//! The statements are the shared ones of [`crate::sql`]; this module is PostgreSQL's dialect.
 //! Concurrency: every write is a single statement or a transaction that first locks the
 //! source row (`INSERT .. ON CONFLICT DO UPDATE` takes the row lock), so concurrent appends
 //! to one source from several replicas serialize and never duplicate a position; session
 //! preconditions are checked in the `UPDATE .. WHERE version = $n` itself.
+//!
+//! Lines are written with `COPY … FROM STDIN (FORMAT binary)`, the fastest way into
+//! PostgreSQL. COPY has no `ON CONFLICT`, and needs none: the lines handed to it were just
+//! probed as absent while the source row lock is held, so no other writer can insert them
+//! before this transaction commits. Should that reasoning ever break, the primary key still
+//! refuses the duplicate and the whole batch fails (`Unavailable`) without writing anything.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use kubelens_core::config::PostgresConfig;
-use kubelens_core::storage::{
-    AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
-    StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps, now_ms,
-    validate_append, validate_query, validate_session_put, validate_subject,
-};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use kubelens_core::storage::{ArchivedLine, StorageError, StoreLimits};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Postgres};
 
-use crate::sqlx_error;
+use crate::backend::StoreAdapter;
+use crate::sql::{SqlBackend, SqlDialect, sqlx_error};
 
 /// How long a call waits for a pooled connection before answering `Unavailable`: short, so a
 /// dead database turns into a prompt 503 instead of hanging requests.
@@ -34,12 +37,59 @@ fn is_plain_identifier(name: &str) -> bool {
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-/// PostgreSQL-backed sessions and archive; cheap to clone (pooled).
-#[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
-    limits: StoreLimits,
+/// The lines of one batch in PostgreSQL's binary COPY format: the signature header, one
+/// tuple of five fields per line (int8, int8, int8, bool, bytea; each a big-endian length
+/// and the value's binary form) and the end marker.
+fn copy_binary(source_id: i64, lines: &[&ArchivedLine]) -> Vec<u8> {
+    let payload: usize = lines.iter().map(|l| l.line.len()).sum();
+    let mut buf = Vec::with_capacity(21 + lines.len() * 47 + payload);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
+    buf.extend_from_slice(&0i32.to_be_bytes()); // no header extension
+    for line in lines {
+        buf.extend_from_slice(&5i16.to_be_bytes());
+        for value in [source_id, line.position as i64, line.timestamp_ns] {
+            buf.extend_from_slice(&8i32.to_be_bytes());
+            buf.extend_from_slice(&value.to_be_bytes());
+        }
+        buf.extend_from_slice(&1i32.to_be_bytes());
+        buf.push(u8::from(line.truncated));
+        // Lines are bounded by `archive_max_line_bytes`, far below i32::MAX.
+        buf.extend_from_slice(&i32::try_from(line.line.len()).unwrap_or(i32::MAX).to_be_bytes());
+        buf.extend_from_slice(&line.line);
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    buf
 }
+
+impl SqlDialect for Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    // Reading the sessions table proves a connection works and the schema is present.
+    const PING: &'static str = "SELECT 1 FROM kubelens_sessions LIMIT 1";
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn insert_lines(conn: &mut PgConnection, source_id: i64, lines: &[&ArchivedLine]) -> Result<(), StorageError> {
+        let mut copy = conn
+            .copy_in_raw("COPY kubelens_log_lines (source_id, position, ts_ns, truncated, line) FROM STDIN (FORMAT binary)")
+            .await
+            .map_err(sqlx_error)?;
+        if let Err(err) = copy.send(copy_binary(source_id, lines)).await {
+            let _ = copy.abort("send failed").await;
+            return Err(sqlx_error(err));
+        }
+        let copied = copy.finish().await.map_err(sqlx_error)?;
+        if copied != lines.len() as u64 {
+            return Err(StorageError::Unavailable(format!("COPY stored {copied} of {} lines", lines.len())));
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL-backed sessions and archive; cheap to clone (pooled).
+pub type PostgresStore = StoreAdapter<SqlBackend<Postgres>>;
 
 impl PostgresStore {
     /// Connects, creates the configured schema if needed and applies migrations.
@@ -71,459 +121,21 @@ impl PostgresStore {
                 .map_err(sqlx_error)?;
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| sqlx_error(e.into()))?;
-        Ok(Self { pool, limits })
-    }
-
-    async fn current_version(&self, subject: &str, now: i64) -> Result<Option<Version>, StorageError> {
-        let row = sqlx::query(
-            "SELECT version FROM kubelens_sessions WHERE subject = $1 AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
-        )
-        .bind(subject)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
-        Ok(row.map(|r| Version(r.get::<i64, _>(0) as u64)))
-    }
-
-    async fn session_get(&self, subject: &str) -> Result<Option<StoredSession>, StorageError> {
-        validate_subject(subject)?;
-        let row = sqlx::query(
-            "SELECT data, version, updated_at_ms FROM kubelens_sessions \
-             WHERE subject = $1 AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
-        )
-        .bind(subject)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
-        Ok(row.map(|r| StoredSession {
-            data: r.get(0),
-            version: Version(r.get::<i64, _>(1) as u64),
-            updated_at_ms: r.get(2),
-        }))
-    }
-
-    async fn session_put(
-        &self,
-        subject: &str,
-        data: &[u8],
-        precondition: Precondition,
-        ttl: Option<Duration>,
-    ) -> Result<Version, StorageError> {
-        validate_session_put(subject, data, &self.limits)?;
-        let now = now_ms();
-        let candidate = Version::next(None).0 as i64;
-        let expires = ttl.map(|t| expiry_ms(now, t));
-        // One statement per precondition, so the check and the write are atomic without a
-        // lock held across round trips. `MAX(candidate, version + 1)` keeps versions increasing.
-        let (sql, expected): (&'static str, Option<i64>) = match precondition {
-            Precondition::None => (
-                "INSERT INTO kubelens_sessions (subject, data, version, updated_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (subject) DO UPDATE SET data = excluded.data, \
-                   version = GREATEST(excluded.version, kubelens_sessions.version + 1), \
-                   updated_at_ms = excluded.updated_at_ms, expires_at_ms = excluded.expires_at_ms \
-                 RETURNING version",
-                None,
-            ),
-            Precondition::Absent => (
-                "INSERT INTO kubelens_sessions (subject, data, version, updated_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (subject) DO UPDATE SET data = excluded.data, \
-                   version = GREATEST(excluded.version, kubelens_sessions.version + 1), \
-                   updated_at_ms = excluded.updated_at_ms, expires_at_ms = excluded.expires_at_ms \
-                 WHERE kubelens_sessions.expires_at_ms IS NOT NULL AND kubelens_sessions.expires_at_ms <= $4 \
-                 RETURNING version",
-                None,
-            ),
-            Precondition::Exists => (
-                "UPDATE kubelens_sessions SET data = $2, version = GREATEST($3, version + 1), updated_at_ms = $4, \
-                   expires_at_ms = $5 \
-                 WHERE subject = $1 AND (expires_at_ms IS NULL OR expires_at_ms > $4) RETURNING version",
-                None,
-            ),
-            Precondition::Matches(v) => (
-                "UPDATE kubelens_sessions SET data = $2, version = GREATEST($3, version + 1), updated_at_ms = $4, \
-                   expires_at_ms = $5 \
-                 WHERE subject = $1 AND (expires_at_ms IS NULL OR expires_at_ms > $4) AND version = $6 \
-                 RETURNING version",
-                Some(v.0 as i64),
-            ),
-        };
-        let mut query = sqlx::query(sql).bind(subject).bind(data).bind(candidate).bind(now).bind(expires);
-        if let Some(expected) = expected {
-            query = query.bind(expected);
-        }
-        let row = query.fetch_optional(&self.pool).await.map_err(sqlx_error)?;
-        match row {
-            Some(row) => Ok(Version(row.get::<i64, _>(0) as u64)),
-            None => Err(StorageError::Conflict { current: self.current_version(subject, now).await? }),
-        }
-    }
-
-    async fn session_delete(&self, subject: &str, precondition: Precondition) -> Result<bool, StorageError> {
-        validate_subject(subject)?;
-        let now = now_ms();
-        let live = "(expires_at_ms IS NULL OR expires_at_ms > $2)";
-        let result = match precondition {
-            Precondition::Absent => {
-                let current = self.current_version(subject, now).await?;
-                return match current {
-                    Some(_) => Err(StorageError::Conflict { current }),
-                    None => Ok(false),
-                };
-            }
-            Precondition::None => {
-                // Deletes expired leftovers too, but only reports live sessions as existing.
-                let row = sqlx::query(
-                    "DELETE FROM kubelens_sessions WHERE subject = $1 \
-                     RETURNING (expires_at_ms IS NULL OR expires_at_ms > $2)",
-                )
-                .bind(subject)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(sqlx_error)?;
-                return Ok(row.is_some_and(|r| r.get::<bool, _>(0)));
-            }
-            Precondition::Exists => sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM kubelens_sessions WHERE subject = $1 AND {live}"
-            )))
-            .bind(subject)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(sqlx_error)?,
-            Precondition::Matches(v) => sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM kubelens_sessions WHERE subject = $1 AND {live} AND version = $3"
-            )))
-            .bind(subject)
-            .bind(now)
-            .bind(v.0 as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(sqlx_error)?,
-        };
-        if result.rows_affected() == 1 {
-            Ok(true)
-        } else {
-            Err(StorageError::Conflict { current: self.current_version(subject, now).await? })
-        }
-    }
-
-    async fn archive_append(
-        &self,
-        key: &SourceKey,
-        meta: &PodMeta,
-        lines: &[ArchivedLine],
-    ) -> Result<AppendOutcome, StorageError> {
-        validate_append(key, meta, lines, &self.limits)?;
-        let meta_json = serde_json::to_string(meta).map_err(|e| StorageError::Invalid(e.to_string()))?;
-        let mut tx = self.pool.begin().await.map_err(sqlx_error)?;
-        match self.append_in_tx(&mut tx, key, &meta_json, lines).await {
-            Ok(outcome) => {
-                tx.commit().await.map_err(sqlx_error)?;
-                Ok(outcome)
-            }
-            Err(err) => {
-                // Explicit, so the connection is clean before it returns to the pool.
-                let _ = tx.rollback().await;
-                Err(err)
-            }
-        }
-    }
-
-    async fn append_in_tx(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        key: &SourceKey,
-        meta_json: &str,
-        lines: &[ArchivedLine],
-    ) -> Result<AppendOutcome, StorageError> {
-        let now = now_ms();
-        let row = sqlx::query(
-            "INSERT INTO kubelens_log_sources (namespace, pod, pod_uid, container, instance, meta, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (namespace, pod, pod_uid, container, instance) DO UPDATE SET meta = excluded.meta \
-             RETURNING id, line_count, byte_count, expires_at_ms",
-        )
-        .bind(&key.namespace)
-        .bind(&key.pod)
-        .bind(&key.pod_uid)
-        .bind(&key.container)
-        .bind(i64::from(key.instance))
-        .bind(meta_json)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sqlx_error)?;
-        let id: i64 = row.get(0);
-        let (mut stored_lines, mut stored_bytes): (i64, i64) = (row.get(1), row.get(2));
-        let expires: Option<i64> = row.get(3);
-        if expires.is_some_and(|at| at <= now) {
-            // An expired source that the purge job has not removed yet starts over.
-            sqlx::query("DELETE FROM kubelens_log_lines WHERE source_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(sqlx_error)?;
-            sqlx::query(
-                "UPDATE kubelens_log_sources SET line_count = 0, byte_count = 0, dropped = 0, \
-                 terminated_at_ms = NULL, expires_at_ms = NULL, created_at_ms = $2 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(sqlx_error)?;
-            (stored_lines, stored_bytes) = (0, 0);
-        }
-        let mut sorted: Vec<&ArchivedLine> = lines.iter().collect();
-        sorted.sort_by_key(|l| l.position);
-        sorted.dedup_by_key(|l| l.position);
-        let existing: HashSet<i64> = match (sorted.first(), sorted.last()) {
-            (Some(first), Some(last)) => sqlx::query_scalar(
-                "SELECT position FROM kubelens_log_lines WHERE source_id = $1 AND position BETWEEN $2 AND $3",
-            )
-            .bind(id)
-            .bind(first.position as i64)
-            .bind(last.position as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sqlx_error)?
-            .into_iter()
-            .collect(),
-            _ => HashSet::new(),
-        };
-        let fresh: Vec<&ArchivedLine> =
-            sorted.into_iter().filter(|l| !existing.contains(&(l.position as i64))).collect();
-        let duplicates = (lines.len() - fresh.len()) as u64;
-        let fit = lines_within_caps(&fresh, stored_lines as u64, stored_bytes as u64, &self.limits);
-        let accepted = &fresh[..fit];
-        if !accepted.is_empty() {
-            // One statement for the whole batch: arrays bound once, expanded by UNNEST.
-            let positions: Vec<i64> = accepted.iter().map(|l| l.position as i64).collect();
-            let stamps: Vec<i64> = accepted.iter().map(|l| l.timestamp_ns).collect();
-            let truncated: Vec<bool> = accepted.iter().map(|l| l.truncated).collect();
-            let payloads: Vec<&[u8]> = accepted.iter().map(|l| l.line.as_slice()).collect();
-            sqlx::query(
-                "INSERT INTO kubelens_log_lines (source_id, position, ts_ns, truncated, line) \
-                 SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::bool[], $5::bytea[]) \
-                 ON CONFLICT (source_id, position) DO NOTHING",
-            )
-            .bind(id)
-            .bind(positions)
-            .bind(stamps)
-            .bind(truncated)
-            .bind(payloads)
-            .execute(&mut *tx)
-            .await
-            .map_err(sqlx_error)?;
-        }
-        let added_bytes: u64 = accepted.iter().map(|l| l.line.len() as u64).sum();
-        let dropped = (fresh.len() - fit) as i64;
-        sqlx::query(
-            "UPDATE kubelens_log_sources SET line_count = line_count + $2, byte_count = byte_count + $3, \
-             dropped = dropped + $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(fit as i64)
-        .bind(added_bytes as i64)
-        .bind(dropped)
-        .execute(&mut *tx)
-        .await
-        .map_err(sqlx_error)?;
-        Ok(AppendOutcome { inserted: fit as u64, duplicates, dropped: dropped as u64 })
-    }
-
-    async fn archive_read(&self, key: &SourceKey, query: LineQuery) -> Result<Vec<ArchivedLine>, StorageError> {
-        validate_query(key, &query)?;
-        let after = query.after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
-        let rows = sqlx::query(
-            "SELECT l.position, l.ts_ns, l.truncated, l.line FROM kubelens_log_lines l \
-             JOIN kubelens_log_sources s ON s.id = l.source_id \
-             WHERE s.namespace = $1 AND s.pod = $2 AND s.pod_uid = $3 AND s.container = $4 AND s.instance = $5 \
-               AND (s.expires_at_ms IS NULL OR s.expires_at_ms > $6) \
-               AND l.position > $7 AND ($8::int8 IS NULL OR l.ts_ns >= $8) \
-               AND ($9::int8 IS NULL OR l.ts_ns < $9) \
-             ORDER BY l.position LIMIT $10",
-        )
-        .bind(&key.namespace)
-        .bind(&key.pod)
-        .bind(&key.pod_uid)
-        .bind(&key.container)
-        .bind(i64::from(key.instance))
-        .bind(now_ms())
-        .bind(after)
-        .bind(query.since_ns)
-        .bind(query.until_ns)
-        .bind(query.limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ArchivedLine {
-                position: r.get::<i64, _>(0) as u64,
-                timestamp_ns: r.get(1),
-                truncated: r.get(2),
-                line: r.get(3),
-            })
-            .collect())
-    }
-
-    async fn archive_list(&self, namespace: &str) -> Result<Vec<SourceInfo>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT namespace, pod, pod_uid, container, instance, meta, terminated_at_ms, expires_at_ms, \
-               line_count, byte_count, dropped FROM kubelens_log_sources \
-             WHERE namespace = $1 AND (expires_at_ms IS NULL OR expires_at_ms > $2) \
-             ORDER BY pod COLLATE \"C\", pod_uid COLLATE \"C\", container COLLATE \"C\", instance",
-        )
-        .bind(namespace)
-        .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
-        rows.into_iter()
-            .map(|r| {
-                let meta: String = r.get(5);
-                Ok(SourceInfo {
-                    key: SourceKey {
-                        namespace: r.get(0),
-                        pod: r.get(1),
-                        pod_uid: r.get(2),
-                        container: r.get(3),
-                        instance: u32::try_from(r.get::<i64, _>(4))
-                            .map_err(|_| StorageError::Corrupt("instance out of range".to_owned()))?,
-                    },
-                    meta: serde_json::from_str(&meta).map_err(|e| StorageError::Corrupt(e.to_string()))?,
-                    terminated_at_ms: r.get(6),
-                    expires_at_ms: r.get(7),
-                    lines: r.get::<i64, _>(8) as u64,
-                    bytes: r.get::<i64, _>(9) as u64,
-                    dropped: r.get::<i64, _>(10) as u64,
-                })
-            })
-            .collect()
-    }
-
-    async fn archive_mark(&self, key: &SourceKey, at_ms: i64, ttl: Duration) -> Result<bool, StorageError> {
-        key.validate()?;
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let result = sqlx::query(
-            "UPDATE kubelens_log_sources SET \
-               terminated_at_ms = LEAST(COALESCE(terminated_at_ms, $6), $6), \
-               expires_at_ms = LEAST(COALESCE(terminated_at_ms, $6), $6) + $7 \
-             WHERE namespace = $1 AND pod = $2 AND pod_uid = $3 AND container = $4 AND instance = $5 \
-               AND (expires_at_ms IS NULL OR expires_at_ms > $8)",
-        )
-        .bind(&key.namespace)
-        .bind(&key.pod)
-        .bind(&key.pod_uid)
-        .bind(&key.container)
-        .bind(i64::from(key.instance))
-        .bind(at_ms)
-        .bind(ttl_ms)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn archive_purge(&self) -> Result<u64, StorageError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(sqlx_error)?;
-        sqlx::query(
-            "DELETE FROM kubelens_log_lines WHERE source_id IN \
-             (SELECT id FROM kubelens_log_sources WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1)",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(sqlx_error)?;
-        let removed =
-            sqlx::query("DELETE FROM kubelens_log_sources WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(sqlx_error)?
-                .rows_affected();
-        tx.commit().await.map_err(sqlx_error)?;
-        Ok(removed)
-    }
-
-    async fn session_purge(&self) -> Result<u64, StorageError> {
-        Ok(sqlx::query("DELETE FROM kubelens_sessions WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(sqlx_error)?
-            .rows_affected())
-    }
-
-    async fn ping_db(&self) -> Result<(), StorageError> {
-        // Reading the sessions table proves a connection works and the schema is present.
-        sqlx::query("SELECT 1 FROM kubelens_sessions LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(sqlx_error)?;
-        Ok(())
+        Ok(StoreAdapter::new(SqlBackend::new(pool, limits)))
     }
 }
 
-impl SessionStore for PostgresStore {
-    fn get<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
-        Box::pin(self.session_get(subject))
-    }
-    fn put<'a>(
-        &'a self,
-        subject: &'a str,
-        data: &'a [u8],
-        precondition: Precondition,
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, Version> {
-        Box::pin(self.session_put(subject, data, precondition, ttl))
-    }
-    fn delete<'a>(&'a self, subject: &'a str, precondition: Precondition) -> StoreFuture<'a, bool> {
-        Box::pin(self.session_delete(subject, precondition))
-    }
-    fn purge_expired(&self) -> StoreFuture<'_, u64> {
-        Box::pin(self.session_purge())
-    }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(self.ping_db())
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl LogArchive for PostgresStore {
-    fn append<'a>(
-        &'a self,
-        source: &'a SourceKey,
-        meta: &'a PodMeta,
-        lines: &'a [ArchivedLine],
-    ) -> StoreFuture<'a, AppendOutcome> {
-        Box::pin(self.archive_append(source, meta, lines))
-    }
-    fn read<'a>(&'a self, source: &'a SourceKey, query: LineQuery) -> StoreFuture<'a, Vec<ArchivedLine>> {
-        Box::pin(self.archive_read(source, query))
-    }
-    fn list_sources<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, Vec<SourceInfo>> {
-        Box::pin(self.archive_list(namespace))
-    }
-    fn mark_terminated<'a>(
-        &'a self,
-        source: &'a SourceKey,
-        terminated_at_ms: i64,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(self.archive_mark(source, terminated_at_ms, ttl))
-    }
-    fn purge_expired(&self) -> StoreFuture<'_, u64> {
-        Box::pin(self.archive_purge())
-    }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(self.ping_db())
+    #[test]
+    fn copy_binary_layout() {
+        let line = ArchivedLine { position: 7, timestamp_ns: 9, line: b"ab".to_vec(), truncated: true };
+        let buf = copy_binary(3, &[&line]);
+        assert_eq!(&buf[..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(buf.len(), 19 + 2 + 3 * 12 + 5 + 6 + 2);
+        assert_eq!(&buf[19..21], &5i16.to_be_bytes());
+        assert_eq!(&buf[buf.len() - 4..], &[b'a', b'b', 0xff, 0xff]);
     }
 }

@@ -22,12 +22,13 @@ use std::time::Duration;
 
 use kubelens_core::config::RedisConfig;
 use kubelens_core::storage::{
-    AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
-    StorageError, StoreFuture, StoreLimits, StoredSession, Version, now_ms, validate_append, validate_query,
+    AppendOutcome, ArchivedLine, LineQuery, PodMeta, Precondition, SourceInfo, SourceKey, StorageError, StoreLimits, StoredSession, Version, now_ms, validate_append, validate_query,
     validate_session_put, validate_subject,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
+
+use crate::backend::{Backend, StoreAdapter};
 
 /// Schema version this binary writes and understands.
 const SCHEMA_VERSION: i64 = 1;
@@ -172,9 +173,9 @@ redis.call('ZADD', KEYS[4], es, ARGV[4])
 return 1
 "#;
 
-/// Redis-backed sessions and archive; cheap to clone.
+/// Redis-backed sessions and archive (served through [`RedisStore`]); cheap to clone.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct RedisBackend {
     conn: ConnectionManager,
     prefix: String,
     limits: StoreLimits,
@@ -189,7 +190,7 @@ struct Scripts {
     mark: Script,
 }
 
-impl std::fmt::Debug for RedisStore {
+impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The connection (and its URL with a possible password) is deliberately not printed.
         f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
@@ -215,9 +216,18 @@ fn parse_version(raw: &str) -> Option<Version> {
     raw.parse::<u64>().ok().map(Version)
 }
 
+/// Redis-backed sessions and archive; cheap to clone.
+pub type RedisStore = StoreAdapter<RedisBackend>;
+
 impl RedisStore {
     /// Connects, checks (or writes) the schema version and returns the store.
     pub async fn open(config: &RedisConfig, limits: StoreLimits) -> Result<Self, StorageError> {
+        RedisBackend::connect(config, limits).await.map(StoreAdapter::new)
+    }
+}
+
+impl RedisBackend {
+    async fn connect(config: &RedisConfig, limits: StoreLimits) -> Result<Self, StorageError> {
         let client = redis::Client::open(config.url.expose())
             .map_err(|_| StorageError::Invalid("storage.redis.url is not a valid Redis URL".to_owned()))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -274,6 +284,9 @@ impl RedisStore {
         ]
     }
 
+}
+
+impl Backend for RedisBackend {
     async fn session_get(&self, subject: &str) -> Result<Option<StoredSession>, StorageError> {
         validate_subject(subject)?;
         let mut conn = self.conn.clone();
@@ -512,65 +525,14 @@ impl RedisStore {
         Ok(removed)
     }
 
-    async fn ping_server(&self) -> Result<(), StorageError> {
+    async fn session_purge(&self) -> Result<u64, StorageError> {
+        // Native TTL: nothing to do.
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(redis_error)?;
         Ok(())
-    }
-}
-
-impl SessionStore for RedisStore {
-    fn get<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
-        Box::pin(self.session_get(subject))
-    }
-    fn put<'a>(
-        &'a self,
-        subject: &'a str,
-        data: &'a [u8],
-        precondition: Precondition,
-        ttl: Option<Duration>,
-    ) -> StoreFuture<'a, Version> {
-        Box::pin(self.session_put(subject, data, precondition, ttl))
-    }
-    fn delete<'a>(&'a self, subject: &'a str, precondition: Precondition) -> StoreFuture<'a, bool> {
-        Box::pin(self.session_delete(subject, precondition))
-    }
-    fn purge_expired(&self) -> StoreFuture<'_, u64> {
-        // Native TTL: nothing to do.
-        Box::pin(async { Ok(0) })
-    }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(self.ping_server())
-    }
-}
-
-impl LogArchive for RedisStore {
-    fn append<'a>(
-        &'a self,
-        source: &'a SourceKey,
-        meta: &'a PodMeta,
-        lines: &'a [ArchivedLine],
-    ) -> StoreFuture<'a, AppendOutcome> {
-        Box::pin(self.archive_append(source, meta, lines))
-    }
-    fn read<'a>(&'a self, source: &'a SourceKey, query: LineQuery) -> StoreFuture<'a, Vec<ArchivedLine>> {
-        Box::pin(self.archive_read(source, query))
-    }
-    fn list_sources<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, Vec<SourceInfo>> {
-        Box::pin(self.archive_list(namespace))
-    }
-    fn mark_terminated<'a>(
-        &'a self,
-        source: &'a SourceKey,
-        terminated_at_ms: i64,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(self.archive_mark(source, terminated_at_ms, ttl))
-    }
-    fn purge_expired(&self) -> StoreFuture<'_, u64> {
-        Box::pin(self.archive_purge())
-    }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(self.ping_server())
     }
 }
