@@ -822,8 +822,11 @@ mod tests {
         let spec = pod.spec.as_mut().unwrap();
         let app = &mut spec.containers[0];
         app.readiness_probe.as_mut().unwrap().http_get.as_mut().unwrap().path = Some("/ready?apikey=probe-key-3&v=1".to_owned());
-        app.command = Some(vec!["sh".to_owned(), "-c".to_owned(), "DB_PASSWORD='quoted-pw-4' app --pass".to_owned()]);
-        app.args = Some(vec!["pass-value-5".to_owned()]);
+        app.command = Some(vec!["sh".to_owned(), "-c".to_owned(), "DB_PASSWORD='quoted-pw-4' app".to_owned()]);
+        // The flag ends `command`, its value starts `args`.
+        let migrate = &mut spec.init_containers.as_mut().unwrap()[0];
+        migrate.command = Some(vec!["migrate".to_owned(), "--pass".to_owned()]);
+        migrate.args = Some(vec!["pass-value-5".to_owned()]);
         let status = pod.status.as_mut().unwrap();
         status.message = Some("token=status-tok-6".to_owned());
         status.conditions.as_mut().unwrap()[0].message = Some("auth with Bearer condition-tok-7".to_owned());
