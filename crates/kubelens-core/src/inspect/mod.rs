@@ -41,7 +41,7 @@ pub struct PodDetails {
     pub uid: String,
     /// Labels (never masked: selectors need them).
     pub labels: BTreeMap<String, String>,
-    /// Annotations; sensitive ones masked for non-admins.
+    /// Annotations; for non-admins sensitive keys masked whole, secret shapes in the others.
     pub annotations: BTreeMap<String, String>,
     /// Keys of annotations whose value was masked.
     pub masked_annotations: Vec<String>,
@@ -321,8 +321,9 @@ pub const MAX_EVENTS: usize = 50;
 
 /// Builds the inspector view of `pod`, masking for non-admin viewers.
 ///
-/// `sensitive_annotations` are extra annotation keys to mask (config), on top of
-/// [`masking::ALWAYS_SENSITIVE_ANNOTATIONS`].
+/// `sensitive_annotations` are extra annotation keys to mask whole (config), on top of
+/// [`masking::ALWAYS_SENSITIVE_ANNOTATIONS`] and keys whose name looks secret; every other
+/// annotation value, command/args, probe paths and messages have their secret shapes masked.
 pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annotations: &[String]) -> PodDetails {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
@@ -332,13 +333,13 @@ pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annota
     let mut annotations = BTreeMap::new();
     let mut masked_annotations = Vec::new();
     for (key, value) in meta.annotations.iter().flatten() {
-        if !viewer.is_admin && masking::is_sensitive_annotation(key, sensitive_annotations) {
-            annotations.insert(key.clone(), MASKED.to_owned());
+        let (shown, was_masked) =
+            if viewer.is_admin { (value.clone(), false) } else { masking::mask_annotation(key, value, sensitive_annotations) };
+        if was_masked {
             masked_annotations.push(key.clone());
             masked = true;
-        } else {
-            annotations.insert(key.clone(), value.clone());
         }
+        annotations.insert(key.clone(), shown);
     }
 
     let statuses = |list: Option<&Vec<ContainerStatus>>| -> BTreeMap<String, ContainerStatus> {
@@ -391,7 +392,7 @@ pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annota
             type_: c.type_.clone(),
             status: c.status.clone(),
             reason: c.reason.clone(),
-            message: c.message.clone(),
+            message: mask_message(c.message.as_deref(), viewer, &mut masked),
             last_transition_time: c.last_transition_time.as_ref().map(|t| t.0.to_string()),
         })
         .collect();
@@ -404,7 +405,7 @@ pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annota
         .map(|e| EventDetails {
             type_: e.type_.clone(),
             reason: e.reason.clone(),
-            message: e.message.clone(),
+            message: mask_message(e.message.as_deref(), viewer, &mut masked),
             count: e.count,
             last_seen: event_time(e),
             source: e
@@ -415,6 +416,7 @@ pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annota
         })
         .collect();
 
+    let message = mask_message(status.and_then(|s| s.message.as_deref()), viewer, &mut masked);
     PodDetails {
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_default(),
@@ -432,7 +434,7 @@ pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annota
         qos_class: status.and_then(|s| s.qos_class.clone()),
         phase: status.and_then(|s| s.phase.clone()),
         reason: status.and_then(|s| s.reason.clone()),
-        message: status.and_then(|s| s.message.clone()),
+        message,
         service_account: spec.and_then(|s| s.service_account_name.clone()),
         priority_class: spec.and_then(|s| s.priority_class_name.clone()),
         restart_policy: spec.and_then(|s| s.restart_policy.clone()),
@@ -450,6 +452,18 @@ pub fn pod_details(pod: &Pod, events: &[Event], viewer: Viewer, sensitive_annota
         events,
         masked,
     }
+}
+
+/// A status, condition, termination or event message as a non-admin may see it (secret
+/// shapes masked: apps write anything into their termination message).
+fn mask_message(message: Option<&str>, viewer: Viewer, masked: &mut bool) -> Option<String> {
+    let message = message?;
+    if viewer.is_admin {
+        return Some(message.to_owned());
+    }
+    let (out, changed) = masking::mask_inline_secrets(message);
+    *masked |= changed;
+    Some(out)
 }
 
 fn event_time(e: &Event) -> Option<String> {
@@ -472,17 +486,16 @@ fn container_details(
     viewer: Viewer,
     masked: &mut bool,
 ) -> ContainerDetails {
-    let mut mask_args = |args: Option<&Vec<String>>| -> Vec<String> {
-        let args = args.cloned().unwrap_or_default();
-        if viewer.is_admin {
-            return args;
-        }
-        let (out, changed) = masking::mask_command_args(&args);
+    let command = c.command.clone().unwrap_or_default();
+    let args = c.args.clone().unwrap_or_default();
+    let (command, args) = if viewer.is_admin {
+        (command, args)
+    } else {
+        // One vector: a flag at the end of `command` may take its value from `args`.
+        let (command, args, changed) = masking::mask_container_command(&command, &args);
         *masked |= changed;
-        out
+        (command, args)
     };
-    let command = mask_args(c.command.as_ref());
-    let args = mask_args(c.args.as_ref());
 
     let mut probes = BTreeMap::new();
     for (name, probe) in [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe), ("startup", &c.startup_probe)] {
@@ -524,8 +537,8 @@ fn container_details(
                 sub_path: m.sub_path.clone(),
             })
             .collect(),
-        state: status.and_then(|s| s.state.as_ref()).and_then(state_details),
-        last_termination: status.and_then(|s| s.last_state.as_ref()).and_then(state_details),
+        state: status.and_then(|s| s.state.as_ref()).and_then(|s| state_details(s, viewer, masked)),
+        last_termination: status.and_then(|s| s.last_state.as_ref()).and_then(|s| state_details(s, viewer, masked)),
         ready: status.is_some_and(|s| s.ready),
         restart_count: status.map_or(0, |s| s.restart_count),
     }
@@ -537,7 +550,16 @@ fn probe_details(probe: &Probe, viewer: Viewer, masked: &mut bool) -> ProbeDetai
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => p.to_string(),
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
         };
-        ("httpGet", format!("{}:{port}{}", http.scheme.as_deref().unwrap_or("HTTP"), http.path.as_deref().unwrap_or("/")))
+        let path = http.path.as_deref().unwrap_or("/");
+        let path = if viewer.is_admin {
+            path.to_owned()
+        } else {
+            // Query parameters such as `?apikey=…`, `token=`, `sig=`.
+            let (out, changed) = masking::mask_inline_secrets(path);
+            *masked |= changed;
+            out
+        };
+        ("httpGet", format!("{}:{port}{path}", http.scheme.as_deref().unwrap_or("HTTP")))
     } else if let Some(tcp) = &probe.tcp_socket {
         let port = match &tcp.port {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => p.to_string(),
@@ -653,12 +675,12 @@ fn volume_details(v: &Volume, viewer: Viewer, masked: &mut bool) -> VolumeDetail
     VolumeDetails { name: v.name.clone(), kind: kind.to_owned(), source, masked: was_masked }
 }
 
-fn state_details(state: &ContainerState) -> Option<StateDetails> {
+fn state_details(state: &ContainerState, viewer: Viewer, masked: &mut bool) -> Option<StateDetails> {
     if let Some(w) = &state.waiting {
         return Some(StateDetails {
             state: "waiting".to_owned(),
             reason: w.reason.clone(),
-            message: w.message.clone(),
+            message: mask_message(w.message.as_deref(), viewer, masked),
             exit_code: None,
             started_at: None,
             finished_at: None,
@@ -677,7 +699,7 @@ fn state_details(state: &ContainerState) -> Option<StateDetails> {
     state.terminated.as_ref().map(|t| StateDetails {
         state: "terminated".to_owned(),
         reason: t.reason.clone(),
-        message: t.message.clone(),
+        message: mask_message(t.message.as_deref(), viewer, masked),
         exit_code: Some(t.exit_code),
         started_at: t.started_at.as_ref().map(|t| t.0.to_string()),
         finished_at: t.finished_at.as_ref().map(|t| t.0.to_string()),
@@ -788,6 +810,52 @@ mod tests {
         let json = serde_json::to_string(&d).unwrap();
         for secret in ["hunter2", "tok-123", "tls-certs", "\"s1\"", "--token=abc"] {
             assert!(!json.contains(secret), "{secret} leaked: {json}");
+        }
+    }
+
+    #[test]
+    fn non_admins_get_probe_paths_annotations_and_messages_masked() {
+        let mut pod = pod();
+        let annotations = pod.metadata.annotations.get_or_insert_default();
+        annotations.insert("example.com/db-password".to_owned(), "plain-pw-1".to_owned());
+        annotations.insert("example.com/dsn".to_owned(), "postgres://app:dsn-pw-2@db/app".to_owned());
+        let spec = pod.spec.as_mut().unwrap();
+        let app = &mut spec.containers[0];
+        app.readiness_probe.as_mut().unwrap().http_get.as_mut().unwrap().path = Some("/ready?apikey=probe-key-3&v=1".to_owned());
+        app.command = Some(vec!["sh".to_owned(), "-c".to_owned(), "DB_PASSWORD='quoted-pw-4' app".to_owned()]);
+        // The flag ends `command`, its value starts `args`.
+        let migrate = &mut spec.init_containers.as_mut().unwrap()[0];
+        migrate.command = Some(vec!["migrate".to_owned(), "--pass".to_owned()]);
+        migrate.args = Some(vec!["pass-value-5".to_owned()]);
+        let status = pod.status.as_mut().unwrap();
+        status.message = Some("token=status-tok-6".to_owned());
+        status.conditions.as_mut().unwrap()[0].message = Some("auth with Bearer condition-tok-7".to_owned());
+        let app_status = &mut status.container_statuses.as_mut().unwrap()[0];
+        app_status.last_state.as_mut().unwrap().terminated.as_mut().unwrap().message =
+            Some("connect failed: mysql://root:term-pw-8@db".to_owned());
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "e", "namespace": "team-a"},
+            "involvedObject": {"kind": "Pod", "name": "web-1"},
+            "message": "probe failed: GET /x?sig=event-sig-9"
+        }))
+        .unwrap();
+        let secrets = ["plain-pw-1", "dsn-pw-2", "probe-key-3", "quoted-pw-4", "pass-value-5", "status-tok-6", "condition-tok-7", "term-pw-8", "event-sig-9"];
+
+        let d = pod_details(&pod, std::slice::from_ref(&event), Viewer { is_admin: false }, &[]);
+        let json = serde_json::to_string(&d).unwrap();
+        for secret in secrets {
+            assert!(!json.contains(secret), "{secret} leaked: {json}");
+        }
+        assert_eq!(container(&d, "app").probes["readiness"].target, format!("HTTP:8080/ready?apikey={MASKED}&v=1"));
+        assert_eq!(d.annotations["example.com/dsn"], format!("postgres://app:{MASKED}@db/app"));
+        assert!(d.masked_annotations.contains(&"example.com/dsn".to_owned()));
+        assert_eq!(d.annotations["prometheus.io/scrape"], "true");
+        assert_eq!(d.events[0].message.as_deref(), Some(format!("probe failed: GET /x?sig={MASKED}").as_str()));
+
+        // Admins see every one of them.
+        let json = serde_json::to_string(&pod_details(&pod, &[event], Viewer { is_admin: true }, &[])).unwrap();
+        for secret in secrets {
+            assert!(json.contains(secret), "{secret} missing for an admin");
         }
     }
 
