@@ -209,7 +209,7 @@ pub fn mask_command_args(args: &[String]) -> (Vec<String>, bool) {
                     continue;
                 }
                 Next::UserPassword => {
-                    if let Some((user, password)) = arg.split_once(':')
+                    if let Some((user, password)) = split_user_password(arg)
                         && !password.is_empty()
                     {
                         masked_any |= password != MASKED;
@@ -236,6 +236,22 @@ pub fn mask_command_args(args: &[String]) -> (Vec<String>, bool) {
         out.push(masked);
     }
     (out, masked_any)
+}
+
+/// `user:password` split at the first colon that is not inside a [`MASKED`] marker: the
+/// marker has a colon of its own, so without this a value masked on the first pass (no colon
+/// of its own) would be read as `user:password` on the second, and masking would not be
+/// idempotent (the fuzz target found it: `-U "DB_PASSWORD='x' …"`).
+fn split_user_password(arg: &str) -> Option<(&str, &str)> {
+    let mut from = 0;
+    while let Some(offset) = arg.get(from..).and_then(|rest| rest.find(':')) {
+        let colon = from + offset;
+        match arg.match_indices(MASKED).find(|(start, _)| *start < colon && colon < start + MASKED.len()) {
+            Some((start, _)) => from = start + MASKED.len(),
+            None => return Some((arg.get(..colon)?, arg.get(colon + 1..)?)),
+        }
+    }
+    None
 }
 
 /// The program name of a word (`/usr/bin/mysql` → `mysql`).
@@ -312,6 +328,21 @@ mod tests {
             assert_eq!(out, strings(expected), "input {input:?}");
             assert_eq!(masked, *changed, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn a_user_password_value_masked_on_the_first_pass_is_left_alone_on_the_second() {
+        // Found by the masking fuzz target (fuzz/regressions/masking): the masked value has no
+        // colon of its own, only the marker's.
+        let input = strings(&["sh", "-U", "DB_PASSWORD='x' qsm- yluroot -phunter3 && cu&", "p@h/x/apikey=k&sig=s"]);
+        let (once, changed) = mask_command_args(&input);
+        assert!(changed);
+        assert_eq!(once[2], format!("DB_PASSWORD='{MASKED}' qsm- yluroot -phunter3 && cu&"));
+        assert_eq!(mask_command_args(&once), (once.clone(), false));
+        // A real user:password still masks the password, also after a marker in the user part.
+        assert_eq!(mask_command_args(&strings(&["curl", "-u", "app:hunter2"])).0[2], format!("app:{MASKED}"));
+        let user_masked = format!("{MASKED}x:pw");
+        assert_eq!(mask_command_args(&strings(&["curl", "-u", &user_masked])).0[2], format!("{MASKED}x:{MASKED}"));
     }
 
     #[test]
