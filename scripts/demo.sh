@@ -4,7 +4,7 @@
 # Keycloak), runs kubelens on the embedded default storage (sqlite) against it with the
 # backend's ServiceAccount (the Helm chart's RBAC), keeps every seeded app's pods logging, and
 # prints the URL, the sign-in users and a ready-to-paste `curl -N` with a real Keycloak token.
-# The web console is served too once web/ exists (another branch; not yet).
+# The web console (web/, built with its locked npm packages) is served at the same URL.
 #
 #   make run   (= scripts/demo.sh; make demo is the same)   Ctrl-C stops everything it started.
 #   KUBELENS_DEMO_SKIP_PREREQS=1 skips the prerequisite step (already done).
@@ -61,8 +61,14 @@ set +a
 # 2. kubelens: sqlite storage, the ServiceAccount's kubeconfig, Keycloak of the testenv.
 PROFILE_FLAG=""; PROFILE_DIR=debug
 if [ "${KUBELENS_RELEASE:-0}" = 1 ]; then PROFILE_FLAG="--release"; PROFILE_DIR=release; fi
-say "[3/5] building kubelens ($PROFILE_DIR; first build several minutes, then seconds)"
+say "[3/5] building kubelens ($PROFILE_DIR; first build several minutes, then seconds) and the web console"
 (cd "$ROOT" && cargo build $PROFILE_FLAG -p kubelens-salvo --bin kubelens)
+# The console: locked npm packages once, then a build whenever a source is newer than it.
+if [ ! -d "$ROOT/web/node_modules" ]; then (cd "$ROOT/web" && npm ci --no-audit --no-fund); fi
+if [ ! -f "$ROOT/web/dist/index.html" ] || \
+   [ -n "$(find "$ROOT/web/src" "$ROOT/web/index.html" "$ROOT/web/package-lock.json" -newer "$ROOT/web/dist/index.html" -print -quit)" ]; then
+    (cd "$ROOT/web" && npm run build --silent >&2)
+fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/$PROFILE_DIR/kubelens"
 
@@ -88,11 +94,15 @@ PORT="${DEMO_PORT:-$(free_port)}"
 cat > "$DEMO_DIR/config.yaml" <<EOF
 server:
   listen: 127.0.0.1:$PORT
+  web_root: $ROOT/web/dist
+  web_client_id: ${TESTENV_WEB_CLIENT_ID:-kubelens-web}
 auth:
   keycloak_url: $TESTENV_KEYCLOAK_URL
   realm: ${TESTENV_REALM:-kubelens}
   client_id: ${TESTENV_BACKEND_CLIENT_ID:-kubelens}
+  trusted_clients: [${TESTENV_WEB_CLIENT_ID:-kubelens-web}]
   allowed_groups: [k8s-logs-access]
+  admin_group: k8s-admin-access
 kubernetes:
   kubeconfig: $DEMO_DIR/sa-kubeconfig
 namespaces:
@@ -135,8 +145,9 @@ TOKEN="$(token)"
 cat <<EOF
 
   KubeLens is running on http://127.0.0.1:$PORT (storage: sqlite $DEMO_DIR/kubelens.db),
-  ready $((SECONDS - T0)) s after the start. API: http://127.0.0.1:$PORT/api/v1/openapi.json
-  (web console: not yet in this repository). $GENERATORS seeded containers log $RATE lines/s.
+  ready $((SECONDS - T0)) s after the start.
+  Web console: open http://127.0.0.1:$PORT/ in a browser and sign in (users below).
+  API: http://127.0.0.1:$PORT/api/v1/openapi.json. $GENERATORS seeded containers log $RATE lines/s.
 
   Keycloak $TESTENV_KEYCLOAK_URL, realm ${TESTENV_REALM:-kubelens}; sign-in users (user / password):
     viewer  / viewer-pw    group /k8s-logs-access: reads team-a and team-b

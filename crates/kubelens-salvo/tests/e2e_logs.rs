@@ -47,13 +47,19 @@ async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestSer
     serve(env, config, auth).await
 }
 
-/// The server with a given authenticator (e.g. a test issuer's, to mint short-lived tokens).
-async fn serve(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> TestServer {
+/// The app state the binary builds: the cluster cache and log service with the backend's
+/// ServiceAccount.
+async fn app_state(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> (AppState, Arc<LogService>) {
     let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(auth);
     let cluster = support::sa_cluster(env, &state.policy).await;
     let logs = Arc::new(LogService::new(support::sa_kube_config(env).await, &state.config, cluster.clone(), Arc::clone(&state.policy)).unwrap());
     state.logs = Some(Arc::clone(&logs));
-    let state = state.with_cluster(cluster);
+    (state.with_cluster(cluster), logs)
+}
+
+/// The server with a given authenticator (e.g. a test issuer's, to mint short-lived tokens).
+async fn serve(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> TestServer {
+    let (state, logs) = app_state(env, config, auth).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let acceptor = TcpAcceptor::try_from(listener).unwrap();
@@ -857,5 +863,65 @@ async fn app_streams_read_at_most_max_sources_per_user() {
     while server.state.admission.user_sources(&subject("viewer").await) > 0 {
         assert!(Instant::now() < deadline, "source slots not released");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Slowloris protection must not cut live streams: on the binary's own listener
+/// (`server::serve`, with `server.idle_timeout`), a connection with no traffic is closed after
+/// the idle timeout, while an SSE stream on a pod that logs nothing stays open through its
+/// keepalives and still delivers the line written after three idle timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_outlives_the_idle_timeout_that_closes_an_idle_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(env) = TestEnv::e2e() else { return };
+    let idle = Duration::from_secs(3);
+    let mut config = Config::default();
+    config.namespaces.allowed = vec!["team-a".into()];
+    config.server.idle_timeout = idle;
+    config.logs.keepalive_interval = Duration::from_secs(1);
+    config.auth.keycloak_url = env.keycloak_url.clone().expect("the log e2e tests need Keycloak");
+    config.auth.realm = env.realm.clone();
+    config.auth.client_id = env.backend_client_id.clone();
+    config.auth.allowed_groups = Some(vec!["k8s-logs-access".into()]);
+    if let Err(err) = config.validate() {
+        panic!("the test's config is invalid: {err:?}");
+    }
+    let auth = kubelens_core::auth::Authenticator::new(&config.auth).unwrap();
+    assert!(auth.load_keys().await, "Keycloak keys");
+    let (state, _logs) = app_state(env, config, auth).await;
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(kubelens_salvo::server::serve(state, "127.0.0.1:0".parse().unwrap(), std::future::pending(), move |addr| {
+        let _ = bound_tx.send(addr);
+    }));
+    let addr: SocketAddr = bound_rx.await.unwrap();
+
+    // The timeout is really on: a keep-alive connection that goes quiet after one answer is
+    // closed (EOF) once `idle` has passed.
+    let mut quiet = tokio::net::TcpStream::connect(addr).await.unwrap();
+    quiet.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = quiet.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let answered = Instant::now();
+    let closed = tokio::time::timeout(idle * 4, async { while quiet.read(&mut buf).await.is_ok_and(|n| n > 0) {} }).await;
+    assert!(closed.is_ok(), "an idle connection was still open after {:?}", idle * 4);
+    assert!(answered.elapsed() >= idle - Duration::from_millis(200), "closed before the idle timeout: {:?}", answered.elapsed());
+
+    // A quiet pod's stream on the same listener is kept open by its keepalives.
+    let pod = unique("quiet");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let url = format!("http://{addr}/api/v1/namespaces/team-a/pods/{pod}/logs");
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    tokio::time::sleep(idle * 3).await;
+    loggen(env, &path, &pod, 1, 10, &[]).wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no log line within 30 s");
+        let event = sse.next(Duration::from_secs(30)).await.expect("the idle timeout ended the stream of a quiet pod");
+        if event.event == "log" {
+            assert_eq!(seq_of(event.data["line"].as_str().unwrap()).0, 1);
+            break;
+        }
+        assert_ne!(event.data["state"], "ended", "{:?}", event.data);
     }
 }
