@@ -122,6 +122,26 @@ for _ in $(seq 1 120); do
 done
 curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || say "warning: /readyz is not 200 yet (see $DEMO_DIR/kubelens.log)"
 
+# The console signs in from http://127.0.0.1:$PORT: Keycloak must accept that origin for the
+# token request (testenv's realm allows any redirect URI, but its `+` web origin derives no
+# origin from `*`, and the port is picked per run). Added through the admin API, idempotently.
+python3 - "$TESTENV_KEYCLOAK_URL" "${TESTENV_REALM:-kubelens}" "${TESTENV_WEB_CLIENT_ID:-kubelens-web}" \
+    "http://127.0.0.1:$PORT" <<'PY' || say "warning: could not allow the console's origin in Keycloak; browser sign-in will fail"
+import json, os, sys, urllib.parse, urllib.request
+kc, realm, client_id, origin = sys.argv[1:5]
+form = urllib.parse.urlencode({"grant_type": "password", "client_id": "admin-cli",
+    "username": os.environ["TESTENV_KEYCLOAK_ADMIN_USER"], "password": os.environ["TESTENV_KEYCLOAK_ADMIN_PASSWORD"]}).encode()
+token = json.load(urllib.request.urlopen(f"{kc}/realms/master/protocol/openid-connect/token", form, timeout=30))["access_token"]
+auth = {"Authorization": f"Bearer {token}"}
+url = f"{kc}/admin/realms/{realm}/clients"
+client = json.load(urllib.request.urlopen(urllib.request.Request(f"{url}?clientId={client_id}", headers=auth), timeout=30))[0]
+if origin not in client.get("webOrigins", []):
+    client["webOrigins"] = client.get("webOrigins", []) + [origin]
+    put = urllib.request.Request(f"{url}/{client['id']}", json.dumps(client).encode(), method="PUT",
+                                 headers={**auth, "Content-Type": "application/json"})
+    urllib.request.urlopen(put, timeout=30)
+PY
+
 # 3. Keep every seeded pod's containers logging (one generator per container log file that
 #    the seeding wrote, except previous-instance files), $RATE lines/s each.
 say "[5/5] keeping the seeded apps logging ($RATE lines/s per container)"
