@@ -2,7 +2,9 @@
 // whose logs KubeLens keeps until `expiresAt` (GET /api/v1/namespaces/{ns}/archived-pods,
 // docs/retention.md). Read when the screen opens and again whenever pods/watch reports a
 // deletion (the archive marks a pod terminated just after it is gone, so the list is
-// re-read with back-off until the deleted pod shows up, at most ~30 s).
+// re-read with back-off until the deleted pod shows up, at most ~30 s). Sources of a pod that
+// still exists (same uid: a crash-looping container's previous instances) are left out: they
+// are read from the live pod's view with "previous".
 import { api } from './api';
 import { h } from './dom';
 import { formatTime } from './time';
@@ -23,6 +25,9 @@ const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000];
 export class ArchivedList {
   private timers = new Set<ReturnType<typeof setTimeout>>();
   private stopped = false;
+  private items: ArchivedPod[] = [];
+  private live = new Set<string>();
+  private loaded = false; // nothing is rendered before the first read
 
   constructor(private ns: string, private body: HTMLTableSectionElement) {}
 
@@ -30,13 +35,20 @@ export class ArchivedList {
   async refresh(): Promise<ArchivedPod[]> {
     try {
       const { body } = await api<{ items: ArchivedPod[] }>(`/api/v1/namespaces/${encodeURIComponent(this.ns)}/archived-pods`);
-      const items = body.items.filter((x) => x.terminated);
-      if (!this.stopped) this.render(items);
-      return items;
+      this.items = body.items.filter((x) => x.terminated);
+      this.loaded = true;
+      if (!this.stopped) this.render();
+      return this.items;
     } catch {
       if (!this.stopped) this.body.replaceChildren(h('tr', {}, h('td', { colspan: '4', class: 'muted' }, 'archive unavailable')));
       return [];
     }
+  }
+
+  /** The uids of the pods that exist now (their archived sources are not listed). */
+  setLive(uids: Iterable<string>): void {
+    this.live = new Set(uids);
+    if (!this.stopped && this.loaded) this.render();
   }
 
   /** A pod was deleted: re-read until it is listed (or the retries run out). */
@@ -61,9 +73,10 @@ export class ArchivedList {
     this.timers.clear();
   }
 
-  private render(items: ArchivedPod[]): void {
+  private render(): void {
     const ns = encodeURIComponent(this.ns);
-    const rows = items
+    const rows = this.items
+      .filter((x) => !this.live.has(x.uid))
       .sort((a, b) => (b.terminatedAt ?? '').localeCompare(a.terminatedAt ?? ''))
       .map((x) => h('tr', { 'data-archived': x.name },
         h('td', {}, h('a', { href: `#/ns/${ns}/pod/${encodeURIComponent(x.name)}` }, x.name)),

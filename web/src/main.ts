@@ -13,7 +13,7 @@ import { applyTheme, toggleTheme } from './theme';
 import { formatTime } from './time';
 import './style.css';
 
-interface Pod { name: string; phase?: string; reason?: string; ready: boolean; readyContainers: number; totalContainers: number; restarts: number; age: number; containers: { name: string }[]; initContainers: { name: string }[]; ownerApp?: { kind: string; name: string } }
+interface Pod { name: string; uid: string; phase?: string; reason?: string; ready: boolean; readyContainers: number; totalContainers: number; restarts: number; age: number; containers: { name: string }[]; initContainers: { name: string }[]; ownerApp?: { kind: string; name: string } }
 interface App { kind: string; name: string; replicasDesired: number; replicasReady: number; pods: number; podNames: string[] }
 interface Me { username: string; isAdmin: boolean }
 /** A stream's `status` event (docs/logs.md); `archived` carries the archive's times. */
@@ -60,6 +60,8 @@ async function namespace(ns: string): Promise<void> {
   const podsBody = h('tbody');
   const appsBody = h('tbody');
   const archived = h('tbody');
+  const archive = new ArchivedList(ns, archived);
+  cleanup.push(() => archive.stop());
   const pods = new Map<string, Pod>();
   const renderPods = () => {
     const rows = [...pods.values()].sort((a, b) => a.name.localeCompare(b.name)).map((p) => h('tr', { 'data-pod': p.name },
@@ -70,14 +72,13 @@ async function namespace(ns: string): Promise<void> {
       h('td', {}, age(p.age)),
       h('td', {}, h('a', { href: `#/ns/${ns}/inspect/${p.name}` }, 'inspect'))));
     podsBody.replaceChildren(...rows);
+    archive.setLive([...pods.values()].map((x) => x.uid));
   };
   app.replaceChildren(header(), h('main', {},
     h('nav', { class: 'crumbs' }, h('a', { href: '#/' }, 'namespaces'), ` / ${ns} `, pinButton({ kind: 'namespace', namespace: ns })),
     h('h2', {}, 'Pods'), h('table', { id: 'pods' }, h('thead', {}, h('tr', {}, ...['name', 'status', 'ready', 'restarts', 'age', ''].map((t) => h('th', {}, t)))), podsBody),
     h('h2', {}, 'Apps'), h('table', { id: 'apps' }, h('thead', {}, h('tr', {}, ...['name', 'kind', 'ready', 'pods'].map((t) => h('th', {}, t)))), appsBody),
     h('h2', {}, 'Archived (terminated) pods'), h('table', { id: 'archived' }, h('thead', {}, h('tr', {}, ...['name', 'app', 'lines', 'readable until'].map((t) => h('th', {}, t)))), archived)));
-  const archive = new ArchivedList(ns, archived);
-  cleanup.push(() => archive.stop());
   const [p, a] = await Promise.all([api<Pod[]>(`/api/v1/namespaces/${ns}/pods`), api<App[]>(`/api/v1/namespaces/${ns}/apps`)]);
   for (const pod of p.body) pods.set(pod.name, pod);
   renderPods();
