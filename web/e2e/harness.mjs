@@ -187,7 +187,7 @@ export async function waitLogsMapped(env, ns, pod, ms = 30_000) {
 
 /**
  * Forwards 127.0.0.1:<port> to `targetPort`; `cut()` destroys every connection that carried
- * data and reports how many of them were SSE streams (answers with `text/event-stream`).
+ * data and reports how many of them were carrying an SSE stream (a `text/event-stream` answer).
  */
 export function startProxy(targetPort) {
   const sockets = new Set();
@@ -196,7 +196,8 @@ export function startProxy(targetPort) {
     const pair = { client, upstream, bytes: 0, sse: false };
     sockets.add(pair);
     upstream.on('data', (d) => {
-      if (pair.bytes === 0) pair.sse = /^content-type:\s*text\/event-stream/im.test(d.toString('latin1', 0, Math.min(d.length, 4096)));
+      // Keep-alive: an SSE response may follow other responses on the same connection.
+      if (!pair.sse) pair.sse = /^content-type:\s*text\/event-stream/im.test(d.toString('latin1'));
       pair.bytes += d.length;
     });
     client.pipe(upstream).pipe(client);
