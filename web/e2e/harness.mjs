@@ -124,3 +124,97 @@ export async function allowWebOrigins(env, origins) {
   const res = await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients/${client.id}`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(client) });
   if (!res.ok) throw new Error(`Keycloak admin API: ${res.status}`);
 }
+
+/** An access token of `user` from Keycloak's token endpoint (password grant, the console's client). */
+export async function passwordToken(env, user) {
+  const form = new URLSearchParams({ grant_type: 'password', client_id: env.TESTENV_WEB_CLIENT_ID, username: user, password: env[`TESTENV_USER_${user.toUpperCase()}_PASSWORD`], scope: 'openid' });
+  const res = await fetch(`${env.TESTENV_KEYCLOAK_URL}/realms/${env.TESTENV_REALM}/protocol/openid-connect/token`, { method: 'POST', body: form });
+  if (!res.ok) throw new Error(`password grant for ${user}: ${res.status} ${await res.text()}`);
+  return (await res.json()).access_token;
+}
+
+/** Runs testenv's kubectl as the cluster admin; resolves with stdout, rejects with stderr. */
+export function kubectl(env, args, input) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(env.TESTENV_KUBECTL, ['--kubeconfig', env.TESTENV_KUBECONFIG, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`kubectl ${args.join(' ')}: ${err.trim()}`))));
+    child.stdin.end(input === undefined ? '' : typeof input === 'string' ? input : JSON.stringify(input));
+  });
+}
+
+export const apply = (env, obj) => kubectl(env, ['apply', '-f', '-'], obj);
+
+/**
+ * Maps a pod created by a test to its own CRI log files (a KWOK `Logs` object named after
+ * the pod, as `TestEnv::ensure_pod_logs` does) and returns the files, one per container.
+ */
+export async function ensurePodLogs(env, ns, pod, containers) {
+  const files = containers.map((c) => path.join(env.TESTENV_LOG_DIR, ns, pod, `${c}.log`));
+  fs.mkdirSync(path.join(env.TESTENV_LOG_DIR, ns, pod), { recursive: true });
+  for (const f of files) fs.closeSync(fs.openSync(f, 'a'));
+  await apply(env, {
+    apiVersion: 'kwok.x-k8s.io/v1alpha1', kind: 'Logs', metadata: { name: pod, namespace: ns },
+    spec: { logs: containers.map((c, i) => ({ containers: [c], logsFile: files[i], previousLogsFile: path.join(env.TESTENV_LOG_DIR, ns, pod, `${c}.previous.log`), follow: true })) },
+  });
+  return files;
+}
+
+/** A pod on the KWOK node with one container `app`. */
+export function podManifest(env, ns, name, { labels = {}, owner } = {}) {
+  return {
+    apiVersion: 'v1', kind: 'Pod',
+    metadata: { name, namespace: ns, labels, ...(owner ? { ownerReferences: [{ ...owner, controller: true }] } : {}) },
+    spec: {
+      nodeName: env.TESTENV_NODE_NAME,
+      restartPolicy: owner?.kind === 'Job' ? 'Never' : 'Always',
+      containers: [{ name: 'app', image: 'registry.invalid/kubelens/e2e:1' }],
+      tolerations: [{ key: 'kwok.x-k8s.io/node', operator: 'Exists', effect: 'NoSchedule' }],
+    },
+  };
+}
+
+/** Waits until KWOK serves the pod's own log file (not testenv's "no Logs object" fallback). */
+export async function waitLogsMapped(env, ns, pod, ms = 30_000) {
+  await waitFor(`KWOK serving ${ns}/${pod}'s own log`, async () => {
+    const out = await kubectl(env, ['-n', ns, 'logs', pod, '-c', 'app', '--tail=1']);
+    return !out.includes('has no KWOK Logs object');
+  }, ms);
+}
+
+/**
+ * Forwards 127.0.0.1:<port> to `targetPort`; `cut()` destroys every connection that carried
+ * data and reports how many of them were carrying an SSE stream (a `text/event-stream` answer).
+ */
+export function startProxy(targetPort) {
+  const sockets = new Set();
+  const srv = net.createServer((client) => {
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    const pair = { client, upstream, bytes: 0, sse: false };
+    sockets.add(pair);
+    upstream.on('data', (d) => {
+      // Keep-alive: an SSE response may follow other responses on the same connection.
+      if (!pair.sse) pair.sse = /^content-type:\s*text\/event-stream/im.test(d.toString('latin1'));
+      pair.bytes += d.length;
+    });
+    client.pipe(upstream).pipe(client);
+    const drop = () => { sockets.delete(pair); client.destroy(); upstream.destroy(); };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+  });
+  return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve({
+    port: srv.address().port,
+    /** Whether an open SSE stream has carried data from the server. */
+    carrying: () => [...sockets].some((p) => p.sse && p.bytes > 0),
+    /** Cuts every connection that carried data; returns how many SSE streams it cut. */
+    cut() {
+      let n = 0;
+      for (const p of sockets) if (p.bytes > 0) { if (p.sse) n++; p.client.destroy(); p.upstream.destroy(); sockets.delete(p); }
+      return n;
+    },
+    close: () => { for (const p of sockets) { p.client.destroy(); p.upstream.destroy(); } srv.close(); },
+  })));
+}

@@ -20,6 +20,9 @@ describe('levelOf / prettyJson', () => {
     expect(levelOf('x level=error msg=boom')).toBe('error');
     expect(levelOf('{"level":"warning"}')).toBe('warn');
     expect(levelOf('nothing here')).toBe('');
+    expect(levelOf('seq=10 src=team-a/debug/debug seed line 10 level=error msg="x"')).toBe('error');
+    expect(levelOf('{"pod":"debug-1","level":"info"}')).toBe('info');
+    expect(levelOf('[WARN] disk')).toBe('warn');
     expect(prettyJson('{"a":1}')).toBe('{\n  "a": 1\n}');
     expect(prettyJson('{not json}')).toBeNull();
     expect(prettyJson('plain')).toBeNull();

@@ -52,9 +52,14 @@ export class LineBuffer {
   }
 }
 
+const LEVEL_WORDS = 'trace|debug|info|warn(?:ing)?|error|fatal|panic';
+const LEVEL_FIELD = new RegExp(`(?:\\blevel=|"level":\\s*")(${LEVEL_WORDS})\\b`, 'i');
+const LEVEL_WORD = new RegExp(`\\b(${LEVEL_WORDS})\\b`, 'i');
+
 /** A level word found in a line (for colouring), or ''. */
 export function levelOf(text: string): string {
-  const m = /\b(?:level=|"level":\s*"|\[)?(trace|debug|info|warn(?:ing)?|error|fatal|panic)\b/i.exec(text);
+  // An explicit level field wins over a level word elsewhere (e.g. "debug" in a pod name).
+  const m = LEVEL_FIELD.exec(text) ?? LEVEL_WORD.exec(text);
   if (!m) return '';
   const l = m[1].toLowerCase();
   return l === 'warning' ? 'warn' : l === 'panic' ? 'fatal' : l;

@@ -2,27 +2,28 @@
 // views. Plain TypeScript; keycloak-js for sign-in, @tanstack/virtual-core for the log list.
 import { AnsiUp } from 'ansi_up';
 import { elementScroll, observeElementOffset, observeElementRect, Virtualizer } from '@tanstack/virtual-core';
-import { api, ApiError, renewStreamCredential, signIn, signOut } from './api';
+import { api, ApiError, renewStreamCredential, signIn, signOut, token } from './api';
+import { ArchivedList } from './archive';
+import { escapeHtml, h } from './dom';
 import { LineBuffer, levelOf, prettyJson, type LogLine } from './lines';
+import { pinBar, pinButton, renderPins } from './pins';
+import { current, loadSession, onSessionChange, refHref, setActive, setPref, update, type ResourceRef } from './session';
 import { LogStream, type StreamState } from './stream';
+import { applyTheme, toggleTheme } from './theme';
+import { formatTime } from './time';
 import './style.css';
 
-interface Pod { name: string; phase?: string; reason?: string; ready: boolean; readyContainers: number; totalContainers: number; restarts: number; age: number; containers: { name: string }[]; initContainers: { name: string }[]; ownerApp?: { kind: string; name: string } }
+interface Pod { name: string; uid: string; phase?: string; reason?: string; ready: boolean; readyContainers: number; totalContainers: number; restarts: number; age: number; containers: { name: string }[]; initContainers: { name: string }[]; ownerApp?: { kind: string; name: string } }
 interface App { kind: string; name: string; replicasDesired: number; replicasReady: number; pods: number; podNames: string[] }
 interface Me { username: string; isAdmin: boolean }
+/** A stream's `status` event (docs/logs.md); `archived` carries the archive's times. */
+interface Status { state: string; reason?: string; terminatedAt?: string; expiresAt?: string }
 
 const app = document.getElementById('app')!;
 const ansi = new AnsiUp();
 ansi.use_classes = true; // classes, not inline styles: the CSP allows no inline style
 let me: Me;
 let cleanup: (() => void)[] = [];
-
-function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, ...kids: (Node | string)[]): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  el.append(...kids);
-  return el;
-}
 
 function age(seconds: number): string {
   if (seconds < 120) return `${seconds}s`;
@@ -31,44 +32,12 @@ function age(seconds: number): string {
   return `${Math.floor(seconds / 86400)}d`;
 }
 
-function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
 function header(): HTMLElement {
   const theme = h('button', { id: 'theme', title: 'toggle theme (t)' }, 'theme');
   theme.onclick = toggleTheme;
   const out = h('button', { id: 'signout' }, 'sign out');
   out.onclick = () => void signOut();
-  return h('header', {}, h('a', { href: '#/' , class: 'brand' }, 'KubeLens'), h('span', { class: 'spacer' }), h('span', { id: 'user' }, me?.username ?? ''), theme, out);
-}
-
-function toggleTheme(): void {
-  const dark = document.documentElement.dataset.theme !== 'dark';
-  document.documentElement.dataset.theme = dark ? 'dark' : 'light';
-  void saveSession({ theme: dark ? 'dark' : 'light' });
-}
-
-// ---- session (GET/PUT /api/v1/session with If-Match) ----
-let sessionEtag: string | null = null;
-let session: Record<string, unknown> = {};
-async function loadSession(): Promise<void> {
-  try {
-    const { body, res } = await api<Record<string, unknown>>('/api/v1/session');
-    session = body; sessionEtag = res.headers.get('etag');
-    if (body.theme === 'dark' || body.theme === 'light') document.documentElement.dataset.theme = body.theme as string;
-  } catch { /* sessions unavailable: defaults */ }
-}
-async function saveSession(patch: Record<string, unknown>): Promise<void> {
-  const next = { ...session, ...patch };
-  const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (sessionEtag) headers['if-match'] = sessionEtag; else headers['if-none-match'] = '*';
-  try {
-    const { body, res } = await api<Record<string, unknown>>('/api/v1/session', { method: 'PUT', headers, body: JSON.stringify(next) });
-    session = body; sessionEtag = res.headers.get('etag');
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 412) { await loadSession(); await saveSession(patch); }
-  }
+  return h('header', {}, h('a', { href: '#/' , class: 'brand' }, 'KubeLens'), pinBar(), h('span', { class: 'spacer' }), h('span', { id: 'user' }, me?.username ?? ''), theme, out);
 }
 
 // ---- screens ----
@@ -91,6 +60,8 @@ async function namespace(ns: string): Promise<void> {
   const podsBody = h('tbody');
   const appsBody = h('tbody');
   const archived = h('tbody');
+  const archive = new ArchivedList(ns, archived);
+  cleanup.push(() => archive.stop());
   const pods = new Map<string, Pod>();
   const renderPods = () => {
     const rows = [...pods.values()].sort((a, b) => a.name.localeCompare(b.name)).map((p) => h('tr', { 'data-pod': p.name },
@@ -101,27 +72,26 @@ async function namespace(ns: string): Promise<void> {
       h('td', {}, age(p.age)),
       h('td', {}, h('a', { href: `#/ns/${ns}/inspect/${p.name}` }, 'inspect'))));
     podsBody.replaceChildren(...rows);
+    archive.setLive([...pods.values()].map((x) => x.uid));
   };
   app.replaceChildren(header(), h('main', {},
-    h('nav', { class: 'crumbs' }, h('a', { href: '#/' }, 'namespaces'), ` / ${ns}`),
+    h('nav', { class: 'crumbs' }, h('a', { href: '#/' }, 'namespaces'), ` / ${ns} `, pinButton({ kind: 'namespace', namespace: ns })),
     h('h2', {}, 'Pods'), h('table', { id: 'pods' }, h('thead', {}, h('tr', {}, ...['name', 'status', 'ready', 'restarts', 'age', ''].map((t) => h('th', {}, t)))), podsBody),
     h('h2', {}, 'Apps'), h('table', { id: 'apps' }, h('thead', {}, h('tr', {}, ...['name', 'kind', 'ready', 'pods'].map((t) => h('th', {}, t)))), appsBody),
-    h('h2', {}, 'Archived (terminated) pods'), h('table', { id: 'archived' }, h('thead', {}, h('tr', {}, h('th', {}, 'name'), h('th', {}, 'readable until'))), archived)));
+    h('h2', {}, 'Archived (terminated) pods'), h('table', { id: 'archived' }, h('thead', {}, h('tr', {}, ...['name', 'app', 'lines', 'readable until'].map((t) => h('th', {}, t)))), archived)));
   const [p, a] = await Promise.all([api<Pod[]>(`/api/v1/namespaces/${ns}/pods`), api<App[]>(`/api/v1/namespaces/${ns}/apps`)]);
   for (const pod of p.body) pods.set(pod.name, pod);
   renderPods();
   appsBody.replaceChildren(...a.body.map((x) => h('tr', {},
     h('td', {}, h('a', { href: `#/ns/${ns}/app/${x.name}?kind=${x.kind}` }, x.name)), h('td', {}, x.kind), h('td', {}, `${x.replicasReady}/${x.replicasDesired}`), h('td', {}, String(x.pods)))));
-  api<{ items: { name: string; expiresAt?: string; terminated?: boolean }[] }>(`/api/v1/namespaces/${ns}/archived-pods`).then(({ body }) => {
-    archived.replaceChildren(...body.items.filter((x) => x.terminated).map((x) => h('tr', {}, h('td', {}, h('a', { href: `#/ns/${ns}/pod/${x.name}` }, x.name)), h('td', {}, x.expiresAt ?? ''))));
-  }).catch(() => archived.replaceChildren(h('tr', {}, h('td', {}, 'archive unavailable'))));
+  void archive.refresh();
   // Live updates from pods/watch.
   const watch = new LogStream(`/api/v1/namespaces/${ns}/pods/watch`, {
     onLines: () => undefined, onState: () => undefined,
     onEvent: (type, data) => {
       const pod = data as Pod;
       if (type === 'added' || type === 'modified') pods.set(pod.name, pod);
-      else if (type === 'deleted') pods.delete(pod.name);
+      else if (type === 'deleted') { pods.delete(pod.name); archive.expect(pod.name); }
       else return;
       renderPods();
     },
@@ -153,7 +123,11 @@ async function logs(ns: string, kind: 'pod' | 'app', name: string, query: URLSea
   const buf = new LineBuffer();
   const podIndex = new Map<string, number>();
   let follow = true, unseen = 0;
-  const prefs = { wrap: (session.uiPrefs as Record<string, unknown> | undefined)?.wrap === true };
+  const prefs = { wrap: current().uiPrefs.wrap === true };
+  const ref: ResourceRef = { kind, namespace: ns, name };
+  const pin = pinButton(ref);
+  // Shown when the pod is gone and its lines come from the archive (docs/retention.md).
+  const archivedNote = h('span', { id: 'archived-note', class: 'archived-note', hidden: '' });
   const containers = h('select', { id: 'container', title: 'container' });
   const previous = h('input', { type: 'checkbox', id: 'previous' });
   const tail = h('input', { id: 'tail', type: 'number', min: '0', value: query.get('tailLines') ?? '500', title: 'tail lines' });
@@ -274,8 +248,17 @@ async function logs(ns: string, kind: 'pod' | 'app', name: string, query: URLSea
   const restart = () => {
     stream?.stop();
     buf.clear(); unseen = 0; badge.hidden = true; hl = regex(); rerender();
-    stream = new LogStream(`${path}?${params()}`, { onLines, onState: setState });
+    archivedNote.hidden = true;
+    stream = new LogStream(`${path}?${params()}`, { onLines, onState: setState, onEvent: (type, d) => { if (type === 'status') onStatus(d as Status); } });
     stream.open();
+  };
+  const onStatus = (d: Status) => {
+    if (d.state !== 'archived') return;
+    const kids: (Node | string)[] = [`archived: pod ${d.reason === 'pod_deleted' ? 'deleted' : 'gone'}`];
+    if (d.terminatedAt) kids.push(' ', h('time', { class: 'terminated', datetime: d.terminatedAt }, formatTime(d.terminatedAt)));
+    if (d.expiresAt) kids.push(' · readable until ', h('time', { class: 'expires', datetime: d.expiresAt }, formatTime(d.expiresAt)));
+    archivedNote.replaceChildren(...kids);
+    archivedNote.hidden = false;
   };
   const setFollow = (on: boolean) => {
     follow = on; pause.textContent = on ? 'pause' : 'follow';
@@ -285,12 +268,12 @@ async function logs(ns: string, kind: 'pod' | 'app', name: string, query: URLSea
   badge.onclick = () => setFollow(true);
   scroller.addEventListener('wheel', (e) => { if (e.deltaY < 0 && follow) setFollow(false); });
   for (const el of [containers, previous, tail, since, grep, exclude]) el.addEventListener('change', restart);
-  wrap.onchange = () => { scroller.classList.toggle('wrap', wrap.checked); rerender(); void saveSession({ uiPrefs: { ...(session.uiPrefs as object), wrap: wrap.checked } }); };
+  wrap.onchange = () => { scroller.classList.toggle('wrap', wrap.checked); rerender(); void update(setPref('wrap', wrap.checked)); };
   stamps.onchange = rerender;
   jsonPretty.onchange = rerender;
   dl.onclick = async () => {
     const q = params(); q.set('follow', 'false'); q.set('download', 'true'); q.delete('tailLines');
-    const res = await fetch(`${path}?${q}`, { headers: { Authorization: `Bearer ${await (await import('./api')).token()}` } });
+    const res = await fetch(`${path}?${q}`, { headers: { Authorization: `Bearer ${await token()}` } });
     const a = h('a', { href: URL.createObjectURL(await res.blob()), download: `${ns}-${name}.log` });
     a.click();
   };
@@ -300,13 +283,14 @@ async function logs(ns: string, kind: 'pod' | 'app', name: string, query: URLSea
     else if (e.key === 'w') { wrap.checked = !wrap.checked; wrap.dispatchEvent(new Event('change')); }
     else if (e.key === '/') { e.preventDefault(); grep.focus(); }
     else if (e.key === 't') toggleTheme();
+    else if (e.key === 'p') pin.click();
   };
   document.addEventListener('keydown', keys);
   cleanup.push(() => document.removeEventListener('keydown', keys), () => stream?.stop());
   const label = (el: HTMLElement, text: string) => h('label', {}, el, text);
   scroller.classList.toggle('wrap', wrap.checked);
   app.replaceChildren(header(), h('main', { class: 'logview' },
-    h('nav', { class: 'crumbs' }, h('a', { href: `#/ns/${ns}` }, ns), ` / ${kind} ${name} `, state, ' ', count),
+    h('nav', { class: 'crumbs' }, h('a', { href: `#/ns/${ns}` }, ns), ` / ${kind} ${name} `, pin, ' ', state, ' ', count, ' ', archivedNote),
     h('div', { class: 'toolbar' }, containers, label(previous, 'previous'), tail, since, grep, exclude, label(wrap, 'wrap'), label(stamps, 'timestamps'), label(jsonPretty, 'JSON'), pause, dl, badge),
     droppedMarker, scroller));
   restart();
@@ -324,7 +308,7 @@ async function route(): Promise<void> {
     else if (parts[0] === 'ns' && parts[1] && parts[2] === 'inspect' && parts[3]) await inspect(parts[1], parts[3]);
     else if (parts[0] === 'ns' && parts[1]) await namespace(parts[1]);
     else await namespaces();
-    if (parts[0] === 'ns') void saveSession({ activeResources: [{ kind: parts[2] === 'app' ? 'app' : parts[2] ? 'pod' : 'namespace', namespace: parts[1], ...(parts[3] ? { name: parts[3] } : {}) }] });
+    if (parts[0] === 'ns') void update(setActive(parts[3] ? { kind: parts[2] === 'app' ? 'app' : 'pod', namespace: parts[1], name: parts[3] } : { kind: 'namespace', namespace: parts[1] }));
   } catch (e) {
     if (e instanceof ApiError && e.status === 403) return notAllowed();
     app.replaceChildren(header(), h('main', {}, h('p', { class: 'error', id: 'error' }, e instanceof ApiError ? `${e.status} ${e.code}: ${e.message}` : String(e))));
@@ -340,11 +324,12 @@ async function start(): Promise<void> {
     throw e;
   }
   await renewStreamCredential();
-  await loadSession();
+  onSessionChange((doc) => { applyTheme(doc.theme); renderPins(doc); });
+  const doc = await loadSession();
   // Restore the last open resource after a reload or in another browser.
   if (!location.hash || location.hash === '#/') {
-    const r = (session.activeResources as { kind: string; namespace: string; name?: string }[] | undefined)?.[0];
-    if (r) location.hash = r.kind === 'namespace' ? `#/ns/${r.namespace}` : `#/ns/${r.namespace}/${r.kind}/${r.name}`;
+    const r = doc.activeResources[0];
+    if (r) location.hash = refHref(r);
   }
   window.addEventListener('hashchange', () => void route());
   await route();
