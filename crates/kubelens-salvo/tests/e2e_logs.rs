@@ -34,6 +34,13 @@ struct TestServer {
 }
 
 async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let (config, auth) = test_config(env, tweak).await;
+    serve(env, config, auth).await
+}
+
+/// The tests' config (testenv's Keycloak, team-a and team-b) changed by `tweak`, and its
+/// authenticator with the realm's keys loaded.
+async fn test_config(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> (Config, kubelens_core::auth::Authenticator) {
     let mut config = Config::default();
     config.namespaces.allowed = vec!["team-a".into(), "team-b".into()];
     config.logs.keepalive_interval = Duration::from_secs(2);
@@ -44,7 +51,7 @@ async fn start_server(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestSer
     tweak(&mut config);
     let auth = kubelens_core::auth::Authenticator::new(&config.auth).unwrap();
     assert!(auth.load_keys().await, "Keycloak keys");
-    serve(env, config, auth).await
+    (config, auth)
 }
 
 /// The app state the binary builds: the cluster cache and log service with the backend's
@@ -875,19 +882,14 @@ async fn a_quiet_stream_outlives_the_idle_timeout_that_closes_an_idle_connection
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(env) = TestEnv::e2e() else { return };
     let idle = Duration::from_secs(3);
-    let mut config = Config::default();
-    config.namespaces.allowed = vec!["team-a".into()];
-    config.server.idle_timeout = idle;
-    config.logs.keepalive_interval = Duration::from_secs(1);
-    config.auth.keycloak_url = env.keycloak_url.clone().expect("the log e2e tests need Keycloak");
-    config.auth.realm = env.realm.clone();
-    config.auth.client_id = env.backend_client_id.clone();
-    config.auth.allowed_groups = Some(vec!["k8s-logs-access".into()]);
+    let (mut config, auth) = test_config(env, |c| {
+        c.server.idle_timeout = idle;
+        c.logs.keepalive_interval = Duration::from_secs(1);
+    })
+    .await;
     if let Err(err) = config.validate() {
         panic!("the test's config is invalid: {err:?}");
     }
-    let auth = kubelens_core::auth::Authenticator::new(&config.auth).unwrap();
-    assert!(auth.load_keys().await, "Keycloak keys");
     let (state, _logs) = app_state(env, config, auth).await;
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(kubelens_salvo::server::serve(state, "127.0.0.1:0".parse().unwrap(), std::future::pending(), move |addr| {
