@@ -10,6 +10,8 @@
 //!   +json+sse (hand)    + `id:`/`event:`/`data:` SSE frame with the hand-written JSON
 //!   +json+sse (serde)   the same frame with serde_json (for comparison)
 //!   merge 10 sources    AppLogMerge ordering + ids over 10 pre-filled sources
+//!   structured lines    level detection, `fields`, field filters per line on plain text,
+//!                       logfmt and JSON (alone, and inside the full +json+sse path)
 //! Then the memory of idle hub subscriptions (RSS delta / subscriptions).
 //! Results and machine notes: docs/benchmarks/pipeline.md.
 
@@ -20,14 +22,45 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use kubelens_core::logs::hub::{HubConfig, HubEvent, LogHub, ResumePoint};
-use kubelens_core::logs::json::{write_line_json, write_line_json_serde};
+use kubelens_core::logs::json::{write_json_str, write_line_json, write_line_json_serde};
 use kubelens_core::logs::merge::{AppLogMerge, MergeConfig, MergedEvent};
+use kubelens_core::logs::structured::{FieldFilters, detect_level, shown_fields};
 use kubelens_core::logs::upstream::SourceKey;
 use kubelens_core::logs::{LineDecoder, LineSplitter, LogLine, LogSource, LogTimestamp};
 
 const MAX_LINE: usize = 10_000;
 
+/// The text of a line of the generated input.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// `level=info msg="GET …" …` (the historical input of this bench).
+    Logfmt,
+    /// An access-log line without `=` or a level word.
+    Plain,
+    /// A JSON object with the level third.
+    Json,
+}
+
+fn text_of(kind: Kind, i: usize) -> String {
+    match kind {
+        Kind::Logfmt => format!(
+            "level=info msg=\"GET /api/v1/items/{i} 200\" duration=1.{:03}ms user=alice trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
+            i % 1000
+        ),
+        Kind::Plain => format!("10.1.2.3 - alice [30/Jan/2026:10:00:00 +0000] \"GET /api/v1/items/{i} HTTP/1.1\" 200 {} \"-\" \"curl/8.5.0\"", i % 1000),
+        Kind::Json => format!(
+            "{{\"ts\":\"2026-01-30T10:00:00.{:03}Z\",\"logger\":\"http\",\"level\":\"info\",\"msg\":\"GET /api/v1/items/{i} 200\",\"duration_ms\":1.{:03},\"user\":\"alice\"}}",
+            i % 1000,
+            i % 1000
+        ),
+    }
+}
+
 fn input(lines: usize) -> (Vec<Bytes>, usize) {
+    input_of(lines, Kind::Logfmt)
+}
+
+fn input_of(lines: usize, kind: Kind) -> (Vec<Bytes>, usize) {
     let mut body = Vec::with_capacity(lines * 150);
     let mut ts = LogTimestamp::parse_rfc3339("2026-01-30T10:00:00Z").map(|t| t.unix_nanos()).unwrap_or(0);
     for i in 0..lines {
@@ -39,13 +72,8 @@ fn input(lines: usize) -> (Vec<Bytes>, usize) {
             body.extend_from_slice(b" ");
             body.extend(std::iter::repeat_n(b'x', 20_000));
         } else {
-            body.extend_from_slice(
-                format!(
-                    " level=info msg=\"GET /api/v1/items/{i} 200\" duration=1.{:03}ms user=alice trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
-                    i % 1000
-                )
-                .as_bytes(),
-            );
+            body.push(b' ');
+            body.extend_from_slice(text_of(kind, i).as_bytes());
         }
         body.push(b'\n');
     }
@@ -79,8 +107,9 @@ fn measure(name: &str, lines: usize, bytes: usize, mut run: impl FnMut() -> usiz
     let secs = best.as_secs_f64();
     let cpu_secs = best_cpu as f64 / 1e9;
     println!(
-        "{name:<22} {:>6.2} M lines/CPU-s {:>7.1} MB/CPU-s | wall {:>6.2} M lines/s ({lines} lines, best of 5: {:.0} ms wall, {:.0} ms CPU)",
+        "{name:<22} {:>6.2} M lines/CPU-s {:>6.1} ns/line {:>7.1} MB/CPU-s | wall {:>6.2} M lines/s ({lines} lines, best of 5: {:.0} ms wall, {:.0} ms CPU)",
         lines as f64 / cpu_secs / 1e6,
+        cpu_secs * 1e9 / lines as f64,
         bytes as f64 / cpu_secs / 1e6,
         lines as f64 / secs / 1e6,
         secs * 1e3,
@@ -88,19 +117,42 @@ fn measure(name: &str, lines: usize, bytes: usize, mut run: impl FnMut() -> usiz
     );
 }
 
-fn sse_frame(line: &LogLine, out: &mut Vec<u8>, serde: bool) {
+/// How the bench renders a line.
+#[derive(Clone, Copy)]
+enum Encode {
+    /// `json::write_line_json` (with `level`).
+    Hand,
+    /// `json::write_line_json_serde`.
+    Serde,
+    /// The payload as it was before levels (no detection): the baseline of their cost.
+    HandWithoutLevel,
+}
+
+fn sse_frame(line: &LogLine, out: &mut Vec<u8>, encode: Encode) {
     out.extend_from_slice(b"id: ");
     line.id().write_to(out);
     out.extend_from_slice(b"\nevent: log\ndata: ");
-    if serde {
-        let _ = write_line_json_serde(line, out);
-    } else {
-        write_line_json(line, out);
+    match encode {
+        Encode::Serde => {
+            let _ = write_line_json_serde(line, out);
+        }
+        Encode::Hand => write_line_json(line, out),
+        Encode::HandWithoutLevel => {
+            out.extend_from_slice(b"{\"ts\":\"");
+            line.ts.write_rfc3339(out);
+            out.extend_from_slice(b"\",\"pod\":");
+            write_json_str(&line.source.pod, out);
+            out.extend_from_slice(b",\"container\":");
+            write_json_str(&line.source.container, out);
+            out.extend_from_slice(b",\"line\":");
+            write_json_str(&line.text, out);
+            out.extend_from_slice(if line.truncated { b",\"truncated\":true}" } else { b",\"truncated\":false}" });
+        }
     }
     out.extend_from_slice(b"\n\n");
 }
 
-fn pipeline(chunks: &[Bytes], encode: Option<bool>) -> usize {
+fn pipeline(chunks: &[Bytes], encode: Option<Encode>) -> usize {
     let source = LogSource::new("web-7d9f-x2k4", "app");
     let mut splitter = LineSplitter::new(MAX_LINE);
     let mut decoder = LineDecoder::new(source, MAX_LINE);
@@ -110,8 +162,8 @@ fn pipeline(chunks: &[Bytes], encode: Option<bool>) -> usize {
         splitter.feed(chunk, |raw| {
             n += 1;
             let line = decoder.decode(&raw.bytes, raw.dropped);
-            if let Some(serde) = encode {
-                sse_frame(&line, &mut out, serde);
+            if let Some(encode) = encode {
+                sse_frame(&line, &mut out, encode);
             }
             black_box(&line);
         });
@@ -120,6 +172,24 @@ fn pipeline(chunks: &[Bytes], encode: Option<bool>) -> usize {
     }
     splitter.finish(|_| n += 1);
     n
+}
+
+/// Per-line cost of the structured-line stages alone, over already decoded texts.
+fn structured_bench(lines: usize) {
+    for (kind, name) in [(Kind::Plain, "plain"), (Kind::Logfmt, "logfmt"), (Kind::Json, "json")] {
+        let texts: Vec<String> = (0..lines).map(|i| text_of(kind, i)).collect();
+        let bytes = texts.iter().map(String::len).sum();
+        measure(&format!("level {name}"), lines, bytes, || {
+            texts.iter().map(|t| black_box(detect_level(black_box(t)))).count()
+        });
+        let filter = FieldFilters::new([("user", "alice"), ("logger", "http")]).unwrap_or_default();
+        measure(&format!("field filter {name}"), lines, bytes, || {
+            texts.iter().map(|t| black_box(filter.accepts(black_box(t)))).count()
+        });
+        measure(&format!("fields=true {name}"), lines, bytes, || {
+            texts.iter().map(|t| black_box(shown_fields(black_box(t)))).count()
+        });
+    }
 }
 
 fn split_only(chunks: &[Bytes]) -> usize {
@@ -220,8 +290,15 @@ fn main() {
     println!("input: {lines} lines, {:.1} MB, 1% of lines 20 KB (truncated to {MAX_LINE})", bytes as f64 / 1e6);
     measure("split", lines, bytes, || split_only(&chunks));
     measure("split+decode", lines, bytes, || pipeline(&chunks, None));
-    measure("+json+sse (hand)", lines, bytes, || pipeline(&chunks, Some(false)));
-    measure("+json+sse (serde)", lines, bytes, || pipeline(&chunks, Some(true)));
+    measure("+json+sse (hand)", lines, bytes, || pipeline(&chunks, Some(Encode::Hand)));
+    measure("+json+sse (serde)", lines, bytes, || pipeline(&chunks, Some(Encode::Serde)));
+    measure("+json+sse no level", lines, bytes, || pipeline(&chunks, Some(Encode::HandWithoutLevel)));
+    for (kind, name) in [(Kind::Plain, "plain"), (Kind::Json, "json")] {
+        let (chunks, bytes) = input_of(lines, kind);
+        measure(&format!("+json+sse {name}"), lines, bytes, || pipeline(&chunks, Some(Encode::Hand)));
+        measure(&format!("+json+sse {name} no lvl"), lines, bytes, || pipeline(&chunks, Some(Encode::HandWithoutLevel)));
+    }
+    structured_bench(lines);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| {
         eprintln!("runtime: {e}");
         std::process::exit(1)

@@ -215,12 +215,13 @@ pub async fn pod_logs_from_archive(
     let mut frames = vec![SseFrame::json("status", None, &status)];
     let (pod_name, container) = (name.to_owned(), source.container.clone());
     let log_source = kubelens_core::logs::LogSource::new(pod_name.clone(), container.clone());
-    // `grep`/`grepExclude` apply here as on every log read (the one-shot path filters too).
+    // The line filter (`grep`, `grepExclude`, `level`, `field.*`) applies here as on every log
+    // read (the one-shot path filters too).
     frames.extend(
         lines
             .into_iter()
             .filter(|l| query.filter.accepts(&l.text))
-            .map(|l| log_line_frame(&kubelens_core::logs::LogLine::from_raw(l, Arc::clone(&log_source)))),
+            .map(|l| log_line_frame(&kubelens_core::logs::LogLine::from_raw(l, Arc::clone(&log_source)), query.json)),
     );
     if !more {
         frames.push(crate::logs::status_frame(&pod_name, &container, &end));

@@ -25,7 +25,8 @@ use kubelens_core::logs::grep::LineFilter;
 pub use kubelens_core::logs::app::AppPod;
 use kubelens_core::logs::app::{AppEvent, AppLogStream, AppStreamOptions, DEFAULT_MEMBER_POLL_INTERVAL, UpstreamTap, subscribe_shared};
 use kubelens_core::logs::hub::{HubEvent, LogHub, ResumePoint};
-use kubelens_core::logs::json::write_line_json;
+use kubelens_core::logs::json::{LineJsonOptions, write_line_json_with};
+use kubelens_core::logs::structured::{FieldFilters, Level, detect_level, shown_fields};
 use kubelens_core::logs::merge::MergeConfig;
 use kubelens_core::logs::{AppLogId, LogLine, LogSource, SourceCursor};
 use kubelens_core::logs::upstream::{
@@ -138,8 +139,46 @@ pub struct LogQuery {
     pub previous: bool,
     /// Plain-text download.
     pub download: bool,
-    /// Server-side include/exclude regexes (`grep`, `grepExclude`).
+    /// Server-side filter: include/exclude regexes (`grep`, `grepExclude`), minimum level
+    /// (`level`) and field matches (`field.<key>=<value>`).
     pub filter: LineFilter,
+    /// What log events carry besides the line (`fields=true`).
+    pub json: LineJsonOptions,
+}
+
+/// The prefix of field-filter query parameters: `field.<key>=<value>`.
+pub const FIELD_FILTER_PREFIX: &str = "field.";
+
+/// `level` (at most once) and the `field.<key>=<value>` filters of `req` (each key at most
+/// once; the bounds are `kubelens_core::logs::structured::MAX_FIELD_FILTERS` and friends).
+fn structured_filters(req: &Request) -> Result<(Option<Level>, FieldFilters), ApiError> {
+    let bad_level = |msg: String| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_level", msg);
+    let bad_field = |msg: String| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_field_filter", msg);
+    let queries = req.queries();
+    let level = match queries.get_vec("level").map(Vec::as_slice) {
+        None | Some([]) => None,
+        Some([one]) if one.is_empty() => None,
+        Some([one]) => Some(Level::parse_query(one).map_err(|e| bad_level(e.to_string()))?),
+        Some(_) => return Err(bad_level("`level` given more than once".into())),
+    };
+    let mut pairs = Vec::new();
+    for (name, values) in queries.iter_all() {
+        let Some(key) = name.strip_prefix(FIELD_FILTER_PREFIX) else { continue };
+        if pairs.len() > kubelens_core::logs::structured::MAX_FIELD_FILTERS {
+            break; // FieldFilters::new reports "too many"
+        }
+        match values.as_slice() {
+            [value] => pairs.push((key, value.as_str())),
+            _ => {
+                let short: String = key.chars().take(32).filter(|c| !c.is_control()).collect();
+                return Err(bad_field(format!("invalid field filter: field filter `{short}` given twice")));
+            }
+        }
+    }
+    // A stable order: the filters AND, but which error a bad query gets should not vary.
+    pairs.sort_unstable();
+    let fields = FieldFilters::new(pairs).map_err(|e| bad_field(e.to_string()))?;
+    Ok((level, fields))
 }
 
 fn query_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
@@ -227,6 +266,7 @@ impl LogQuery {
         };
         let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
         let download = parse_bool(req, "download", false)? || (accept.contains("text/plain") && !accept.contains("text/event-stream"));
+        let (level, fields) = structured_filters(req)?;
         Ok(Self {
             container,
             start,
@@ -235,7 +275,10 @@ impl LogQuery {
             previous: parse_bool(req, "previous", false)?,
             download,
             filter: LineFilter::new(query_str(req, "grep"), query_str(req, "grepExclude"))
-                .map_err(|e| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_pattern", e.to_string()))?,
+                .map_err(|e| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_pattern", e.to_string()))?
+                .with_min_level(level)
+                .with_fields(fields),
+            json: LineJsonOptions { fields: parse_bool(req, "fields", false)? },
         })
     }
 }
@@ -328,14 +371,14 @@ struct StatusData<'a> {
     exit_code: Option<i32>,
 }
 
-pub(crate) fn log_line_frame(line: &LogLine) -> SseFrame {
-    log_frame_with_id(line, line.id().to_string())
+pub(crate) fn log_line_frame(line: &LogLine, json: LineJsonOptions) -> SseFrame {
+    log_frame_with_id(line, line.id().to_string(), json)
 }
 
 /// A `log` event for `line` under `id` (a pod line id, or an app stream's merged id).
-fn log_frame_with_id(line: &LogLine, id: String) -> SseFrame {
+fn log_frame_with_id(line: &LogLine, id: String, json: LineJsonOptions) -> SseFrame {
     let mut data = Vec::with_capacity(96 + line.text.len());
-    write_line_json(line, &mut data);
+    write_line_json_with(line, json, &mut data);
     SseFrame::Event { id: Some(id), event: "log", data: Bytes::from(data) }
 }
 
@@ -438,7 +481,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         // A finite SSE read is not shared: the hub's upstreams follow.
         let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
         let source = LogSource::new(name.clone(), container.clone());
-        let filter = query.filter.clone();
+        let (filter, json) = (query.filter.clone(), query.json);
         let frames = service
             .upstream
             .stream(key, upstream_options(logs, &query), Some(permit))
@@ -446,7 +489,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 let frame = match event {
                     UpstreamEvent::Line(raw) => {
                         let line = LogLine::from_raw(raw, Arc::clone(&source));
-                        filter.accepts(&line.text).then(|| log_line_frame(&line))
+                        filter.accepts(&line.text).then(|| log_line_frame(&line, json))
                     }
                     UpstreamEvent::Status(status) => Some(status_frame(&source.pod, &source.container, &status)),
                     UpstreamEvent::CaughtUp => None,
@@ -482,11 +525,11 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     }
     let subscription = shared.subscription;
     let (pod_name, container_name) = (name.clone(), container.clone());
-    let filter = query.filter.clone();
+    let (filter, json) = (query.filter.clone(), query.json);
     let frames = subscription
         .filter_map(move |event| {
             let frame = match event {
-                HubEvent::Line(line) => filter.accepts(&line.text).then(|| log_line_frame(&line)),
+                HubEvent::Line(line) => filter.accepts(&line.text).then(|| log_line_frame(&line, json)),
                 HubEvent::Status(status) => Some(status_frame(&pod_name, &container_name, &status)),
                 HubEvent::CaughtUp => None,
                 HubEvent::Lagged { resume } => {
@@ -510,6 +553,24 @@ struct OneShotLine<'a> {
     container: &'a str,
     line: &'a str,
     truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    level: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<FieldMap<'a>>,
+}
+
+/// A line's `fields`, serialized as a JSON object in line order.
+struct FieldMap<'a>(Vec<(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>);
+
+impl Serialize for FieldMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 /// A streamed one-shot body is handed to hyper in chunks of about this size: a one-shot costs
@@ -525,6 +586,7 @@ struct OneShotBody {
     pod: String,
     container: String,
     filter: LineFilter,
+    json: LineJsonOptions,
     download: bool,
     timestamps: bool,
     cap: usize,
@@ -560,6 +622,8 @@ impl OneShotBody {
             container: &self.container,
             line: &line.text,
             truncated: line.truncated,
+            level: detect_level(&line.text).map(Level::as_str),
+            fields: if self.json.fields { shown_fields(&line.text).map(FieldMap) } else { None },
         };
         // Serializing plain strings and bools into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, &item);
@@ -662,6 +726,7 @@ pub(crate) async fn one_shot(
         pod: pod.to_owned(),
         container: container.to_owned(),
         filter: query.filter.clone(),
+        json: query.json,
         download: query.download,
         timestamps: query.timestamps,
         cap,
@@ -820,10 +885,10 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         };
         return Err(admission_error(&err, &app_state.metrics));
     }
-    let filter = query.filter.clone();
+    let (filter, json) = (query.filter.clone(), query.json);
     let frames = stream.into_stream().filter_map(move |event| {
         let frame = match event {
-            AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| log_frame_with_id(&line, id.to_string())),
+            AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| log_frame_with_id(&line, id.to_string(), json)),
             AppEvent::Status { source, status } => Some(status_frame(&source.pod, &source.container, &status)),
         };
         futures::future::ready(frame)
@@ -918,6 +983,7 @@ mod tests {
             previous: false,
             download,
             filter: LineFilter::new(None, None).unwrap(),
+            json: LineJsonOptions::default(),
         }
     }
 

@@ -927,3 +927,188 @@ async fn a_quiet_stream_outlives_the_idle_timeout_that_closes_an_idle_connection
         assert_ne!(event.data["state"], "ended", "{:?}", event.data);
     }
 }
+
+// ---- structured lines: level and field filters ----------------------------------------------
+
+/// Generated structured lines: `i` picks the format (JSON, logfmt, plain text with a level
+/// word, klog), the level and the app, and every line carries `n=<i>` (or `"n":i`).
+fn structured_line(i: u64) -> (String, &'static str, &'static str) {
+    const LEVELS: [&str; 5] = ["debug", "info", "warn", "error", "fatal"];
+    let level = LEVELS[(i % 5) as usize];
+    let app = if i % 3 == 0 { "web" } else { "db" };
+    let text = match i % 4 {
+        0 => serde_json::json!({"level": level, "msg": format!("json line {i}"), "app": app, "n": i}).to_string(),
+        1 => format!("ts=2026-01-30T10:00:00Z level={level} msg=\"logfmt line {i}\" app={app} n={i}"),
+        2 => format!("2026-01-30 10:00:00,000 {} [main] plain line n={i} app={app}", level.to_uppercase()),
+        _ => {
+            let klog = match level {
+                "debug" | "info" => 'I',
+                "warn" => 'W',
+                "error" => 'E',
+                _ => 'F',
+            };
+            format!("{klog}0130 10:00:00.000000       1 main.go:{i}] klog line n={i} app={app}")
+        }
+    };
+    // klog has no debug: a debug klog line reads as info.
+    let level = if i % 4 == 3 && level == "debug" { "info" } else { level };
+    (text, level, app)
+}
+
+fn rank(level: &str) -> usize {
+    ["trace", "debug", "info", "warn", "error", "fatal"].iter().position(|l| *l == level).unwrap()
+}
+
+/// The `n` of a generated line.
+fn n_of(line: &str) -> u64 {
+    line.split(|c: char| !c.is_ascii_alphanumeric() && c != '=' && c != '"' && c != ':')
+        .find_map(|w| w.strip_prefix("n=").or_else(|| w.strip_prefix("\"n\":")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no n in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_and_field_filters_on_json_logfmt_and_plain_lines() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let pod = unique("structured");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    // Plain loggen lines (padded: not logfmt, no level) and the generated structured ones.
+    loggen(env, &path, &pod, 20, 1_000, &["--size", "60"]).wait().unwrap();
+    let first: Vec<String> = (0..120).map(|i| structured_line(i).0).collect();
+    kubelens_testenv::append_cri_lines(&path, &first).unwrap();
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs", server.base);
+
+    // Unfiltered one-shot: every line, `level` where one is detected, ids for comparison.
+    let all = get_json(&format!("{url}?follow=false&tailLines=1000"), "viewer").await;
+    let all = all["lines"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 140);
+    let ids: BTreeMap<String, u64> = all[20..].iter().map(|l| (l["id"].as_str().unwrap().to_owned(), n_of(l["line"].as_str().unwrap()))).collect();
+    for line in &all[..20] {
+        assert!(line.get("level").is_none() && line.get("fields").is_none(), "plain loggen line: {line}");
+    }
+    for (i, line) in all[20..].iter().enumerate() {
+        assert_eq!(line["level"], structured_line(i as u64).1, "{line}");
+        assert!(line.get("fields").is_none(), "fields only when asked: {line}");
+    }
+
+    // One-shot with level=warn: exactly the generated lines at warn and above, same ids.
+    let body = get_json(&format!("{url}?follow=false&tailLines=1000&level=warn"), "viewer").await;
+    let got: Vec<u64> = body["lines"].as_array().unwrap().iter().map(|l| {
+        assert_eq!(ids.get(l["id"].as_str().unwrap()), Some(&n_of(l["line"].as_str().unwrap())), "ids unchanged: {l}");
+        assert!(rank(l["level"].as_str().unwrap()) >= rank("warn"), "{l}");
+        n_of(l["line"].as_str().unwrap())
+    }).collect();
+    let want: Vec<u64> = (0..120).filter(|&i| rank(structured_line(i).1) >= rank("warn")).collect();
+    assert_eq!(got, want);
+
+    // One-shot with field filters (AND) and fields: only JSON and logfmt lines have fields.
+    let body = get_json(&format!("{url}?follow=false&tailLines=1000&field.app=web&field.level=error&fields=true"), "viewer").await;
+    let lines = body["lines"].as_array().unwrap();
+    let want: Vec<u64> = (0..120).filter(|&i| i % 4 < 2 && structured_line(i).2 == "web" && structured_line(i).1 == "error").collect();
+    assert!(!want.is_empty());
+    assert_eq!(lines.iter().map(|l| n_of(l["line"].as_str().unwrap())).collect::<Vec<_>>(), want, "{body}");
+    for l in lines {
+        assert_eq!(l["fields"]["app"], "web", "{l}");
+        assert_eq!(l["fields"]["level"], "error", "{l}");
+        assert_eq!(l["fields"]["n"], n_of(l["line"].as_str().unwrap()).to_string(), "{l}");
+    }
+    // JSON numbers match by their text; a plain line never matches a field filter.
+    let body = get_json(&format!("{url}?follow=false&tailLines=1000&field.n=8"), "viewer").await;
+    assert_eq!(body["lines"].as_array().unwrap().len(), 1, "{body}");
+    let body = get_json(&format!("{url}?follow=false&tailLines=1000&field.n=2"), "viewer").await;
+    assert_eq!(body["lines"].as_array().unwrap().len(), 0, "line 2 is plain text: {body}");
+    // The download filters too.
+    let resp = reqwest::Client::new().get(format!("{url}?follow=false&download=true&tailLines=1000&level=fatal")).bearer_auth(token("viewer").await).send().await.unwrap();
+    let text = resp.text().await.unwrap();
+    assert_eq!(text.lines().map(n_of).collect::<Vec<_>>(), (0..120).filter(|&i| structured_line(i).1 == "fatal").collect::<Vec<_>>());
+
+    // Live pod stream with level=error&field.app=web: the backlog, then new lines as they come,
+    // only the matching ones, with `fields`; then an exact resume from a mid-stream id.
+    let filter = "level=error&field.app=web&fields=true";
+    let matches = |i: u64| i % 4 < 2 && structured_line(i).2 == "web" && rank(structured_line(i).1) >= rank("error");
+    let mut sse = SseClient::open(&format!("{url}?tailLines=1000&{filter}"), "viewer", None).await.unwrap();
+    let want_backlog: Vec<u64> = (0..120).filter(|&i| matches(i)).collect();
+    let mut got = Vec::new();
+    let mut seen_ids = Vec::new();
+    while got.len() < want_backlog.len() {
+        let event = sse.next(Duration::from_secs(20)).await.expect("stream open");
+        if event.event == "log" {
+            let line = event.data["line"].as_str().unwrap();
+            assert_eq!(event.data["fields"]["app"], "web", "{}", event.data);
+            assert!(rank(event.data["level"].as_str().unwrap()) >= rank("error"));
+            let id = event.id.clone().unwrap();
+            assert_eq!(ids.get(&id), Some(&n_of(line)), "the id of a filtered line is its unfiltered id");
+            got.push(n_of(line));
+            seen_ids.push(id);
+        }
+    }
+    assert_eq!(got, want_backlog);
+    let more: Vec<String> = (120..240).map(|i| structured_line(i).0).collect();
+    kubelens_testenv::append_cri_lines(&path, &more).unwrap();
+    let want_live: Vec<u64> = (120..240).filter(|&i| matches(i)).collect();
+    let mut live = Vec::new();
+    let mut live_ids = Vec::new();
+    while live.len() < want_live.len() {
+        let event = sse.next(Duration::from_secs(20)).await.expect("live lines");
+        if event.event == "log" {
+            live.push(n_of(event.data["line"].as_str().unwrap()));
+            live_ids.push(event.id.clone().unwrap());
+        }
+    }
+    assert_eq!(live, want_live);
+    drop(sse);
+    // Resume after the third live match: the rest, exactly, nothing else.
+    let mut sse = SseClient::open(&format!("{url}?{filter}"), "viewer", Some(&live_ids[2])).await.unwrap();
+    let mut resumed = Vec::new();
+    while resumed.len() < want_live.len() - 3 {
+        let event = sse.next(Duration::from_secs(20)).await.expect("resumed lines");
+        if event.event == "log" {
+            resumed.push(n_of(event.data["line"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(resumed, want_live[3..]);
+    // Nothing else arrives (the next plain line does not match; a matching one does).
+    kubelens_testenv::append_cri_lines(&path, &["ERROR plain app=web".to_owned(), structured_line(249).0]).unwrap();
+    assert!(matches(249));
+    let next = loop {
+        let event = sse.next(Duration::from_secs(20)).await.expect("one more line");
+        if event.event == "log" {
+            break event;
+        }
+    };
+    assert_eq!(n_of(next.data["line"].as_str().unwrap()), 249);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_level_and_field_filters_are_clear_400s() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let long_key = "k".repeat(129);
+    let long_value = "v".repeat(1025);
+    let nine: String = (0..9).map(|i| format!("&field.k{i}=v")).collect();
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("level=loud".into(), "bad_level", "unknown level `loud`"),
+        ("level=warning".into(), "bad_level", "trace, debug, info, warn, error, fatal"),
+        ("level=warn&level=error".into(), "bad_level", "more than once"),
+        ("field.=x".into(), "bad_field_filter", "needs a key"),
+        ("field.app=a&field.app=b".into(), "bad_field_filter", "given twice"),
+        (format!("field.{long_key}=x"), "bad_field_filter", "longer than 128"),
+        (format!("field.k={long_value}"), "bad_field_filter", "longer than 1024"),
+        (format!("x=1{nine}"), "bad_field_filter", "at most 8"),
+        ("fields=maybe".into(), "bad_request", "`fields`"),
+    ];
+    for base in ["pods/debug", "apps/web"] {
+        for (query, code, message) in &cases {
+            let url = format!("{}/namespaces/team-a/{base}/logs?follow=false&{query}", server.base);
+            let (status, body) = get_status_json(&url, "viewer").await;
+            assert_eq!((status, body["error"]["code"].as_str().unwrap_or("")), (400, *code), "{url}: {body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains(message), "{url}: {body}");
+        }
+    }
+    // Valid: any case, empty means absent.
+    for query in ["level=ERROR", "level=", "field.app=web&field.level=info"] {
+        let (status, body) = get_status_json(&format!("{}/namespaces/team-a/pods/debug/logs?follow=false&{query}", server.base), "viewer").await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+}

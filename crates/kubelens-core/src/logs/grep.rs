@@ -1,5 +1,8 @@
-//! Server-side grep: include/exclude regexes on line text, applied before a line leaves the
-//! server (so filtered lines cost no bandwidth and no client CPU).
+//! Server-side line filter: include/exclude regexes on line text, a minimum level and exact
+//! `field.<key>=<value>` matches on structured lines ([`super::structured`]), applied before a
+//! line leaves the server (so filtered lines cost no bandwidth and no client CPU). Filtering
+//! never changes ids: a filtered line is simply not sent, and a resume id still points into
+//! the unfiltered source, so exact resume works with any filter.
 //!
 //! Patterns come from query parameters, i.e. from users: they are length-limited and
 //! compiled once per stream with bounded compiled-program and lazy-DFA sizes, so a hostile
@@ -9,6 +12,7 @@
 use regex::{Regex, RegexBuilder};
 
 use super::LogError;
+use super::structured::{FieldFilters, Level, detect_level};
 
 /// Longest accepted pattern text.
 pub const MAX_PATTERN_LEN: usize = 1024;
@@ -17,29 +21,48 @@ pub const COMPILED_SIZE_LIMIT: usize = 1 << 20;
 /// Upper bound of one pattern's lazy DFA cache (`RegexBuilder::dfa_size_limit`).
 pub const DFA_SIZE_LIMIT: usize = 1 << 20;
 
-/// A compiled include/exclude pair. A line passes when it matches `include` (if any) and
-/// does not match `exclude` (if any).
+/// A compiled line filter. A line passes when it matches `include` (if any), does not match
+/// `exclude` (if any), has a detected level at or above `min_level` (if set; a line without
+/// a level does not pass) and matches every field filter.
 #[derive(Debug, Clone, Default)]
 pub struct LineFilter {
     include: Option<Regex>,
     exclude: Option<Regex>,
+    min_level: Option<Level>,
+    fields: FieldFilters,
 }
 
 impl LineFilter {
     /// Compiles the patterns; empty strings count as absent.
     pub fn new(include: Option<&str>, exclude: Option<&str>) -> Result<Self, LogError> {
-        Ok(Self { include: compile(include, "include")?, exclude: compile(exclude, "exclude")? })
+        Ok(Self { include: compile(include, "include")?, exclude: compile(exclude, "exclude")?, ..Self::default() })
+    }
+
+    /// Also requires a level at or above `level` (`None`: no level filter).
+    pub fn with_min_level(mut self, level: Option<Level>) -> Self {
+        self.min_level = level;
+        self
+    }
+
+    /// Also requires every field filter of `fields` to match.
+    pub fn with_fields(mut self, fields: FieldFilters) -> Self {
+        self.fields = fields;
+        self
     }
 
     /// True when the filter lets every line through (callers can skip it).
     pub fn is_pass_all(&self) -> bool {
-        self.include.is_none() && self.exclude.is_none()
+        self.include.is_none() && self.exclude.is_none() && self.min_level.is_none() && self.fields.is_empty()
     }
 
-    /// True when `text` should be sent.
+    /// True when `text` should be sent. The cheap checks run first: the level (a bounded scan,
+    /// no allocation), the regexes, then the field filters.
     #[inline]
     pub fn accepts(&self, text: &str) -> bool {
-        self.include.as_ref().is_none_or(|r| r.is_match(text)) && !self.exclude.as_ref().is_some_and(|r| r.is_match(text))
+        self.min_level.is_none_or(|min| detect_level(text).is_some_and(|l| l >= min))
+            && self.include.as_ref().is_none_or(|r| r.is_match(text))
+            && !self.exclude.as_ref().is_some_and(|r| r.is_match(text))
+            && self.fields.accepts(text)
     }
 }
 
@@ -76,6 +99,26 @@ mod tests {
         assert!(!f.accepts("warn GET /healthz"));
         assert!(LineFilter::new(Some(""), None).unwrap().is_pass_all());
         assert!(LineFilter::new(None, Some("x")).unwrap().accepts("y"));
+    }
+
+    #[test]
+    fn level_and_fields_combine_with_grep() {
+        let f = LineFilter::new(None, Some("healthz"))
+            .unwrap()
+            .with_min_level(Some(Level::Warn))
+            .with_fields(FieldFilters::new([("app", "web")]).unwrap());
+        assert!(!f.is_pass_all());
+        assert!(f.accepts(r#"{"level":"error","app":"web","msg":"db down"}"#));
+        assert!(f.accepts("level=warn app=web msg=slow"));
+        assert!(!f.accepts(r#"{"level":"info","app":"web"}"#), "below the level");
+        assert!(!f.accepts(r#"{"level":"error","app":"db"}"#), "another field value");
+        assert!(!f.accepts(r#"{"level":"fatal","app":"web","path":"/healthz"}"#), "grepExclude still applies");
+        assert!(!f.accepts("ERROR plain text has no fields"));
+        let level_only = LineFilter::default().with_min_level(Some(Level::Error));
+        assert!(level_only.accepts("E0102 15:04:05.000000 1 main.go:1] boom"));
+        assert!(level_only.accepts("panic: simulated crash"));
+        assert!(!level_only.accepts("seq=1 plain line without a level"), "no level: filtered out");
+        assert!(!level_only.accepts("W0102 15:04:05.000000 1 main.go:1] careful"));
     }
 
     #[test]

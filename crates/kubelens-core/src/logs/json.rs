@@ -1,4 +1,8 @@
-//! The SSE `data:` payload of a log line: `{"ts","pod","container","line","truncated"}`.
+//! The SSE `data:` payload of a log line: `{"ts","pod","container","line","truncated"}`, then
+//! `"level"` when one is detected ([`super::structured::detect_level`]) and `"fields"` when the
+//! request asked for them ([`LineJsonOptions::fields`]). Both are computed from the line's text
+//! alone, so a line renders the same for every viewer with the same options, and a line
+//! without a level renders exactly as before levels existed.
 //!
 //! Hand-written because it runs for every line sent to every viewer: it appends into a
 //! reused buffer, copies runs of plain bytes at once and only escapes what JSON requires
@@ -8,10 +12,25 @@
 use serde::Serialize;
 
 use super::LogLine;
+use super::structured::{detect_level, shown_fields};
 
-/// Appends the JSON object for `line` to `out`.
+/// What a log event carries besides the line (query parameters of the request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LineJsonOptions {
+    /// Add `"fields"`: the flat top-level fields of a JSON or logfmt line
+    /// ([`super::structured::shown_fields`]; omitted for other lines).
+    pub fields: bool,
+}
+
+/// Appends the JSON object for `line` to `out` (with `level`, without `fields`).
 #[inline]
 pub fn write_line_json(line: &LogLine, out: &mut Vec<u8>) {
+    write_line_json_with(line, LineJsonOptions::default(), out);
+}
+
+/// Appends the JSON object for `line` to `out` with `options`.
+#[inline]
+pub fn write_line_json_with(line: &LogLine, options: LineJsonOptions, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"ts\":\"");
     line.ts.write_rfc3339(out);
     out.extend_from_slice(b"\",\"pod\":");
@@ -20,7 +39,35 @@ pub fn write_line_json(line: &LogLine, out: &mut Vec<u8>) {
     write_json_str(&line.source.container, out);
     out.extend_from_slice(b",\"line\":");
     write_json_str(&line.text, out);
-    out.extend_from_slice(if line.truncated { b",\"truncated\":true}" } else { b",\"truncated\":false}" });
+    out.extend_from_slice(if line.truncated { b",\"truncated\":true" } else { b",\"truncated\":false" });
+    write_structured(&line.text, options, out);
+    out.push(b'}');
+}
+
+/// Appends `,"level":"<level>"` when `text` has one and, with `options.fields`,
+/// `,"fields":{…}` when it is a JSON or logfmt line — the members a log event object gets
+/// after its fixed ones. Nothing for a plain line without a level.
+#[inline]
+pub fn write_structured(text: &str, options: LineJsonOptions, out: &mut Vec<u8>) {
+    if let Some(level) = detect_level(text) {
+        out.extend_from_slice(b",\"level\":\"");
+        out.extend_from_slice(level.as_str().as_bytes());
+        out.push(b'"');
+    }
+    if options.fields {
+        if let Some(fields) = shown_fields(text) {
+            out.extend_from_slice(b",\"fields\":{");
+            for (i, (key, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_str(key, out);
+                out.push(b':');
+                write_json_str(value, out);
+            }
+            out.push(b'}');
+        }
+    }
 }
 
 /// Appends `s` as a JSON string literal (with quotes).
@@ -84,9 +131,11 @@ struct LineJson<'a> {
     container: &'a str,
     line: &'a str,
     truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    level: Option<&'static str>,
 }
 
-/// The same payload through serde_json (slower; see the benchmark).
+/// The same payload through serde_json (slower; see the benchmark; without `fields`).
 pub fn write_line_json_serde(line: &LogLine, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     serde_json::to_writer(
         out,
@@ -96,6 +145,7 @@ pub fn write_line_json_serde(line: &LogLine, out: &mut Vec<u8>) -> Result<(), se
             container: &line.source.container,
             line: &line.text,
             truncated: line.truncated,
+            level: detect_level(&line.text).map(|l| l.as_str()),
         },
     )
 }
@@ -126,9 +176,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn level_and_fields_follow_the_fixed_members() {
+        let mut out = Vec::new();
+        write_line_json(&line(r#"{"level":"warn","msg":"slow \"db\"","n":3}"#), &mut out);
+        assert!(String::from_utf8(out).unwrap().ends_with(r#","truncated":false,"level":"warn"}"#));
+        let mut out = Vec::new();
+        write_line_json_with(&line(r#"{"level":"warn","msg":"slow \"db\"","n":3}"#), LineJsonOptions { fields: true }, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["fields"], serde_json::json!({"level": "warn", "msg": "slow \"db\"", "n": "3"}));
+        // Plain lines: byte-identical to the payload without structure, fields or not.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_line_json(&line("GET /healthz 200"), &mut a);
+        write_line_json_with(&line("GET /healthz 200"), LineJsonOptions { fields: true }, &mut b);
+        let plain = r#"{"ts":"2026-01-30T10:00:00.123456789Z","pod":"web-7d9f-x2k4","container":"app","line":"GET /healthz 200","truncated":false}"#;
+        assert_eq!((String::from_utf8(a).unwrap().as_str(), String::from_utf8(b).unwrap().as_str()), (plain, plain));
+    }
+
     proptest! {
         #[test]
-        fn equals_serde_json(text in "\\PC*|[\\x00-\\x1f\"\\\\é€😀a-z]{0,40}") {
+        fn fields_are_valid_json_and_match_the_line(key in "[a-z\"é\\\\\\x01]{1,6}", value in "\\PC{0,300}|[\\x00-\\x1f\"\\\\é€😀a-z]{0,40}") {
+            prop_assume!(key != "level" && key != "n");
+            let text = serde_json::json!({ "level": "error", key.clone(): value.clone(), "n": 1 }).to_string();
+            let mut out = Vec::new();
+            write_line_json_with(&line(&text), LineJsonOptions { fields: true }, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&v["level"], "error");
+            let shown = v["fields"][&key].as_str().unwrap().to_owned();
+            if value.len() <= crate::logs::structured::MAX_FIELD_VALUE_BYTES {
+                prop_assert_eq!(shown, value);
+            } else {
+                prop_assert!(shown.ends_with('…') && value.starts_with(shown.trim_end_matches('…')));
+            }
+        }
+
+        #[test]
+        fn equals_serde_json(text in "\\PC*|[\\x00-\\x1f\"\\\\é€😀a-z]{0,40}|(ERROR|\\[warn\\]|level=info|E0102 15:|\\{\"lvl\":\"dbg\"\\}) \\PC{0,20}") {
             let l = line(&text);
             let (mut a, mut b) = (Vec::new(), Vec::new());
             write_line_json(&l, &mut a);

@@ -15,7 +15,8 @@
 //! 4. [`app`] composes an app's live log (membership, shared sources, merge);
 //!    [`merge`] merges the sources of an app in timestamp order with a watermark window and
 //!    emits ids that resume a merged stream exactly ([`AppLogId`]).
-//! 5. [`grep`] applies include/exclude regexes before a line leaves the server, and
+//! 5. [`grep`] applies include/exclude regexes and the level and field filters before a line
+//!    leaves the server, [`structured`] reads JSON/logfmt lines and their level, and
 //!    [`json`] renders the SSE `data:` payload.
 //!
 //! The whole module is runtime-agnostic: it uses `futures` streams and tokio's sync
@@ -33,6 +34,7 @@ pub mod id;
 pub mod json;
 pub mod merge;
 pub mod split;
+pub mod structured;
 pub mod time;
 pub mod upstream;
 
@@ -55,6 +57,12 @@ pub enum LogError {
     /// A grep pattern does not compile or exceeds the size limit.
     #[error("invalid grep pattern: {0}")]
     BadPattern(String),
+    /// A `level` filter names no known level.
+    #[error("invalid level filter: {0}")]
+    BadLevel(String),
+    /// A `field.<key>=<value>` filter is malformed, too long, repeated, or one too many.
+    #[error("invalid field filter: {0}")]
+    BadFieldFilter(String),
     /// The upstream byte stream failed; the source error is kept.
     #[error("log upstream failed")]
     Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
