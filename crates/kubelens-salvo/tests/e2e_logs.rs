@@ -935,7 +935,7 @@ async fn a_quiet_stream_outlives_the_idle_timeout_that_closes_an_idle_connection
 fn structured_line(i: u64) -> (String, &'static str, &'static str) {
     const LEVELS: [&str; 5] = ["debug", "info", "warn", "error", "fatal"];
     let level = LEVELS[(i % 5) as usize];
-    let app = if i % 3 == 0 { "web" } else { "db" };
+    let app = if i.is_multiple_of(3) { "web" } else { "db" };
     let text = match i % 4 {
         0 => serde_json::json!({"level": level, "msg": format!("json line {i}"), "app": app, "n": i}).to_string(),
         1 => format!("ts=2026-01-30T10:00:00Z level={level} msg=\"logfmt line {i}\" app={app} n={i}"),

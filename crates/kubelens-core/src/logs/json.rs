@@ -54,8 +54,8 @@ pub fn write_structured(text: &str, options: LineJsonOptions, out: &mut Vec<u8>)
         out.extend_from_slice(level.as_str().as_bytes());
         out.push(b'"');
     }
-    if options.fields {
-        if let Some(fields) = shown_fields(text) {
+    if options.fields
+        && let Some(fields) = shown_fields(text) {
             out.extend_from_slice(b",\"fields\":{");
             for (i, (key, value)) in fields.iter().enumerate() {
                 if i > 0 {
@@ -67,7 +67,6 @@ pub fn write_structured(text: &str, options: LineJsonOptions, out: &mut Vec<u8>)
             }
             out.push(b'}');
         }
-    }
 }
 
 /// Appends `s` as a JSON string literal (with quotes).

@@ -150,11 +150,10 @@ fn is_pair_level_key(key: &[u8]) -> bool {
 pub fn detect_level(text: &str) -> Option<Level> {
     let b = text.as_bytes();
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    if b.get(start) == Some(&b'{') {
-        if let Ok(level) = json_level(text) {
+    if b.get(start) == Some(&b'{')
+        && let Ok(level) = json_level(text) {
             return level;
         }
-    }
     let b = &b[start..];
     klog_level(b).or_else(|| pair_level(b)).or_else(|| word_level(b))
 }
@@ -248,21 +247,19 @@ fn word_level(b: &[u8]) -> Option<Level> {
         if let Some(close) = close {
             let core = &token[1..];
             let len = core.iter().take_while(|c| c.is_ascii_alphabetic()).count();
-            if core.get(len) == Some(&close) {
-                if let Some(level) = level_word(&core[..len]) {
+            if core.get(len) == Some(&close)
+                && let Some(level) = level_word(&core[..len]) {
                     return Some(level);
                 }
-            }
             continue;
         }
         let len = token.iter().take_while(|c| c.is_ascii_alphabetic()).count();
         let (core, next) = (&token[..len], token.get(len).copied());
         let upper = len >= 3 && core.iter().all(u8::is_ascii_uppercase) && matches!(next, None | Some(b':' | b',' | b'|'));
-        if upper || (was_first && next == Some(b':')) {
-            if let Some(level) = level_word(core) {
+        if (upper || (was_first && next == Some(b':')))
+            && let Some(level) = level_word(core) {
                 return Some(level);
             }
-        }
     }
     None
 }
@@ -360,8 +357,8 @@ fn unescape(raw: &str, json: bool) -> String {
             i += 2;
             continue;
         }
-        if c == b'u' {
-            if let Some(hi) = hex4(&b[i + 2..]) {
+        if c == b'u'
+            && let Some(hi) = hex4(&b[i + 2..]) {
                 i += 6;
                 let ch = if (0xD800..0xDC00).contains(&hi) {
                     match (b.get(i..i + 2), hex4(b.get(i + 2..).unwrap_or_default())) {
@@ -377,7 +374,6 @@ fn unescape(raw: &str, json: bool) -> String {
                 out.push(ch.unwrap_or('\u{FFFD}'));
                 continue;
             }
-        }
         // Not an escape we resolve: keep the backslash (logfmt only; JSON was validated).
         out.push('\\');
         i += 1;
