@@ -328,15 +328,44 @@ struct StatusData<'a> {
     exit_code: Option<i32>,
 }
 
+/// The `log` event of a pod-stream line: the hub's shared encoding when it made one.
 pub(crate) fn log_line_frame(line: &LogLine) -> SseFrame {
-    log_frame_with_id(line, line.id().to_string())
+    match &line.encoded {
+        Some(frame) => SseFrame::EncodedLog(frame.clone()),
+        None => log_frame_with_id(line, line.id().to_string()),
+    }
 }
 
-/// A `log` event for `line` under `id` (a pod line id, or an app stream's merged id).
+/// A `log` event for `line` under `id` (a pod line id, or an app stream's merged id). The
+/// `data:` JSON is the same in both, so it is cut out of the hub's shared encoding when there
+/// is one (a refcount, no copy): only the id is per viewer.
 fn log_frame_with_id(line: &LogLine, id: String) -> SseFrame {
+    let data = line.encoded.as_ref().and_then(encoded_data).unwrap_or_else(|| Bytes::from(json_of(line)));
+    SseFrame::Event { id: Some(id), event: "log", data }
+}
+
+/// The hub's [`LineEncoder`](kubelens_core::logs::hub::LineEncoder): the whole SSE `log`
+/// event of a pod-stream line (`id: <line id>\nevent: log\ndata: <json>\n\n`), made once per
+/// line and written as is by every viewer of the pod.
+pub fn encode_pod_line(line: &LogLine) -> Bytes {
+    let mut out = bytes::BytesMut::with_capacity(160 + line.text.len());
+    SseFrame::Event { id: Some(line.id().to_string()), event: "log", data: Bytes::from(json_of(line)) }.encode(&mut out);
+    out.freeze()
+}
+
+fn json_of(line: &LogLine) -> Vec<u8> {
     let mut data = Vec::with_capacity(96 + line.text.len());
     write_line_json(line, &mut data);
-    SseFrame::Event { id: Some(id), event: "log", data: Bytes::from(data) }
+    data
+}
+
+/// The `data:` JSON inside an [`encode_pod_line`] frame.
+fn encoded_data(frame: &Bytes) -> Option<Bytes> {
+    const MARK: &[u8] = b"\nevent: log\ndata: ";
+    // The id line comes first and never contains a newline, so the first mark is the one.
+    let start = frame.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let end = frame.len().checked_sub(2).filter(|&end| end >= start && frame.ends_with(b"\n\n"))?;
+    Some(frame.slice(start..end))
 }
 
 #[derive(Serialize)]
@@ -870,7 +899,8 @@ impl LogService {
             admission: StreamAdmission::from_config(&config.logs),
             targets: LogTargets::new(cluster, policy),
             hub: LogHub::new(
-                kubelens_core::logs::hub::HubConfig::from_logs(&config.logs),
+                kubelens_core::logs::hub::HubConfig::from_logs(&config.logs)
+                    .with_encoder(kubelens_core::logs::hub::LineEncoder::new(encode_pod_line)),
                 Arc::new(|task| {
                     tokio::spawn(task);
                 }),
@@ -883,6 +913,33 @@ impl LogService {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    fn encoded(frame: &SseFrame) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        frame.encode(&mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn a_shared_encoding_is_byte_identical_to_encoding_per_viewer() {
+        let source = LogSource::new("web-1", "app");
+        for text in ["plain", "quote \" back\\slash \u{1} tab\t", "data: \nevent: log\ndata: x", ""] {
+            let mut line = LogLine::from_raw(
+                kubelens_core::logs::upstream::RawLine {
+                    position: LinePosition { ts: kubelens_core::logs::LogTimestamp::from_unix_nanos(1_700_000_000_123_456_789).into(), index: 2 },
+                    text: text.into(),
+                    truncated: true,
+                },
+                Arc::clone(&source),
+            );
+            let pod_frame = encoded(&log_line_frame(&line));
+            let app_frame = encoded(&log_frame_with_id(&line, "app-id".into()));
+            line.encoded = Some(encode_pod_line(&line));
+            assert!(matches!(log_line_frame(&line), SseFrame::EncodedLog(_)));
+            assert_eq!(encoded(&log_line_frame(&line)), pod_frame, "pod frame of {text:?}");
+            assert_eq!(encoded(&log_frame_with_id(&line, "app-id".into())), app_frame, "app frame of {text:?}");
+        }
+    }
 
     fn pod(containers: &[&str], annotation: Option<&str>) -> Pod {
         let mut value = serde_json::json!({
