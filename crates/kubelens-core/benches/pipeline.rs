@@ -225,6 +225,7 @@ fn merge_bench(rt: &tokio::runtime::Runtime, per_source: usize) {
                         source: src.clone(),
                         text: "GET /api/v1/items 200".into(),
                         truncated: false,
+                        encoded: None,
                     }))
                 })
                 .collect()
@@ -263,7 +264,7 @@ fn rss_bytes() -> usize {
 fn hub_memory(rt: &tokio::runtime::Runtime, viewers: usize) {
     rt.block_on(async {
         let hub = LogHub::new(
-            HubConfig { buffer_lines: 10_000, buffer_bytes: 8 * 1024 * 1024, viewer_queue_lines: 4_096, linger: Duration::ZERO },
+            HubConfig { buffer_lines: 10_000, buffer_bytes: 8 * 1024 * 1024, viewer_queue_lines: 4_096, linger: Duration::ZERO, encoder: None },
             Arc::new(|f| {
                 tokio::spawn(f);
             }),

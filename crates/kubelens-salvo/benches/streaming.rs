@@ -667,13 +667,21 @@ async fn chatty(env: &TestEnv, quick: bool) {
 async fn fanout(env: &TestEnv, quick: bool) {
     let (server, pid) = start_kubelens(env);
     let token = viewer_token(env).await;
-    let (rate, count) = if quick { (1_000u64, 5_000u64) } else { (1_000, 10_000) };
+    // BENCH_FANOUT_RATE (lines/s, default 1,000) and BENCH_FANOUT_VIEWERS (default `1,10,100`)
+    // for the other points of issue 17: 5,000 lines/s, 1,000 viewers. The run lasts 10 s (5 s
+    // in quick mode) whatever the rate.
+    let rate: u64 = std::env::var("BENCH_FANOUT_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let count = rate * if quick { 5 } else { 10 };
+    let viewers: Vec<usize> = std::env::var("BENCH_FANOUT_VIEWERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 10, 100]);
     println!("## fanout: N SSE viewers of one pod, loggen {rate} lines/s × {count} lines --size 120 (loadavg {})", loadavg());
     println!("| viewers | upstream log requests (apiserver_request_total Δ) | peak open log requests (apiserver) | kubelens counters Δ | lines per viewer (min) | lagged | last line after (s) | kubelens CPU s | CPU vs N=1 |");
     println!("|---:|---|---:|---|---:|---:|---:|---:|---:|");
     let mut cpu_n1 = None;
     let mut pods = Vec::new();
-    for n in [1usize, 10, 100] {
+    for n in viewers {
         let pod = unique("bench-fanout");
         create_pods(env, std::slice::from_ref(&pod), serde_json::json!({"bench": "fanout"}), None);
         pods.push(pod.clone());

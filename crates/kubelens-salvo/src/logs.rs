@@ -371,15 +371,50 @@ struct StatusData<'a> {
     exit_code: Option<i32>,
 }
 
+/// The `log` event of a pod-stream line: the hub's shared encoding when it made one and the
+/// request needs nothing the shared encoding lacks (it carries `level`, never `fields`).
 pub(crate) fn log_line_frame(line: &LogLine, json: LineJsonOptions) -> SseFrame {
-    log_frame_with_id(line, line.id().to_string(), json)
+    match &line.encoded {
+        Some(frame) if json == SHARED_JSON => SseFrame::EncodedLog(frame.clone()),
+        _ => log_frame_with_id(line, line.id().to_string(), json),
+    }
 }
 
-/// A `log` event for `line` under `id` (a pod line id, or an app stream's merged id).
+/// A `log` event for `line` under `id` (a pod line id, or an app stream's merged id). The
+/// `data:` JSON is the same in both, so it is cut out of the hub's shared encoding when there
+/// is one and `json` is what it was made with (a refcount, no copy): only the id is per viewer.
 fn log_frame_with_id(line: &LogLine, id: String, json: LineJsonOptions) -> SseFrame {
+    let shared = line.encoded.as_ref().filter(|_| json == SHARED_JSON).and_then(encoded_data);
+    let data = shared.unwrap_or_else(|| Bytes::from(json_of(line, json)));
+    SseFrame::Event { id: Some(id), event: "log", data }
+}
+
+/// The options of the hub's shared encoding: `level` (computed from the line alone, the same
+/// for every viewer), no `fields` (a `fields=true` viewer encodes its own).
+const SHARED_JSON: LineJsonOptions = LineJsonOptions { fields: false };
+
+/// The hub's [`LineEncoder`](kubelens_core::logs::hub::LineEncoder): the whole SSE `log`
+/// event of a pod-stream line (`id: <line id>\nevent: log\ndata: <json>\n\n`), made once per
+/// line and written as is by every viewer of the pod.
+pub fn encode_pod_line(line: &LogLine) -> Bytes {
+    let mut out = bytes::BytesMut::with_capacity(160 + line.text.len());
+    SseFrame::Event { id: Some(line.id().to_string()), event: "log", data: Bytes::from(json_of(line, SHARED_JSON)) }.encode(&mut out);
+    out.freeze()
+}
+
+fn json_of(line: &LogLine, json: LineJsonOptions) -> Vec<u8> {
     let mut data = Vec::with_capacity(96 + line.text.len());
     write_line_json_with(line, json, &mut data);
-    SseFrame::Event { id: Some(id), event: "log", data: Bytes::from(data) }
+    data
+}
+
+/// The `data:` JSON inside an [`encode_pod_line`] frame.
+fn encoded_data(frame: &Bytes) -> Option<Bytes> {
+    const MARK: &[u8] = b"\nevent: log\ndata: ";
+    // The id line comes first and never contains a newline, so the first mark is the one.
+    let start = frame.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let end = frame.len().checked_sub(2).filter(|&end| end >= start && frame.ends_with(b"\n\n"))?;
+    Some(frame.slice(start..end))
 }
 
 #[derive(Serialize)]
@@ -935,7 +970,8 @@ impl LogService {
             admission: StreamAdmission::from_config(&config.logs),
             targets: LogTargets::new(cluster, policy),
             hub: LogHub::new(
-                kubelens_core::logs::hub::HubConfig::from_logs(&config.logs),
+                kubelens_core::logs::hub::HubConfig::from_logs(&config.logs)
+                    .with_encoder(kubelens_core::logs::hub::LineEncoder::new(encode_pod_line)),
                 Arc::new(|task| {
                     tokio::spawn(task);
                 }),
@@ -948,6 +984,40 @@ impl LogService {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    fn encoded(frame: &SseFrame) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        frame.encode(&mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn a_shared_encoding_is_byte_identical_to_encoding_per_viewer() {
+        let source = LogSource::new("web-1", "app");
+        let texts = ["plain", "quote \" back\\slash \u{1} tab\t", "data: \nevent: log\ndata: x", "", r#"{"level":"warn","app":"web"}"#, "ERROR x=1"];
+        for text in texts {
+            for json in [LineJsonOptions { fields: false }, LineJsonOptions { fields: true }] {
+                let mut line = LogLine::from_raw(
+                    kubelens_core::logs::upstream::RawLine {
+                        position: LinePosition { ts: kubelens_core::logs::LogTimestamp::from_unix_nanos(1_700_000_000_123_456_789).into(), index: 2 },
+                        text: text.into(),
+                        truncated: true,
+                    },
+                    Arc::clone(&source),
+                );
+                let pod_frame = encoded(&log_line_frame(&line, json));
+                let app_frame = encoded(&log_frame_with_id(&line, "app-id".into(), json));
+                line.encoded = Some(encode_pod_line(&line));
+                // A fields=true viewer cannot use the shared encoding (it has no `fields`).
+                assert_eq!(matches!(log_line_frame(&line, json), SseFrame::EncodedLog(_)), !json.fields);
+                assert_eq!(encoded(&log_line_frame(&line, json)), pod_frame, "pod frame of {text:?} ({json:?})");
+                assert_eq!(encoded(&log_frame_with_id(&line, "app-id".into(), json)), app_frame, "app frame of {text:?} ({json:?})");
+                let data = String::from_utf8(pod_frame).unwrap();
+                assert_eq!(data.contains(r#""level":"#), text.contains("warn") || text.starts_with("ERROR"), "{data}");
+                assert_eq!(data.contains(r#""fields":{"level":"warn","app":"web"}"#), json.fields && text.contains("warn"), "{data}");
+            }
+        }
+    }
 
     fn pod(containers: &[&str], annotation: Option<&str>) -> Pod {
         let mut value = serde_json::json!({

@@ -334,6 +334,7 @@ mod tests {
             source: LogSource::new(pod, "app"),
             text: text.to_owned(),
             truncated: false,
+            encoded: None,
         }))
     }
 

@@ -9,6 +9,9 @@
 //! * The first [`LogHub::subscribe`] for a key calls the caller's opener with a [`StartAt`]
 //!   and spawns a pump task (through the caller's [`Spawner`]) that owns the upstream stream.
 //!   Later subscribers share it: no second request to the API server.
+//! * With a [`LineEncoder`] (the HTTP adapter sets one: the SSE frame of a pod-stream line)
+//!   the pump encodes each line **once**, before it is shared, into [`LogLine::encoded`]:
+//!   every viewer writes the same `Bytes`, so N viewers cost one encoding, not N.
 //! * Every line is pushed into a ring bounded in lines and in bytes (oldest evicted when either
 //!   bound is passed; a single line larger than the byte bound is kept alone) and `try_send` to each viewer's
 //!   bounded queue. **When a viewer's queue is full** the viewer is cut loose: it still
@@ -51,19 +54,45 @@ pub type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 /// shared upstream (and once per private catch-up upstream).
 pub type UpstreamOpener = Box<dyn FnOnce(StartAt) -> UpstreamStream + Send>;
 
+/// Encodes a line into its wire form once, in the hub's pump, for every viewer to share
+/// (stored in [`LogLine::encoded`]). The hub does not know the wire format: the HTTP adapter
+/// supplies it (kubelens-salvo: the whole SSE `log` event of a pod stream).
+#[derive(Clone)]
+pub struct LineEncoder(Arc<dyn Fn(&LogLine) -> bytes::Bytes + Send + Sync>);
+
+impl LineEncoder {
+    /// An encoder calling `encode` once per line.
+    pub fn new(encode: impl Fn(&LogLine) -> bytes::Bytes + Send + Sync + 'static) -> Self {
+        Self(Arc::new(encode))
+    }
+
+    fn encode(&self, line: &LogLine) -> bytes::Bytes {
+        (self.0)(line)
+    }
+}
+
+impl std::fmt::Debug for LineEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineEncoder")
+    }
+}
+
 /// Hub sizing.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     /// Lines kept per key for backfill and in-ring resume (`logs.hub_buffer_lines`).
     pub buffer_lines: usize,
-    /// Bytes of line text (plus [`LINE_OVERHEAD_BYTES`] per line) kept per key
-    /// (`logs.hub_buffer_bytes`): with long lines this bound evicts before the line bound.
+    /// Bytes of line text and its shared encoding (plus [`LINE_OVERHEAD_BYTES`] per line) kept
+    /// per key (`logs.hub_buffer_bytes`): with long lines this bound evicts before the line
+    /// bound.
     pub buffer_bytes: usize,
     /// Events queued per viewer before it is lagged (`logs.viewer_queue_lines`).
     pub viewer_queue_lines: usize,
     /// How long an upstream without viewers is kept open (absorbs page reloads and
     /// reconnects). Zero closes at once and uses no timer.
     pub linger: Duration,
+    /// Encodes each line once for all viewers (`None`: viewers encode for themselves).
+    pub encoder: Option<LineEncoder>,
 }
 
 /// What a ring line costs besides its text (the `LogLine`, its `Arc` and the ring slot), as
@@ -71,7 +100,7 @@ pub struct HubConfig {
 pub const LINE_OVERHEAD_BYTES: usize = 96;
 
 fn ring_cost(line: &LogLine) -> usize {
-    line.text.len() + LINE_OVERHEAD_BYTES
+    line.text.len() + line.encoded.as_ref().map_or(0, bytes::Bytes::len) + LINE_OVERHEAD_BYTES
 }
 
 impl HubConfig {
@@ -85,7 +114,14 @@ impl HubConfig {
             buffer_bytes: logs.hub_buffer_bytes.max(1),
             viewer_queue_lines: logs.viewer_queue_lines.max(1),
             linger: Self::DEFAULT_LINGER,
+            encoder: None,
         }
+    }
+
+    /// Encodes every line once with `encoder` (see [`LineEncoder`]).
+    pub fn with_encoder(mut self, encoder: LineEncoder) -> Self {
+        self.encoder = Some(encoder);
+        self
     }
 }
 
@@ -433,8 +469,10 @@ async fn pump(channel: Arc<Channel>, hub: Weak<HubInner>, mut upstream: Upstream
             () = lingering => {}
             item = upstream.next() => match item {
                 Some(UpstreamEvent::Line(raw)) => {
-                    let line = Arc::new(LogLine::from_raw(raw, Arc::clone(&channel.source)));
-                    lock(&channel.state).push_line(line, &config);
+                    let mut line = LogLine::from_raw(raw, Arc::clone(&channel.source));
+                    // Outside the lock: viewers being attached need not wait for it.
+                    line.encoded = config.encoder.as_ref().map(|e| e.encode(&line));
+                    lock(&channel.state).push_line(Arc::new(line), &config);
                 }
                 Some(UpstreamEvent::Status(status)) => lock(&channel.state).push_status(status),
                 Some(UpstreamEvent::CaughtUp) => lock(&channel.state).push_caught_up(),
@@ -576,7 +614,7 @@ mod tests {
     }
 
     fn hub(buffer: usize, queue: usize, linger: Duration) -> LogHub {
-        LogHub::new(HubConfig { buffer_lines: buffer, buffer_bytes: usize::MAX, viewer_queue_lines: queue, linger }, spawner())
+        LogHub::new(HubConfig { buffer_lines: buffer, buffer_bytes: usize::MAX, viewer_queue_lines: queue, linger, encoder: None }, spawner())
     }
 
     fn raw(sec: i64, index: u32, text: &str) -> UpstreamEvent {
@@ -659,6 +697,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn each_line_is_encoded_once_and_every_viewer_shares_the_bytes() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let encoder = LineEncoder::new(move |line| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            bytes::Bytes::from(format!("<{}>", line.text))
+        });
+        let config = HubConfig { buffer_lines: 100, buffer_bytes: usize::MAX, viewer_queue_lines: 100, linger: Duration::ZERO, encoder: Some(encoder) };
+        let hub = LogHub::new(config, spawner());
+        let fake = Fake::default();
+        let mut subs: Vec<_> = (0..20).map(|_| hub.subscribe(key("web"), ResumePoint::Tail(10), fake.opener())).collect();
+        fake.send(0, raw(1, 0, "a")).await;
+        fake.send(0, raw(2, 0, "b")).await;
+        settle().await;
+        // A late joiner's ring backfill carries the same encoding.
+        subs.push(hub.subscribe(key("web"), ResumePoint::Tail(10), fake.opener()));
+        let mut seen: Vec<Vec<bytes::Bytes>> = Vec::new();
+        for s in &mut subs {
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                if let Some(HubEvent::Line(l)) = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap() {
+                    got.push(l.encoded.clone().unwrap());
+                }
+            }
+            seen.push(got);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one encoding per line, not per viewer");
+        assert_eq!(&seen[0][0][..], b"<a>");
+        for got in &seen {
+            // The same allocation: a refcount, not a copy.
+            assert_eq!(got[0].as_ptr(), seen[0][0].as_ptr());
+            assert_eq!(got[1].as_ptr(), seen[0][1].as_ptr());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ring_counts_the_shared_encoding_against_its_byte_bound() {
+        let encoder = LineEncoder::new(|line| bytes::Bytes::from(line.text.repeat(2)));
+        // Room for two lines of text + encoding, not three.
+        let bytes = 2 * (3 * 1000 + LINE_OVERHEAD_BYTES) + 10;
+        let config = HubConfig { buffer_lines: 1000, buffer_bytes: bytes, viewer_queue_lines: 100, linger: Duration::ZERO, encoder: Some(encoder) };
+        let hub = LogHub::new(config, spawner());
+        let fake = Fake::default();
+        let mut live = hub.subscribe(key("web"), ResumePoint::Tail(10), fake.opener());
+        for (sec, text) in [(1, "a"), (2, "b"), (3, "c")] {
+            fake.send(0, raw(sec, 0, &text.repeat(1000))).await;
+        }
+        assert_eq!(texts(&mut live, 3).await.len(), 3);
+        let mut late = hub.subscribe(key("web"), ResumePoint::Tail(10), fake.opener());
+        fake.send(0, raw(4, 0, "d")).await;
+        let got = texts(&mut late, 3).await;
+        assert_eq!(got.len(), 3);
+        assert!(got[0].starts_with('b') && got[1].starts_with('c') && got[2] == "d", "the oldest line was evicted: {:?}", got.iter().map(|t| &t[..1]).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slow_viewer_is_lagged_while_fast_one_continues_and_resumes_losslessly() {
         let hub = hub(1000, 4, Duration::ZERO);
         let fake = Fake::default();
@@ -737,7 +831,7 @@ mod tests {
     async fn the_ring_is_bounded_in_bytes_and_resume_past_an_evicted_line_stays_exact() {
         // Room for three 1,000-byte lines, though the line bound would keep 1,000 of them.
         let bytes = 3 * (1000 + LINE_OVERHEAD_BYTES);
-        let hub = LogHub::new(HubConfig { buffer_lines: 1000, buffer_bytes: bytes, viewer_queue_lines: 100, linger: Duration::ZERO }, spawner());
+        let hub = LogHub::new(HubConfig { buffer_lines: 1000, buffer_bytes: bytes, viewer_queue_lines: 100, linger: Duration::ZERO, encoder: None }, spawner());
         let fake = Fake::default();
         let _first = hub.subscribe(key("web"), ResumePoint::Tail(0), fake.opener());
         for i in 0..10 {

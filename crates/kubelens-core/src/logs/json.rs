@@ -162,6 +162,7 @@ mod tests {
             source: LogSource::new("web-7d9f-x2k4", "app"),
             text: text.to_owned(),
             truncated: false,
+            encoded: None,
         }
     }
 

@@ -454,6 +454,7 @@ mod tests {
             source: source.clone(),
             text: format!("{}@{ms}#{index}", source.pod),
             truncated: false,
+            encoded: None,
         })
     }
 

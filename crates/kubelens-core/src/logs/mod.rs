@@ -106,6 +106,10 @@ pub struct LogLine {
     pub text: String,
     /// True when the original line was longer than the maximum and was cut.
     pub truncated: bool,
+    /// The line's wire encoding, made once by the hub's [`hub::LineEncoder`] before the line
+    /// is shared, so 100 viewers of a pod cost one encoding, not 100 (a `Bytes` clone is a
+    /// reference count). `None` where no encoder runs (one-shot and archive reads, tests).
+    pub encoded: Option<bytes::Bytes>,
 }
 
 impl LogLine {
@@ -124,6 +128,7 @@ impl LogLine {
             source,
             text: raw.text,
             truncated: raw.truncated,
+            encoded: None,
         }
     }
 }

@@ -190,7 +190,7 @@ impl LineDecoder {
 
     fn finish_line(&self, ts: LogTimestamp, index: u32, text: &[u8], dropped: usize) -> LogLine {
         let (text, truncated) = truncate_text(text, dropped, self.max_line_length);
-        LogLine { ts, index, source: self.source.clone(), text, truncated }
+        LogLine { ts, index, source: self.source.clone(), text, truncated, encoded: None }
     }
 }
 
