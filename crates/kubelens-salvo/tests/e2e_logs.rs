@@ -1112,3 +1112,34 @@ async fn bad_level_and_field_filters_are_clear_400s() {
         assert_eq!(status, 200, "{query}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_streams_apply_level_and_field_filters_to_every_pod() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let app = unique("structapp");
+    let (_, pods) = create_app(env, "team-a", &app, 2);
+    let matches = |i: u64| i % 4 < 2 && structured_line(i).2 == "web" && rank(structured_line(i).1) >= rank("warn");
+    let url = format!("{}/namespaces/team-a/apps/{app}/logs?tailLines=1000&level=warn&field.app=web&fields=true", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    for (_, path) in &pods {
+        let lines: Vec<String> = (0..120).map(|i| structured_line(i).0).collect();
+        kubelens_testenv::append_cri_lines(path, &lines).unwrap();
+    }
+    let want: Vec<u64> = (0..120).filter(|&i| matches(i)).collect();
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 2 || got.values().any(|v| v.len() < want.len()) {
+        assert!(Instant::now() < deadline, "missing lines: {got:?}");
+        let e = sse.next(Duration::from_secs(20)).await.unwrap();
+        if e.event != "log" {
+            continue;
+        }
+        assert_eq!(e.data["fields"]["app"], "web", "{}", e.data);
+        assert!(rank(e.data["level"].as_str().unwrap()) >= rank("warn"), "{}", e.data);
+        got.entry(e.data["pod"].as_str().unwrap().to_owned()).or_default().push(n_of(e.data["line"].as_str().unwrap()));
+    }
+    for (pod, lines) in &got {
+        assert_eq!(lines, &want, "{pod}");
+    }
+}

@@ -49,7 +49,7 @@ pub const MAX_DEPTH: usize = 32;
 /// Bytes of a plain line searched for `level=`-style pairs.
 pub const EQ_SCAN_BYTES: usize = 4096;
 /// Words at the start of a plain line looked at for a level word.
-pub const LEADING_TOKENS: usize = 8;
+pub const LEADING_TOKENS: usize = 6;
 /// Bytes at the start of a plain line that hold those words.
 pub const LEADING_BYTES: usize = 160;
 
@@ -137,6 +137,10 @@ fn level_word(word: &[u8]) -> Option<Level> {
 }
 
 fn is_json_level_key(key: &[u8]) -> bool {
+    // Most keys are dismissed by their first byte (every level key starts with l, s or @).
+    if !matches!(key.first(), Some(b'l' | b'L' | b's' | b'S' | b'@')) {
+        return false;
+    }
     const KEYS: [&[u8]; 10] = [b"level", b"lvl", b"severity", b"loglevel", b"log_level", b"log.level", b"levelname", b"level_name", b"@l", b"@level"];
     key.len() <= 10 && KEYS.iter().any(|k| k.eq_ignore_ascii_case(key))
 }
@@ -235,33 +239,46 @@ fn pair_level(b: &[u8]) -> Option<Level> {
 /// A level word among the first words (see the module docs).
 fn word_level(b: &[u8]) -> Option<Level> {
     let head = &b[..b.len().min(LEADING_BYTES)];
-    let mut first = true;
-    for token in head.split(|&c| c == b' ' || c == b'\t').filter(|t| !t.is_empty()).take(LEADING_TOKENS) {
-        let was_first = std::mem::replace(&mut first, false);
-        let close = match token[0] {
-            b'[' => Some(b']'),
-            b'<' => Some(b'>'),
-            b'(' => Some(b')'),
-            _ => None,
-        };
-        if let Some(close) = close {
-            let core = &token[1..];
-            let len = core.iter().take_while(|c| c.is_ascii_alphabetic()).count();
-            if core.get(len) == Some(&close)
-                && let Some(level) = level_word(&core[..len]) {
-                    return Some(level);
-                }
+    let mut pos = 0;
+    let mut seen = 0;
+    // Word boundaries by memchr (SIMD), and a look at a word's first byte before anything
+    // else: most words (numbers, timestamps, paths, lower-case text) are dismissed at once.
+    while pos < head.len() && seen < LEADING_TOKENS {
+        if matches!(head[pos], b' ' | b'\t') {
+            pos += 1;
             continue;
         }
-        let len = token.iter().take_while(|c| c.is_ascii_alphabetic()).count();
-        let (core, next) = (&token[..len], token.get(len).copied());
-        let upper = len >= 3 && core.iter().all(u8::is_ascii_uppercase) && matches!(next, None | Some(b':' | b',' | b'|'));
-        if (upper || (was_first && next == Some(b':')))
-            && let Some(level) = level_word(core) {
-                return Some(level);
-            }
+        let end = memchr::memchr2(b' ', b'\t', &head[pos..]).map_or(head.len(), |e| pos + e);
+        let token = &head[pos..end];
+        pos = end + 1;
+        seen += 1;
+        if let Some(level) = token_level(token, seen == 1) {
+            return Some(level);
+        }
     }
     None
+}
+
+/// The level named by one word (see the module docs); `first`: the line's first word.
+#[inline]
+fn token_level(token: &[u8], first: bool) -> Option<Level> {
+    let close = match token[0] {
+        b'[' => b']',
+        b'<' => b'>',
+        b'(' => b')',
+        b'A'..=b'Z' => 0,
+        b'a'..=b'z' if first => 0,
+        _ => return None,
+    };
+    if close != 0 {
+        let core = &token[1..];
+        let len = core.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        return if core.get(len) == Some(&close) { level_word(&core[..len]) } else { None };
+    }
+    let len = token.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    let (core, next) = (&token[..len], token.get(len).copied());
+    let upper = len >= 3 && core.iter().all(u8::is_ascii_uppercase) && matches!(next, None | Some(b':' | b',' | b'|'));
+    if upper || (first && next == Some(b':')) { level_word(core) } else { None }
 }
 
 // ---- fields -----------------------------------------------------------------------------------
@@ -453,7 +470,13 @@ impl<'a> JsonFields<'a> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            let off = memchr::memchr2(b'"', b'\\', self.b.get(i..).ok_or(())?).ok_or(())?;
+            // Keys and short values are cheaper to walk than to hand to memchr.
+            let rest = self.b.get(i..).ok_or(())?;
+            let short = rest.iter().take(16).position(|&c| c == b'"' || c == b'\\');
+            let off = match short {
+                Some(off) => off,
+                None => memchr::memchr2(b'"', b'\\', rest).ok_or(())?,
+            };
             i += off;
             if self.b[i] == b'"' {
                 break;
