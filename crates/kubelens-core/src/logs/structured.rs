@@ -244,11 +244,13 @@ fn word_level(b: &[u8]) -> Option<Level> {
     // Word boundaries by memchr (SIMD), and a look at a word's first byte before anything
     // else: most words (numbers, timestamps, paths, lower-case text) are dismissed at once.
     while pos < head.len() && seen < LEADING_TOKENS {
-        if matches!(head[pos], b' ' | b'\t') {
+        if head[pos] == b' ' {
             pos += 1;
             continue;
         }
-        let end = memchr::memchr2(b' ', b'\t', &head[pos..]).map_or(head.len(), |e| pos + e);
+        // Words end at a space (one needle is the fastest memchr); a tab ends the level word
+        // inside its "word" instead (`token_level`).
+        let end = memchr::memchr(b' ', &head[pos..]).map_or(head.len(), |e| pos + e);
         let token = &head[pos..end];
         pos = end + 1;
         seen += 1;
@@ -277,8 +279,8 @@ fn token_level(token: &[u8], first: bool) -> Option<Level> {
     }
     let len = token.iter().take_while(|c| c.is_ascii_alphabetic()).count();
     let (core, next) = (&token[..len], token.get(len).copied());
-    let upper = len >= 3 && core.iter().all(u8::is_ascii_uppercase) && matches!(next, None | Some(b':' | b',' | b'|'));
-    if upper || (first && next == Some(b':')) { level_word(core) } else { None }
+    let upper = len >= 3 && core.iter().all(u8::is_ascii_uppercase) && matches!(next, None | Some(b':' | b',' | b'|' | b'\t'));
+    if upper || (first && matches!(next, Some(b':' | b'\t'))) { level_word(core) } else { None }
 }
 
 // ---- fields -----------------------------------------------------------------------------------
@@ -849,6 +851,8 @@ mod tests {
         assert_eq!(detect_level("2026/01/02 10:00:00 [warn] 12#0: upstream slow"), Some(Level::Warn));
         assert_eq!(detect_level("[2026-01-02T10:00:00Z] <Debug> tick"), Some(Level::Debug));
         assert_eq!(detect_level("WARNING:root:disk almost full"), Some(Level::Warn));
+        assert_eq!(detect_level("2026-01-02T10:00:00Z\tERROR\tdb down"), None, "a tab inside a word: the level word must start it");
+        assert_eq!(detect_level("ts ERROR\tdb down"), Some(Level::Error));
         assert_eq!(detect_level("panic: simulated crash"), Some(Level::Fatal));
         assert_eq!(detect_level("error: could not connect"), Some(Level::Error));
         assert_eq!(detect_level("seq=10 src=a/b level=error msg=\"something failed\""), Some(Level::Error));
