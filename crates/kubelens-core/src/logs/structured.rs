@@ -445,6 +445,29 @@ impl<'a> Iterator for FieldIter<'a> {
     }
 }
 
+/// The index of the first `"` or `\\` in `b`. Keys and most values are short: 8 bytes at a
+/// time (SWAR, as in `json::write_json_str`) for the first 64 bytes, then `memchr2`.
+#[inline]
+fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut i = 0;
+    while i < 64 {
+        let Some(word) = b.get(i..i + 8) else { break };
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_le_bytes(w);
+        let hit = zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')));
+        if hit != 0 {
+            // The lowest flagged lane is a real match (borrows only run upwards).
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    memchr::memchr2(b'"', b'\\', &b[i.min(b.len())..]).map(|off| i.min(b.len()) + off)
+}
+
 /// Members of a top-level JSON object, validated as they are read.
 #[derive(Debug)]
 pub struct JsonFields<'a> {
@@ -460,6 +483,7 @@ impl<'a> JsonFields<'a> {
         Self { b: s.as_bytes(), s, pos: 0, started: false, done: false }
     }
 
+    #[inline]
     fn ws(&mut self) {
         while matches!(self.b.get(self.pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.pos += 1;
@@ -467,19 +491,14 @@ impl<'a> JsonFields<'a> {
     }
 
     /// A string starting at `pos` (on its `"`); leaves `pos` after the closing quote.
+    #[inline]
     fn string(&mut self) -> Result<Str<'a>, ()> {
         let start = self.pos + 1;
         let mut i = start;
         let mut escaped = false;
         loop {
-            // Keys and short values are cheaper to walk than to hand to memchr.
             let rest = self.b.get(i..).ok_or(())?;
-            let short = rest.iter().take(16).position(|&c| c == b'"' || c == b'\\');
-            let off = match short {
-                Some(off) => off,
-                None => memchr::memchr2(b'"', b'\\', rest).ok_or(())?,
-            };
-            i += off;
+            i += quote_or_backslash(rest).ok_or(())?;
             if self.b[i] == b'"' {
                 break;
             }
@@ -496,6 +515,7 @@ impl<'a> JsonFields<'a> {
         Ok(Str { raw, escaped, json: true })
     }
 
+    #[inline]
     fn value(&mut self) -> Result<Value<'a>, ()> {
         let start = self.pos;
         match self.b.get(self.pos).copied().ok_or(())? {
@@ -551,6 +571,7 @@ impl<'a> JsonFields<'a> {
         }
     }
 
+    #[inline]
     fn member(&mut self) -> Result<Option<Field<'a>>, ()> {
         self.ws();
         if !self.started {
@@ -885,6 +906,30 @@ mod tests {
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn quote_scan_finds_the_first_quote_or_backslash() {
+        for len in 0..150 {
+            for at in [0, 1, 7, 8, 9, 63, 64, 65, 100] {
+                for c in [b'"', b'\\'] {
+                    let mut b = vec![b'x'; len];
+                    if at < len {
+                        b[at] = c;
+                        // A later one must not win, and bytes near '"'/'\\' must not match.
+                        if at + 1 < len {
+                            b[at + 1] = b'"';
+                        }
+                    }
+                    b.iter_mut().take(at.min(len)).for_each(|x| *x = if *x == b'x' { b'#' } else { *x });
+                    let want = b.iter().position(|&x| x == b'"' || x == b'\\');
+                    assert_eq!(quote_or_backslash(&b), want, "len {len} at {at}");
+                }
+            }
+        }
+        // Multi-byte UTF-8 and bytes one off the needles.
+        let t = "é😀!#[]\"x".as_bytes();
+        assert_eq!(quote_or_backslash(t), t.iter().position(|&x| x == b'"'));
     }
 
     #[test]
