@@ -62,11 +62,19 @@ pub fn e2e_config(env: &TestEnv, port: u16, kubeconfig: &Path, extra: &str) -> S
 impl Kubelens {
     /// Starts kubelens with [`e2e_config`] and waits until `/readyz` is 200.
     pub fn start(env: &TestEnv, extra_config: &str) -> Self {
+        Self::start_with_server(env, "", extra_config)
+    }
+
+    /// Like [`Kubelens::start`], with `server_extra` (lines indented by two spaces) added to
+    /// the `server:` section.
+    pub fn start_with_server(env: &TestEnv, server_extra: &str, extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = sa_kubeconfig(env, dir.path());
         let port = free_port();
         let config = dir.path().join("config.yaml");
-        std::fs::write(&config, e2e_config(env, port, &kubeconfig, extra_config)).unwrap();
+        let text = e2e_config(env, port, &kubeconfig, extra_config)
+            .replacen("  shutdown_grace: 3s\n", &format!("  shutdown_grace: 3s\n{server_extra}"), 1);
+        std::fs::write(&config, text).unwrap();
         Self::start_with_config(dir, &config, port)
     }
 
