@@ -161,3 +161,29 @@ pub async fn sa_cluster(env: &TestEnv, policy: &kubelens_core::policy::AccessPol
     }
     cluster
 }
+
+/// A throwaway CA (`ca.crt`) and two server certificates for 127.0.0.1 and localhost signed
+/// by it (`one.crt`/`one.key`, `two.crt`/`two.key`, P-256, PKCS#8), made with the openssl CLI
+/// in `dir`. Returns the CA certificate (PEM) for the clients to trust.
+pub fn test_certs(dir: &Path) -> Vec<u8> {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl CLI");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kubelens-test-ca"]].concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for name in ["one", "two"] {
+        let (key, csr, crt, subj) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("/CN={name}"));
+        openssl(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subj]].concat());
+        openssl(&[
+            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &crt,
+            "-extfile", "server.ext",
+        ]);
+    }
+    std::fs::read(dir.join("ca.crt")).unwrap()
+}
