@@ -138,7 +138,10 @@ fn connection_limits(server: &kubelens_core::config::ServerConfig) -> salvo::fus
 /// by the idle timeout, `max_header_list_size`, `max_concurrent_streams`, hyper's rapid-reset
 /// limit (`max_pending_accept_reset_streams`, 20) and `server.max_connections`.
 fn tune_protocols<A: Acceptor + Send>(server: &mut Server<A>, config: &kubelens_core::config::ServerConfig) {
-    server.http1_mut().max_buf_size(HTTP1_MAX_BUF_BYTES);
+    // Vectored writes: an SSE batch (up to 256 KiB) goes to the socket from its own buffer;
+    // hyper's flattening strategy would copy it into the connection's write buffer, which then
+    // keeps its grown capacity for the connection's lifetime, idle or not.
+    server.http1_mut().max_buf_size(HTTP1_MAX_BUF_BYTES).writev(true);
     let h2 = &config.http2;
     server
         .http2_mut()

@@ -124,7 +124,8 @@ pub struct SseBody {
     hold: Vec<Box<dyn Any + Send>>,
     /// Counts `log` events sent (`log_lines_sent`) when set.
     metrics: Option<kubelens_core::Metrics>,
-    /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame).
+    /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame);
+    /// empty, with no allocation, between batches ([`take_batch`]).
     out: BytesMut,
     /// How long a partial batch may wait for more frames ([`SseBody::coalesce`]).
     coalesce: Duration,
@@ -207,6 +208,15 @@ pub fn set_sse_headers(res: &mut Response) {
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
+/// Hands the encoded batch to hyper with its whole allocation: `split()` would leave the
+/// unused tail of the allocation in `out` for the stream's lifetime, kept alive (the
+/// allocation is shared) even after hyper wrote and dropped the batch. An idle stream then
+/// holds no buffer at all between keepalives; a busy one allocates once per batch (at most
+/// one per [`MAX_BATCH_BYTES`] or coalescing window).
+fn take_batch(out: &mut BytesMut) -> Bytes {
+    std::mem::take(out).freeze()
+}
+
 impl Stream for SseBody {
     type Item = Result<Bytes, Infallible>;
 
@@ -226,7 +236,7 @@ impl Stream for SseBody {
                     frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         if let Some((sleep, _)) = this.deadline.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
@@ -237,7 +247,7 @@ impl Stream for SseBody {
                     frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         // A partial batch waiting for its coalescing window does not look at new frames until
         // the window ends: polling them would register this task's waker with the viewer's
@@ -286,7 +296,7 @@ impl Stream for SseBody {
             this.flush_at = None;
             let next = Instant::now() + this.keepalive_every;
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         if ended {
             return Poll::Ready(None);
@@ -297,7 +307,7 @@ impl Stream for SseBody {
             SseFrame::Comment("keepalive").encode(&mut this.out);
             // Register the new deadline with the waker.
             let _ = this.keepalive.as_mut().poll(cx);
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         Poll::Pending
     }

@@ -31,6 +31,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $host := ternary "127.0.0.1" "0.0.0.0" .Values.sidecar.enabled -}}
 {{- $_ := set $server "listen" (printf "%s:%d" $host (int .Values.ports.http)) -}}
 {{- $_ := set $server "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) -}}
+{{- if .Values.secrets.serverTls.name -}}
+{{- $_ := set $server "tls" (dict "cert_file" "/etc/kubelens-tls/tls.crt" "key_file" "/etc/kubelens-tls/tls.key") -}}
+{{- end -}}
 {{- $_ := set $config "server" $server -}}
 {{- toYaml $config -}}
 {{- end -}}
