@@ -403,6 +403,19 @@ mod tests {
         assert!(body.next().await.is_none(), "the end flushes at once");
     }
 
+    #[tokio::test]
+    async fn a_written_batch_leaves_no_buffer_behind() {
+        use futures::SinkExt;
+        let (mut tx, rx) = futures::channel::mpsc::channel::<SseFrame>(16);
+        let mut body = SseBody::new(rx.boxed(), Duration::from_secs(15), CancellationToken::new(), Box::new(Vec::new));
+        tx.send(log(&"x".repeat(10_000))).await.unwrap();
+        let batch = body.next().await.unwrap().unwrap();
+        assert!(batch.len() > 10_000);
+        // An idle stream keeps no allocation between batches (with `split()` it kept the
+        // unused tail and, shared, the whole allocation).
+        assert_eq!(body.out.capacity(), 0);
+    }
+
     /// Counts how often the body polls its frames.
     struct Counted<S> {
         inner: S,
