@@ -15,7 +15,9 @@
 //!   our app SSE stream and on `stern` started at the same moment, then live-line latency, and
 //!   both processes' CPU.
 //! * `idle` — 5,000 idle SSE connections following one quiet pod: kubelens RSS growth per
-//!   connection (raw `TcpStream` clients with a 256-byte read buffer each).
+//!   connection (raw `TcpStream` clients with a 256-byte read buffer each), a plain keep-alive
+//!   baseline, and the same 5,000 streams over HTTP/2: multiplexed on a few h2c connections
+//!   (`BENCH_IDLE_H2_CONNECTIONS`, default 5), RSS growth per stream.
 //!
 //! Every wait is bounded; all traffic stays on 127.0.0.1. Results: docs/benchmarks/streaming.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
