@@ -47,6 +47,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and .Values.sidecar.enabled (not .Values.sidecar.frontend.image) -}}
 {{- fail "sidecar.enabled needs sidecar.frontend.image (the frontend container kubelens runs beside)" -}}
 {{- end -}}
+{{- if and .Values.sidecar.enabled .Values.secrets.serverTls.name -}}
+{{- fail "secrets.serverTls is for serving the API port directly; with sidecar.enabled the frontend container is what the Service exposes (terminate TLS there or in the ingress)" -}}
+{{- end -}}
 {{- if eq (int .Values.ports.http) (int .Values.ports.metrics) -}}
 {{- fail "ports.http and ports.metrics must differ" -}}
 {{- end -}}
