@@ -127,6 +127,58 @@ pub struct ServerConfig {
     /// Concurrent connections accepted on the API listener; further ones wait in the
     /// operating system's backlog until one closes.
     pub max_connections: usize,
+    /// TLS on the API listener (`server.listen`): rustls with the certificate and key files,
+    /// ALPN `h2` and `http/1.1`, files re-read every `reload_interval`. `null` (the default)
+    /// serves cleartext: HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port.
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 limits (over TLS and h2c alike).
+    pub http2: Http2Config,
+}
+
+/// TLS certificate and key of the API listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate first, then any intermediates (required).
+    pub cert_file: String,
+    /// PEM file with the certificate's private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    /// (required). Must match the certificate; a mismatch is a startup error.
+    pub key_file: String,
+    /// How often both files are re-read; when either changed and the pair is valid, new
+    /// connections get the new certificate (open ones keep theirs). A pair that fails to
+    /// load is logged and the previous certificate stays in use. Between 1s and 1h.
+    #[serde(with = "humantime_serde", default = "TlsConfig::default_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    fn default_reload_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// HTTP/2 settings advertised to clients and enforced per connection.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Concurrent streams (requests, SSE streams included) one HTTP/2 connection may open;
+    /// a client asking for more waits for one to end. Between 1 and 10,000. Every stream is
+    /// still counted by `logs.max_streams_per_user` and the other stream caps.
+    pub max_concurrent_streams: u32,
+    /// Largest request head (HPACK-decoded header list) accepted, in bytes; a bigger one is
+    /// refused. Between 4 KiB and 1 MiB.
+    pub max_header_list_bytes: u32,
+    /// Interval of HTTP/2 PING frames that detect dead peers; a PING not answered within 20 s
+    /// closes the connection. `null` (the default) sends none: PINGs count as traffic, so
+    /// with them on `server.idle_timeout` no longer closes idle HTTP/2 connections.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Option<Duration>,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self { max_concurrent_streams: 256, max_header_list_bytes: 32 * 1024, keepalive_interval: None }
+    }
 }
 
 impl Default for ServerConfig {
@@ -142,6 +194,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 10_000,
+            tls: None,
+            http2: Http2Config::default(),
         }
     }
 }
@@ -788,6 +842,28 @@ impl Config {
         if server.max_connections == 0 {
             problem("server.max_connections", "must be at least 1".to_owned());
         }
+        if let Some(tls) = &server.tls {
+            if tls.cert_file.trim().is_empty() {
+                problem("server.tls.cert_file", "is required when server.tls is set".to_owned());
+            }
+            if tls.key_file.trim().is_empty() {
+                problem("server.tls.key_file", "is required when server.tls is set".to_owned());
+            }
+            if tls.reload_interval < Duration::from_secs(1) || tls.reload_interval > Duration::from_secs(3600) {
+                problem("server.tls.reload_interval", "must be between 1s and 1h".to_owned());
+            }
+        }
+        if !(1..=10_000).contains(&server.http2.max_concurrent_streams) {
+            problem("server.http2.max_concurrent_streams", "must be between 1 and 10000".to_owned());
+        }
+        if !(4096..=1024 * 1024).contains(&server.http2.max_header_list_bytes) {
+            problem("server.http2.max_header_list_bytes", "must be between 4096 and 1048576".to_owned());
+        }
+        if let Some(interval) = server.http2.keepalive_interval
+            && (interval < Duration::from_secs(1) || interval > Duration::from_secs(3600))
+        {
+            problem("server.http2.keepalive_interval", "must be between 1s and 1h (or null)".to_owned());
+        }
         for (i, origin) in self.server.cors_allowed_origins.iter().enumerate() {
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 problem(
@@ -919,6 +995,25 @@ namespaces:
         assert!(found[0].starts_with("logs.max_tail_lines"), "{found:?}");
         let text = format!("{MINIMAL}logs:\n  terminated_log_ttl: forever\n");
         assert!(problems(&text)[0].starts_with("logs.terminated_log_ttl"));
+    }
+
+    #[test]
+    fn tls_and_http2_settings_are_checked() {
+        let text = format!("{MINIMAL}server:\n  tls:\n    cert_file: /etc/kubelens/tls.crt\n    key_file: /etc/kubelens/tls.key\n  http2:\n    max_concurrent_streams: 2000\n    keepalive_interval: 30s\n");
+        let (config, _) = load(&text).unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.reload_interval, Duration::from_secs(10));
+        assert_eq!(config.server.http2.max_concurrent_streams, 2000);
+        assert_eq!(config.server.http2.keepalive_interval, Some(Duration::from_secs(30)));
+
+        let text = format!("{MINIMAL}server:\n  tls:\n    cert_file: ''\n    key_file: k\n    reload_interval: 100ms\n  http2:\n    max_concurrent_streams: 0\n    max_header_list_bytes: 100\n");
+        let found = problems(&text);
+        for key in ["server.tls.cert_file", "server.tls.reload_interval", "server.http2.max_concurrent_streams", "server.http2.max_header_list_bytes"] {
+            assert!(found.iter().any(|p| p.starts_with(key)), "{key} in {found:?}");
+        }
+        // Both files are required.
+        let text = format!("{MINIMAL}server:\n  tls:\n    cert_file: c\n");
+        assert!(problems(&text)[0].contains("key_file"), "{:?}", problems(&text));
     }
 
     #[test]

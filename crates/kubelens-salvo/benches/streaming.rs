@@ -15,7 +15,9 @@
 //!   our app SSE stream and on `stern` started at the same moment, then live-line latency, and
 //!   both processes' CPU.
 //! * `idle` — 5,000 idle SSE connections following one quiet pod: kubelens RSS growth per
-//!   connection (raw `TcpStream` clients with a 256-byte read buffer each).
+//!   connection (raw `TcpStream` clients with a 256-byte read buffer each), a plain keep-alive
+//!   baseline, and the same 5,000 streams over HTTP/2: multiplexed on a few h2c connections
+//!   (`BENCH_IDLE_H2_CONNECTIONS`, default 5), RSS growth per stream.
 //!
 //! Every wait is bounded; all traffic stays on 127.0.0.1. Results: docs/benchmarks/streaming.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -369,9 +371,18 @@ async fn viewer_token(env: &TestEnv) -> String {
 
 /// kubelens with caps raised for the benchmarks (5,000 streams of one user).
 fn start_kubelens(env: &TestEnv) -> (Kubelens, u32) {
+    start_kubelens_with(env, "")
+}
+
+/// [`start_kubelens`] with `server_extra` added to the `server:` section.
+fn start_kubelens_with(env: &TestEnv, server_extra: &str) -> (Kubelens, u32) {
     // BENCH_SSE_COALESCE (e.g. `0s`, `5ms`) overrides `logs.sse_write_coalesce` for A/B runs.
     let coalesce = std::env::var("BENCH_SSE_COALESCE").map(|v| format!("  sse_write_coalesce: {v}\n")).unwrap_or_default();
-    let server = Kubelens::start(env, &format!("logs:\n  max_streams_per_user: 20000\n  max_upstream_streams: 2000\n{coalesce}"));
+    let server = Kubelens::start_with_server(
+        env,
+        server_extra,
+        &format!("logs:\n  max_streams_per_user: 20000\n  max_upstream_streams: 2000\n{coalesce}"),
+    );
     let pid = kubelens_pid(&server);
     (server, pid)
 }
@@ -1225,5 +1236,151 @@ async fn idle(env: &TestEnv, quick: bool) {
         mib(hwm),
         loadavg()
     );
+
+    // HTTP/2: the same number of idle SSE streams multiplexed over a few h2c connections
+    // (prior knowledge, one reqwest client per connection) on a fresh process whose
+    // `server.http2.max_concurrent_streams` lets each connection carry its share.
+    let h2_conns: usize = std::env::var("BENCH_IDLE_H2_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let per_conn_streams = n.div_ceil(h2_conns.max(1)) as u32;
+    let (h2_server, h2_pid) =
+        start_kubelens_with(env, &format!("  http2:\n    max_concurrent_streams: {}\n", per_conn_streams.clamp(1, 10_000)));
+    let h2_url = format!("{}/api/v1/namespaces/{NS}/pods/{pod}/logs", h2_server.url);
+    let mut h2 = H2Streams::new(h2_conns, h2_url, viewer_token(env).await);
+    let fds_0 = socket_fds(h2_pid);
+    h2.open(1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h2_rss_1 = status_kb(h2_pid, "VmRSS");
+    let h2_open_time = h2.open(n - 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h2_rss_n = status_kb(h2_pid, "VmRSS");
+    let h2_sockets = socket_fds(h2_pid).saturating_sub(fds_0);
+    let cpu0 = cpu_seconds(h2_pid);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let h2_idle_cpu = cpu_seconds(h2_pid) - cpu0;
+    let h2_rss_idle = status_kb(h2_pid, "VmRSS");
+    let (h2_ok, h2_bad) = (h2.ready(), h2.failed());
+    h2.close().await;
+    drop(h2_server);
+    let h2_per = per(h2_rss_1, h2_rss_n, h2_ok);
+    println!();
+    println!("| HTTP/2 streams | ready / failed | opened in (s) | kubelens RSS 1 stream → all (MiB) | **RSS per stream** | after 16 s idle | | kubelens CPU s over 16 s idle |");
+    println!("|---|---|---:|---|---:|---:|---:|---:|");
+    println!(
+        "| {n} SSE viewers of one pod over {h2_conns} h2c connections (HTTP/2 prior knowledge; {h2_sockets} new server sockets), fresh process | {h2_ok} / {h2_bad} | {:.1} | {:.1} → {:.1} | **{:.1} KiB** ({h2_per:.0} B) per stream | {:.1} KiB | | {h2_idle_cpu:.2} |",
+        h2_open_time.as_secs_f64(),
+        mib(h2_rss_1),
+        mib(h2_rss_n),
+        h2_per / 1024.0,
+        per(h2_rss_1, h2_rss_idle, h2_ok) / 1024.0,
+    );
+    println!("<!-- h2 loadavg {} -->", loadavg());
     delete_pods(env, std::slice::from_ref(&pod));
+}
+
+/// Open sockets of a process (`/proc/<pid>/fd` links to `socket:`).
+fn socket_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Idle SSE streams over HTTP/2 with prior knowledge: stream `i` goes over client `i % clients`
+/// (each reqwest client keeps one h2 connection and multiplexes its requests on it).
+struct H2Streams {
+    clients: Vec<reqwest::Client>,
+    url: Arc<String>,
+    token: Arc<String>,
+    counters: Arc<(AtomicUsize, AtomicUsize)>,
+    semaphore: Arc<tokio::sync::Semaphore>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl H2Streams {
+    fn new(connections: usize, url: String, token: String) -> Self {
+        let clients = (0..connections.max(1))
+            .map(|_| reqwest::Client::builder().http2_prior_knowledge().build().unwrap())
+            .collect();
+        Self {
+            clients,
+            url: Arc::new(url),
+            token: Arc::new(token),
+            counters: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))),
+            semaphore: Arc::new(tokio::sync::Semaphore::new(200)),
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    async fn open(&mut self, count: usize) -> Duration {
+        let started = Instant::now();
+        for _ in 0..count {
+            let client = self.clients[self.tasks.len() % self.clients.len()].clone();
+            let (url, token, counters, semaphore, mut stop) =
+                (self.url.clone(), self.token.clone(), self.counters.clone(), self.semaphore.clone(), self.stop.subscribe());
+            self.tasks.push(tokio::spawn(async move {
+                let permit = semaphore.acquire_owned().await.unwrap();
+                let subscribe = async {
+                    let resp = client.get(url.as_str()).bearer_auth(token.as_str()).header("accept", "text/event-stream").send().await.ok()?;
+                    if resp.status() != 200 || resp.version() != reqwest::Version::HTTP_2 {
+                        return None;
+                    }
+                    let mut body = resp.bytes_stream();
+                    let mut seen = Vec::new();
+                    while let Some(chunk) = body.next().await {
+                        seen.extend_from_slice(&chunk.ok()?);
+                        if seen.windows(10).any(|w| w == b"event: log") {
+                            return Some(body);
+                        }
+                        if seen.len() > 4096 {
+                            seen.drain(..seen.len() - 16);
+                        }
+                    }
+                    None
+                };
+                let Ok(Some(mut body)) = tokio::time::timeout(Duration::from_secs(120), subscribe).await else {
+                    counters.1.fetch_add(1, Ordering::SeqCst);
+                    return;
+                };
+                counters.0.fetch_add(1, Ordering::SeqCst);
+                drop(permit);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        chunk = body.next() => {
+                            if !matches!(chunk, Some(Ok(_))) {
+                                counters.1.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        let target = self.tasks.len();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while self.ready() + self.failed() < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    }
+
+    fn ready(&self) -> usize {
+        self.counters.0.load(Ordering::SeqCst)
+    }
+
+    fn failed(&self) -> usize {
+        self.counters.1.load(Ordering::SeqCst)
+    }
+
+    async fn close(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
 }

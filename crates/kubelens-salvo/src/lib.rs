@@ -21,6 +21,7 @@ pub mod session;
 pub mod sse;
 pub mod state;
 pub mod stream_credential;
+pub mod tls;
 
 use salvo::catcher::Catcher;
 use salvo::prelude::*;

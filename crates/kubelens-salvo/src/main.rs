@@ -100,6 +100,11 @@ fn init_tracing(format: Option<&str>) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Unusable TLS files stop the process before anything else starts (the listener loads
+    // them again when it binds, and from then on on every change).
+    if let Some(tls) = &config.server.tls {
+        kubelens_salvo::tls::CertReload::load(tls).await?;
+    }
     let readiness = Readiness::new();
     readiness.register("config", "loaded").ready("loaded");
     // "kubernetes_config": a client configuration is obtainable (in-cluster or kubeconfig).

@@ -124,7 +124,8 @@ pub struct SseBody {
     hold: Vec<Box<dyn Any + Send>>,
     /// Counts `log` events sent (`log_lines_sent`) when set.
     metrics: Option<kubelens_core::Metrics>,
-    /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame).
+    /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame);
+    /// empty, with no allocation, between batches ([`take_batch`]).
     out: BytesMut,
     /// How long a partial batch may wait for more frames ([`SseBody::coalesce`]).
     coalesce: Duration,
@@ -207,6 +208,15 @@ pub fn set_sse_headers(res: &mut Response) {
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
+/// Hands the encoded batch to hyper with its whole allocation: `split()` would leave the
+/// unused tail of the allocation in `out` for the stream's lifetime, kept alive (the
+/// allocation is shared) even after hyper wrote and dropped the batch. An idle stream then
+/// holds no buffer at all between keepalives; a busy one allocates once per batch (at most
+/// one per [`MAX_BATCH_BYTES`] or coalescing window).
+fn take_batch(out: &mut BytesMut) -> Bytes {
+    std::mem::take(out).freeze()
+}
+
 impl Stream for SseBody {
     type Item = Result<Bytes, Infallible>;
 
@@ -226,7 +236,7 @@ impl Stream for SseBody {
                     frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         if let Some((sleep, _)) = this.deadline.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
@@ -237,7 +247,7 @@ impl Stream for SseBody {
                     frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         // A partial batch waiting for its coalescing window does not look at new frames until
         // the window ends: polling them would register this task's waker with the viewer's
@@ -286,7 +296,7 @@ impl Stream for SseBody {
             this.flush_at = None;
             let next = Instant::now() + this.keepalive_every;
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         if ended {
             return Poll::Ready(None);
@@ -297,7 +307,7 @@ impl Stream for SseBody {
             SseFrame::Comment("keepalive").encode(&mut this.out);
             // Register the new deadline with the waker.
             let _ = this.keepalive.as_mut().poll(cx);
-            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
         }
         Poll::Pending
     }
@@ -391,6 +401,19 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(5) && started.elapsed() < Duration::from_millis(10));
         drop(sender.await.unwrap());
         assert!(body.next().await.is_none(), "the end flushes at once");
+    }
+
+    #[tokio::test]
+    async fn a_written_batch_leaves_no_buffer_behind() {
+        use futures::SinkExt;
+        let (mut tx, rx) = futures::channel::mpsc::channel::<SseFrame>(16);
+        let mut body = SseBody::new(rx.boxed(), Duration::from_secs(15), CancellationToken::new(), Box::new(Vec::new));
+        tx.send(log(&"x".repeat(10_000))).await.unwrap();
+        let batch = body.next().await.unwrap().unwrap();
+        assert!(batch.len() > 10_000);
+        // An idle stream keeps no allocation between batches (with `split()` it kept the
+        // unused tail and, shared, the whole allocation).
+        assert_eq!(body.out.capacity(), 0);
     }
 
     /// Counts how often the body polls its frames.

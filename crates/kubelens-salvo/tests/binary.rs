@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kubelens");
 
 fn example_config() -> String {
@@ -241,4 +243,22 @@ fn readiness_sees_a_cluster_configuration_from_kubeconfig() {
     }
     let (status, _, _) = server.terminate();
     assert!(status.success());
+}
+
+#[test]
+fn a_tls_key_that_does_not_match_the_certificate_stops_startup_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    support::test_certs(dir.path());
+    let (cert, key) = (dir.path().join("one.crt"), dir.path().join("two.key"));
+    let text = example_config()
+        .replace("listen: 0.0.0.0:8080", &format!("listen: 127.0.0.1:{}", free_port()))
+        .replace("https://sso.example.com", "http://127.0.0.1:9")
+        .replace("  tls: null", &format!("  tls:\n    cert_file: {}\n    key_file: {}", cert.display(), key.display()));
+    let config = write_config(dir.path(), &text);
+    let started = Instant::now();
+    let out = run(kubelens(dir.path()).arg("--config").arg(&config).env("KUBELENS_STORAGE_BACKEND", "memory"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(stderr.contains("does not match") && stderr.contains("two.key") && stderr.contains("one.crt"), "{stderr}");
 }

@@ -197,6 +197,12 @@ fn every_documented_values_combination_lints_renders_and_yields_a_valid_config()
             let annotations = &find(&docs, "Ingress")["metadata"]["annotations"];
             assert_eq!(annotations["nginx.ingress.kubernetes.io/proxy-buffering"], "off");
             assert_eq!(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
+            // TLS on the API port: the Secret mounted, server.tls set, the ingress speaks HTTPS.
+            assert_eq!(annotations["nginx.ingress.kubernetes.io/backend-protocol"], "HTTPS");
+            let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&config_of(&docs)).unwrap();
+            assert_eq!(config["server"]["tls"]["cert_file"].as_str(), Some("/etc/kubelens-tls/tls.crt"));
+            let volumes = find(&docs, "Deployment")["spec"]["template"]["spec"]["volumes"].as_array().unwrap().clone();
+            assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "kubelens-server-tls"), "{volumes:?}");
             let rules = find(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"].as_array().unwrap().len();
             assert_eq!(rules, 9, "the alerts of docs/operations.md");
             let policy = &find(&docs, "NetworkPolicy")["spec"]["ingress"];
@@ -237,16 +243,21 @@ fn the_schema_of_config_mirrors_every_key_of_examples_config_yaml() {
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).unwrap()).unwrap();
     let mut schema_keys = BTreeSet::new();
     schema_paths(&schema["properties"]["config"], "", &mut schema_keys);
-    // The chart owns the listen addresses; secrets come from Secrets, never values.
-    let owned = ["server.listen", "server.metrics_listen", "auth.client_secret", "storage.postgres.url", "storage.redis.url"];
+    // The chart owns the listen addresses and TLS (from `secrets.serverTls`); secrets come
+    // from Secrets, never values.
+    let owned =
+        ["server.listen", "server.metrics_listen", "server.tls", "auth.client_secret", "storage.postgres.url", "storage.redis.url"];
     let expected: BTreeSet<String> = example_keys.iter().filter(|k| !owned.contains(&k.as_str())).cloned().collect();
     assert_eq!(schema_keys, expected, "values.schema.json `config` must list exactly the keys of examples/config.yaml");
 }
 
 #[test]
 fn typos_and_impossible_combinations_fail_rendering() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--set", "config.auth.realmm=x"], "realmm"),
+        // The chart owns server.tls (from secrets.serverTls).
+        (&["--set", "config.server.tls.cert_file=/x"], "tls"),
+        (&["--set", "secrets.serverTls.name=t", "--set", "sidecar.enabled=true", "--set", "sidecar.frontend.image=f"], "secrets.serverTls"),
         (&["--set", "replicas=2"], "replicas"),
         (&["--set", "config.storage.backend=mysql"], "backend"),
         (&["--set", "config.storage.postgres.url=postgres://u:p@db/x"], "url"),

@@ -1143,3 +1143,49 @@ async fn app_streams_apply_level_and_field_filters_to_every_pod() {
         assert_eq!(lines, &want, "{pod}");
     }
 }
+
+/// HTTP/2 on the binary's listener (`server::serve`): a pod's SSE log stream over TLS with
+/// ALPN `h2` (`server.tls`, a test CA's certificate) and over cleartext HTTP/2 with prior
+/// knowledge (h2c), with the same headers and lines as over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_streams_are_served_over_http2_with_tls_and_h2c() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let certs = tempfile::tempdir().unwrap();
+    let ca = support::test_certs(certs.path());
+    let pod = unique("h2");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    loggen(env, &path, &pod, 3, 100, &[]).wait().unwrap();
+    let token = token("viewer").await;
+    for tls in [true, false] {
+        let (mut config, auth) = test_config(env, |c| {
+            c.server.tls = tls.then(|| kubelens_core::config::TlsConfig {
+                cert_file: certs.path().join("one.crt").display().to_string(),
+                key_file: certs.path().join("one.key").display().to_string(),
+                reload_interval: Duration::from_secs(5),
+            });
+        })
+        .await;
+        if let Err(err) = config.validate() {
+            panic!("the test's config is invalid: {err:?}");
+        }
+        let (state, _logs) = app_state(env, config, auth).await;
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(kubelens_salvo::server::serve(state, "127.0.0.1:0".parse().unwrap(), std::future::pending(), move |addr| {
+            let _ = bound_tx.send(addr);
+        }));
+        let addr: SocketAddr = bound_rx.await.unwrap();
+        let (client, base) = if tls {
+            let ca = reqwest::Certificate::from_pem(&ca).unwrap();
+            (reqwest::Client::builder().tls_certs_only([ca]).build().unwrap(), format!("https://localhost:{}", addr.port()))
+        } else {
+            (reqwest::Client::builder().http2_prior_knowledge().build().unwrap(), format!("http://{addr}"))
+        };
+        let url = format!("{base}/api/v1/namespaces/team-a/pods/{pod}/logs");
+        let resp = client.get(&url).bearer_auth(&token).header("accept", "text/event-stream").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "tls {tls}");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "tls {tls}");
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut sse = SseClient { body: resp.bytes_stream().boxed(), buf: Vec::new() };
+        assert_eq!(sse.log_seqs(3).await, vec![1, 2, 3], "tls {tls}");
+    }
+}

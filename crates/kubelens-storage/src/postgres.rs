@@ -9,11 +9,18 @@
 //! to one source from several replicas serialize and never duplicate a position; session
 //! preconditions are checked in the `UPDATE .. WHERE version = $n` itself.
 //!
-//! Lines are written with `COPY … FROM STDIN (FORMAT binary)`, the fastest way into
-//! PostgreSQL. COPY has no `ON CONFLICT`, and needs none: the lines handed to it were just
-//! probed as absent while the source row lock is held, so no other writer can insert them
-//! before this transaction commits. Should that reasoning ever break, the primary key still
-//! refuses the duplicate and the whole batch fails (`Unavailable`) without writing anything.
+//! Lines are written with one `INSERT … SELECT FROM UNNEST(arrays)`: the whole batch is one
+//! statement sent in one write (Parse/Bind/Execute/Sync), answered in one round trip. It has no
+//! `ON CONFLICT`, and needs none: the lines handed to it were just probed as absent while the
+//! source row lock is held, so no other writer can insert them before this transaction commits.
+//! Should that reasoning ever break, the primary key still refuses the duplicate and the whole
+//! batch fails (`Unavailable`) without writing anything.
+//!
+//! Why not `COPY … FROM STDIN`, PostgreSQL's bulk path: sqlx 0.9.0 does not set `TCP_NODELAY`
+//! (upstream issue transact-rs/sqlx#4335), and COPY writes its data and then `CopyDone` as two
+//! writes before reading the answer, so over TCP Nagle's algorithm holds `CopyDone` until the
+//! server's delayed ACK (~40 ms) — measured: 2,200 lines/s with batches of 100 over TCP against
+//! 44,000 over a Unix socket (docs/benchmarks/storage.md). One statement per batch never waits.
 
 use std::time::Duration;
 
@@ -37,31 +44,6 @@ fn is_plain_identifier(name: &str) -> bool {
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-/// The lines of one batch in PostgreSQL's binary COPY format: the signature header, one
-/// tuple of five fields per line (int8, int8, int8, bool, bytea; each a big-endian length
-/// and the value's binary form) and the end marker.
-fn copy_binary(source_id: i64, lines: &[&ArchivedLine]) -> Vec<u8> {
-    let payload: usize = lines.iter().map(|l| l.line.len()).sum();
-    let mut buf = Vec::with_capacity(21 + lines.len() * 47 + payload);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
-    buf.extend_from_slice(&0i32.to_be_bytes()); // no header extension
-    for line in lines {
-        buf.extend_from_slice(&5i16.to_be_bytes());
-        for value in [source_id, line.position as i64, line.timestamp_ns] {
-            buf.extend_from_slice(&8i32.to_be_bytes());
-            buf.extend_from_slice(&value.to_be_bytes());
-        }
-        buf.extend_from_slice(&1i32.to_be_bytes());
-        buf.push(u8::from(line.truncated));
-        // Lines are bounded by `archive_max_line_bytes`, far below i32::MAX.
-        buf.extend_from_slice(&i32::try_from(line.line.len()).unwrap_or(i32::MAX).to_be_bytes());
-        buf.extend_from_slice(&line.line);
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    buf
-}
-
 impl SqlDialect for Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
     // Reading the sessions table proves a connection works and the schema is present.
@@ -72,17 +54,25 @@ impl SqlDialect for Postgres {
     }
 
     async fn insert_lines(conn: &mut PgConnection, source_id: i64, lines: &[&ArchivedLine]) -> Result<(), StorageError> {
-        let mut copy = conn
-            .copy_in_raw("COPY kubelens_log_lines (source_id, position, ts_ns, truncated, line) FROM STDIN (FORMAT binary)")
-            .await
-            .map_err(sqlx_error)?;
-        if let Err(err) = copy.send(copy_binary(source_id, lines)).await {
-            let _ = copy.abort("send failed").await;
-            return Err(sqlx_error(err));
-        }
-        let copied = copy.finish().await.map_err(sqlx_error)?;
-        if copied != lines.len() as u64 {
-            return Err(StorageError::Unavailable(format!("COPY stored {copied} of {} lines", lines.len())));
+        // Positions are bounded far below i64::MAX (a source's line count).
+        let positions: Vec<i64> = lines.iter().map(|l| i64::try_from(l.position).unwrap_or(i64::MAX)).collect();
+        let stamps: Vec<i64> = lines.iter().map(|l| l.timestamp_ns).collect();
+        let truncated: Vec<bool> = lines.iter().map(|l| l.truncated).collect();
+        let payloads: Vec<&[u8]> = lines.iter().map(|l| l.line.as_slice()).collect();
+        let result = sqlx::query(
+            "INSERT INTO kubelens_log_lines (source_id, position, ts_ns, truncated, line) \
+             SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::bool[], $5::bytea[])",
+        )
+        .bind(source_id)
+        .bind(positions)
+        .bind(stamps)
+        .bind(truncated)
+        .bind(payloads)
+        .execute(&mut *conn)
+        .await
+        .map_err(sqlx_error)?;
+        if result.rows_affected() != lines.len() as u64 {
+            return Err(StorageError::Unavailable(format!("stored {} of {} lines", result.rows_affected(), lines.len())));
         }
         Ok(())
     }
@@ -122,20 +112,5 @@ impl PostgresStore {
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| sqlx_error(e.into()))?;
         Ok(StoreAdapter::new(SqlBackend::new(pool, limits)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_binary_layout() {
-        let line = ArchivedLine { position: 7, timestamp_ns: 9, line: b"ab".to_vec(), truncated: true };
-        let buf = copy_binary(3, &[&line]);
-        assert_eq!(&buf[..11], b"PGCOPY\n\xff\r\n\0");
-        assert_eq!(buf.len(), 19 + 2 + 3 * 12 + 5 + 6 + 2);
-        assert_eq!(&buf[19..21], &5i16.to_be_bytes());
-        assert_eq!(&buf[buf.len() - 4..], &[b'a', b'b', 0xff, 0xff]);
     }
 }

@@ -2,7 +2,7 @@
 //! statements (`$n` placeholders, `INSERT … ON CONFLICT`, `RETURNING`, `CASE` instead of
 //! `MAX`/`GREATEST`), and a [`SqlDialect`] supplies what really differs: how a write
 //! transaction begins, the readiness ping, and how a batch of lines is inserted (sqlite:
-//! multi-row `INSERT`s; PostgreSQL: binary `COPY`). The schemas (DDL) are the two
+//! multi-row `INSERT`s; PostgreSQL: one `INSERT … SELECT FROM UNNEST`). The schemas (DDL) are the two
 //! migration directories.
 //!
 //! Appends: one transaction that first upserts the source row — on PostgreSQL that takes the

@@ -62,11 +62,19 @@ pub fn e2e_config(env: &TestEnv, port: u16, kubeconfig: &Path, extra: &str) -> S
 impl Kubelens {
     /// Starts kubelens with [`e2e_config`] and waits until `/readyz` is 200.
     pub fn start(env: &TestEnv, extra_config: &str) -> Self {
+        Self::start_with_server(env, "", extra_config)
+    }
+
+    /// Like [`Kubelens::start`], with `server_extra` (lines indented by two spaces) added to
+    /// the `server:` section.
+    pub fn start_with_server(env: &TestEnv, server_extra: &str, extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = sa_kubeconfig(env, dir.path());
         let port = free_port();
         let config = dir.path().join("config.yaml");
-        std::fs::write(&config, e2e_config(env, port, &kubeconfig, extra_config)).unwrap();
+        let text = e2e_config(env, port, &kubeconfig, extra_config)
+            .replacen("  shutdown_grace: 3s\n", &format!("  shutdown_grace: 3s\n{server_extra}"), 1);
+        std::fs::write(&config, text).unwrap();
         Self::start_with_config(dir, &config, port)
     }
 
@@ -152,4 +160,30 @@ pub async fn sa_cluster(env: &TestEnv, policy: &kubelens_core::policy::AccessPol
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster
+}
+
+/// A throwaway CA (`ca.crt`) and two server certificates for 127.0.0.1 and localhost signed
+/// by it (`one.crt`/`one.key`, `two.crt`/`two.key`, P-256, PKCS#8), made with the openssl CLI
+/// in `dir`. Returns the CA certificate (PEM) for the clients to trust.
+pub fn test_certs(dir: &Path) -> Vec<u8> {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl CLI");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kubelens-test-ca"]].concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for name in ["one", "two"] {
+        let (key, csr, crt, subj) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("/CN={name}"));
+        openssl(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subj]].concat());
+        openssl(&[
+            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &crt,
+            "-extfile", "server.ext",
+        ]);
+    }
+    std::fs::read(dir.join("ca.crt")).unwrap()
 }

@@ -31,6 +31,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $host := ternary "127.0.0.1" "0.0.0.0" .Values.sidecar.enabled -}}
 {{- $_ := set $server "listen" (printf "%s:%d" $host (int .Values.ports.http)) -}}
 {{- $_ := set $server "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) -}}
+{{- if .Values.secrets.serverTls.name -}}
+{{- $_ := set $server "tls" (dict "cert_file" "/etc/kubelens-tls/tls.crt" "key_file" "/etc/kubelens-tls/tls.key") -}}
+{{- end -}}
 {{- $_ := set $config "server" $server -}}
 {{- toYaml $config -}}
 {{- end -}}
@@ -43,6 +46,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- if and .Values.sidecar.enabled (not .Values.sidecar.frontend.image) -}}
 {{- fail "sidecar.enabled needs sidecar.frontend.image (the frontend container kubelens runs beside)" -}}
+{{- end -}}
+{{- if and .Values.sidecar.enabled .Values.secrets.serverTls.name -}}
+{{- fail "secrets.serverTls is for serving the API port directly; with sidecar.enabled the frontend container is what the Service exposes (terminate TLS there or in the ingress)" -}}
 {{- end -}}
 {{- if eq (int .Values.ports.http) (int .Values.ports.metrics) -}}
 {{- fail "ports.http and ports.metrics must differ" -}}
