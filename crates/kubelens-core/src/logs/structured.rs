@@ -620,6 +620,16 @@ impl<'a> JsonFields<'a> {
     }
 }
 
+/// One step of a field iterator that stops for good after its end or its first error (both
+/// iterators are fused: a malformed line yields one `Err` and nothing after it).
+fn fused<'a>(step: Result<Option<Field<'a>>, ()>, done: &mut bool) -> Option<Result<Field<'a>, ()>> {
+    let item = step.transpose();
+    if !matches!(item, Some(Ok(_))) {
+        *done = true;
+    }
+    item
+}
+
 impl<'a> Iterator for JsonFields<'a> {
     type Item = Result<Field<'a>, ()>;
 
@@ -627,17 +637,8 @@ impl<'a> Iterator for JsonFields<'a> {
         if self.done {
             return None;
         }
-        match self.member() {
-            Ok(Some(field)) => Some(Ok(field)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(()) => {
-                self.done = true;
-                Some(Err(()))
-            }
-        }
+        let step = self.member();
+        fused(step, &mut self.done)
     }
 }
 
@@ -710,17 +711,8 @@ impl<'a> Iterator for LogfmtFields<'a> {
         if self.done {
             return None;
         }
-        match self.pair() {
-            Ok(Some(field)) => Some(Ok(field)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(()) => {
-                self.done = true;
-                Some(Err(()))
-            }
-        }
+        let step = self.pair();
+        fused(step, &mut self.done)
     }
 }
 
