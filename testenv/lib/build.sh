@@ -108,14 +108,18 @@ ensure_binaries() {
             stale="$stale $name"
         fi
     done
-    if [ -n "$stale" ]; then
-        go="$(find_go)" || die "Go toolchain not found (need go >= 1.24 on PATH or /usr/local/go/bin/go)"
-        _check_gomod_pins
-        # One builder at a time per cache (two concurrent 'up's must not build twice).
+    if [ -n "$stale" ] || [ ! -f "$SHARE_DIR/kwok-$KWOK_VERSION/.complete" ]; then
+        # One builder at a time per cache (two concurrent 'up's must not build twice, and
+        # must not copy KWOK's manifests over each other: a second run waiting here once
+        # deleted the first one's half-copied manifests the moment the lock was released).
         exec 9>"$CACHE_ROOT/.build.lock"
         if ! flock -n 9; then
             log "another testenv build holds $CACHE_ROOT/.build.lock; waiting for it"
             flock 9
+        fi
+        if [ -n "$stale" ]; then
+            go="$(find_go)" || die "Go toolchain not found (need go >= 1.24 on PATH or /usr/local/go/bin/go)"
+            _check_gomod_pins
         fi
         for name in $stale; do
             if [ -x "$BIN_DIR/$name" ] && [ "$(cat "$BIN_DIR/.$name.stamp" 2>/dev/null)" = "$(_stamp_of "$name")" ]; then
@@ -123,10 +127,10 @@ ensure_binaries() {
             fi
             _build_one "$go" "$name"
         done
+        _ensure_kwok_manifests
         flock -u 9
         exec 9>&-
     fi
-    _ensure_kwok_manifests
 }
 
 _build_one() {
@@ -162,17 +166,28 @@ _ensure_kwok_manifests() {
     go="$(find_go)" || die "Go toolchain not found"
     src="$(cd / && GOFLAGS= "$go" mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
     [ -d "$src/kustomize/crd/bases" ] || die "kwok module source not found (looked in '$src')"
-    rm -rf "$dst"; mkdir -p "$dst/crds"
-    cp "$src"/kustomize/crd/bases/*.yaml "$dst/crds/"
-    cp "$src/kustomize/metrics/resource/metrics-resource.yaml" "$dst/"
-    cp "$src/kustomize/metrics/usage/usage-from-annotation.yaml" "$dst/"
-    chmod -R u+w "$dst"
-    touch "$dst/.complete"
+    # Staged beside the target and renamed: an interrupted copy never looks complete.
+    local tmp="$dst.tmp.$$"
+    rm -rf "$tmp"; mkdir -p "$tmp/crds"
+    cp "$src"/kustomize/crd/bases/*.yaml "$tmp/crds/"
+    cp "$src/kustomize/metrics/resource/metrics-resource.yaml" "$tmp/"
+    cp "$src/kustomize/metrics/usage/usage-from-annotation.yaml" "$tmp/"
+    chmod -R u+w "$tmp"
+    touch "$tmp/.complete"
+    rm -rf "$dst"; mv "$tmp" "$dst"
 }
 
 # ensure_keycloak: unpack org.keycloak:keycloak-quarkus-dist into $KEYCLOAK_DIST (once).
 ensure_keycloak() {
     [ -f "$KEYCLOAK_DIST/.complete" ] && return 0
+    # The same lock as the Go builds: a concurrent run must not unpack over this one.
+    mkdir -p "$CACHE_ROOT"
+    exec 9>"$CACHE_ROOT/.build.lock"
+    if ! flock -n 9; then
+        log "another testenv build holds $CACHE_ROOT/.build.lock; waiting for it"
+        flock 9
+    fi
+    if [ -f "$KEYCLOAK_DIST/.complete" ]; then flock -u 9; exec 9>&-; return 0; fi
     command -v mvn >/dev/null 2>&1 || die "Maven (mvn) is needed once to fetch Keycloak $KEYCLOAK_VERSION; run testenv/ci-prereqs"
     local dl="$CACHE_ROOT/.download" t0=$SECONDS
     mkdir -p "$dl"
@@ -187,5 +202,7 @@ ensure_keycloak() {
     rm -rf "$KEYCLOAK_DIST"; mv "$KEYCLOAK_DIST.tmp" "$KEYCLOAK_DIST"
     rm -f "$dl/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz"
     touch "$KEYCLOAK_DIST/.complete"
+    flock -u 9
+    exec 9>&-
     log "Keycloak $KEYCLOAK_VERSION fetched and unpacked in $((SECONDS - t0))s"
 }
