@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kubelens_core::logs::upstream::{SourceKey as UpstreamKey, SourceState, SourceStatus, StatusReason, UpstreamEvent};
-use kubelens_core::retention::read::{archived_pods, find_pod, read_lines};
+use kubelens_core::retention::read::{archived_pods, find_pod, line_pages, read_lines};
 use kubelens_core::retention::capture::ArchiveTap;
 use kubelens_core::retention::{ArchiveRecorder, ArchivedPod, LogOpener, PodSignal, PodSnapshot, RecorderConfig, RetentionError};
 use kubelens_core::api::{AppKind, OwnerApp};
@@ -194,6 +194,9 @@ pub async fn pod_logs_from_archive(
     let source = pod.source(query.container.as_deref(), query.previous).map_err(retention_error)?;
     let logs = &state.config.logs;
     let max = usize::try_from(logs.max_tail_lines).unwrap_or(usize::MAX).max(1);
+    if query.download {
+        return download_from_archive(archive, source, (ns, name), query, viewer, res).await;
+    }
     let (lines, more) = read_lines(archive.as_ref(), &source, query.start, max).await.map_err(retention_error)?;
     tracing::info!(namespace = %ns, pod = %name, container = %source.container, instance = source.instance, lines = lines.len(), "archived log served");
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -230,6 +233,30 @@ pub async fn pod_logs_from_archive(
         .hold(viewer)
         .respond(res);
     Ok(())
+}
+
+/// A whole archived log as a text download, read a page at a time (memory: one page, however
+/// long the log). A page that fails to read after the first aborts the transfer.
+async fn download_from_archive(
+    archive: &Arc<dyn kubelens_core::storage::LogArchive>,
+    source: kubelens_core::storage::SourceKey,
+    (ns, name): (&str, &str),
+    query: &LogQuery,
+    viewer: kubelens_core::logs::admission::ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let container = source.container.clone();
+    tracing::info!(namespace = %ns, pod = %name, container = %container, instance = source.instance, "archived log download");
+    let events = line_pages(Arc::clone(archive), source, query.start)
+        .flat_map(|page| match page {
+            Ok(lines) => futures::stream::iter(lines.into_iter().map(UpstreamEvent::Line).collect::<Vec<_>>()),
+            Err(err) => {
+                tracing::warn!(error = %err, "log archive read failed during a download");
+                futures::stream::iter(vec![UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Refused))])
+            }
+        })
+        .chain(futures::stream::iter([UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete))]));
+    one_shot(events.boxed(), ns, (name, &container), query, u32::MAX, viewer, res).await
 }
 
 /// An archived pod as listed.

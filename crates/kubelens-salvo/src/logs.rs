@@ -258,19 +258,28 @@ impl LogQuery {
             .filter(|s| !s.is_empty())
             .map(parse_resume_id)
             .transpose()?;
+        let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let asked_download = parse_bool(req, "download", false)?;
+        let download = asked_download || (accept.contains("text/plain") && !accept.contains("text/event-stream"));
+        // A download is a finite read of the whole log: it does not follow unless told to,
+        // and `download=true&follow=true` contradicts itself.
+        let follow = parse_bool(req, "follow", !asked_download)?;
+        if asked_download && follow {
+            return Err(ApiError::bad_request("`download=true` is a finite read: it cannot be combined with `follow=true`"));
+        }
         let start = match (resume, since, tail) {
             (Some(resume), _, _) => resume,
             (None, Some(ts), _) => StartAt::Since(ts),
             (None, None, Some(n)) => StartAt::Tail(n),
+            // A download without a start is the whole log (constant memory: it is streamed).
+            (None, None, None) if download && !follow => StartAt::Beginning,
             (None, None, None) => StartAt::Tail(logs.default_tail_lines.min(logs.max_tail_lines)),
         };
-        let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let download = parse_bool(req, "download", false)? || (accept.contains("text/plain") && !accept.contains("text/event-stream"));
         let (level, fields) = structured_filters(req)?;
         Ok(Self {
             container,
             start,
-            follow: parse_bool(req, "follow", true)?,
+            follow,
             timestamps: parse_bool(req, "timestamps", false)?,
             previous: parse_bool(req, "previous", false)?,
             download,
@@ -629,6 +638,10 @@ struct OneShotBody {
     /// Lines were written (JSON needs a comma before the next).
     wrote_line: bool,
     done: bool,
+    /// A download's source ended before the end of the log (e.g. the pod was deleted
+    /// mid-read, or the archive failed): the body is aborted after what was read, so the
+    /// client sees a failed transfer instead of a file that looks whole.
+    cut_short: Option<StatusReason>,
     /// The caller's stream slot (and, inside `upstream`, the upstream slot): held exactly as
     /// long as the body.
     _viewer: ViewerPermit,
@@ -705,6 +718,11 @@ impl OneShotBody {
                 }
                 Some(UpstreamEvent::Status(status)) if status.state != SourceState::Ended => {}
                 Some(UpstreamEvent::CaughtUp) => {}
+                Some(UpstreamEvent::Status(status)) if self.download && !ends_a_whole_read(status.reason) => {
+                    self.cut_short = Some(status.reason);
+                    self.done = true;
+                    break;
+                }
                 Some(UpstreamEvent::Status(_)) | None => {
                     self.write_end(false, &mut out);
                     self.done = true;
@@ -718,6 +736,11 @@ impl OneShotBody {
         }
         Some(Bytes::from(out))
     }
+}
+
+/// A finite read that ended for this reason read the log to its end.
+fn ends_a_whole_read(reason: StatusReason) -> bool {
+    matches!(reason, StatusReason::Complete | StatusReason::Exited)
 }
 
 /// Answers a finite read (`follow=false`, not SSE) as one JSON document
@@ -734,7 +757,9 @@ pub(crate) async fn one_shot(
     viewer: ViewerPermit,
     res: &mut Response,
 ) -> Result<(), ApiError> {
-    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    // A download has no line cap: it is the whole log (or the requested tail), streamed with
+    // backpressure, so its memory does not grow with its length.
+    let cap = if query.download { usize::MAX } else { usize::try_from(cap).unwrap_or(usize::MAX) };
     let mut first = None;
     let mut ended = false;
     while let Some(event) = upstream.next().await {
@@ -768,6 +793,7 @@ pub(crate) async fn one_shot(
         sent: 0,
         wrote_line: false,
         done: false,
+        cut_short: None,
         _viewer: viewer,
     };
     let head = if query.download {
@@ -786,13 +812,18 @@ pub(crate) async fn one_shot(
         head.extend_from_slice(b",\"lines\":[");
         head
     };
-    let chunks = futures::stream::once(futures::future::ready(Bytes::from(head)))
-        .chain(futures::stream::unfold(body, |mut body| async move {
-            let chunk = body.next_chunk().await?;
-            Some((chunk, body))
+    let chunks = futures::stream::once(futures::future::ready(Ok(Bytes::from(head))))
+        .chain(futures::stream::unfold(Some(body), |body| async move {
+            let mut body = body?;
+            match body.next_chunk().await {
+                Some(chunk) => Some((Ok(chunk), Some(body))),
+                None => body.cut_short.take().map(|reason| {
+                    tracing::warn!(pod = %body.pod, container = %body.container, reason = ?reason, lines = body.sent, "download cut short: aborting the response");
+                    (Err(std::io::Error::other(format!("the log read ended early ({reason:?})"))), None)
+                }),
+            }
         }))
-        .filter(|chunk| futures::future::ready(!chunk.is_empty()))
-        .map(Ok::<_, std::convert::Infallible>);
+        .filter(|chunk| futures::future::ready(chunk.as_ref().map_or(true, |c| !c.is_empty())));
     res.stream(chunks);
     Ok(())
 }
@@ -920,6 +951,11 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         };
         return Err(admission_error(&err, &app_state.metrics));
     }
+    if !query.follow && query.download {
+        let format = AppDownloadFormat::parse(req)?;
+        respond_app_download(res, &ns_app_filename(&app, format), stream.into_stream().boxed(), &query, format, viewer);
+        return Ok(());
+    }
     let (filter, json) = (query.filter.clone(), query.json);
     let frames = stream.into_stream().filter_map(move |event| {
         let frame = match event {
@@ -930,6 +966,151 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     });
     respond_log_stream(res, &app_state, &who, frames.boxed(), (app, String::new()), viewer);
     Ok(())
+}
+
+/// The shape of an app download: `text` (kubectl's `--prefix` lines) or `ndjson`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppDownloadFormat {
+    Text,
+    Ndjson,
+}
+
+impl AppDownloadFormat {
+    /// `format=text|ndjson`, else `Accept: application/x-ndjson`, else text.
+    fn parse(req: &Request) -> Result<Self, ApiError> {
+        match query_str(req, "format") {
+            Some("text") => Ok(Self::Text),
+            Some("ndjson") => Ok(Self::Ndjson),
+            Some(_) => Err(ApiError::bad_request("`format` must be text or ndjson")),
+            None => {
+                let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                Ok(if accept.contains("application/x-ndjson") { Self::Ndjson } else { Self::Text })
+            }
+        }
+    }
+}
+
+fn ns_app_filename(app: &str, format: AppDownloadFormat) -> String {
+    match format {
+        AppDownloadFormat::Text => format!("attachment; filename=\"{app}.log\""),
+        AppDownloadFormat::Ndjson => format!("attachment; filename=\"{app}.ndjson\""),
+    }
+}
+
+/// A source of an app download ended this way after reading all it had: a finished read,
+/// an exited container, or a pod that left the app (deleted) — the app's log is still whole.
+fn ends_an_app_source_whole(reason: StatusReason) -> bool {
+    matches!(reason, StatusReason::Complete | StatusReason::Exited | StatusReason::Deleted)
+}
+
+/// Writes one app download item: a line (text: `[pod/<pod>/<container>] [<ts> ]<line>`, as
+/// `kubectl logs --prefix [--timestamps]`; NDJSON: the one-shot line object with the app
+/// id), or, in NDJSON, a source status. Returns the reason when a source ended without its
+/// whole log (the text download is then aborted; NDJSON carries the status and goes on).
+fn write_app_download_item(event: &AppEvent, query: &LogQuery, format: AppDownloadFormat, out: &mut Vec<u8>) -> Option<StatusReason> {
+    match event {
+        AppEvent::Line { line, id } => {
+            if !query.filter.accepts(&line.text) {
+                return None;
+            }
+            match format {
+                AppDownloadFormat::Text => {
+                    out.extend_from_slice(b"[pod/");
+                    out.extend_from_slice(line.source.pod.as_bytes());
+                    out.push(b'/');
+                    out.extend_from_slice(line.source.container.as_bytes());
+                    out.extend_from_slice(b"] ");
+                    if query.timestamps {
+                        line.ts.write_rfc3339(out);
+                        out.push(b' ');
+                    }
+                    out.extend_from_slice(line.text.as_bytes());
+                }
+                AppDownloadFormat::Ndjson => {
+                    let item = OneShotLine {
+                        id: id.to_string(),
+                        ts: line.ts.to_string(),
+                        pod: &line.source.pod,
+                        container: &line.source.container,
+                        line: &line.text,
+                        truncated: line.truncated,
+                        level: detect_level(&line.text).map(Level::as_str),
+                        fields: if query.json.fields { shown_fields(&line.text).map(FieldMap) } else { None },
+                    };
+                    // Serializing plain strings and bools into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, &item);
+                }
+            }
+            out.push(b'\n');
+            None
+        }
+        AppEvent::Status { source, status } => {
+            let cut = (status.state == SourceState::Ended && !ends_an_app_source_whole(status.reason)).then_some(status.reason);
+            if format == AppDownloadFormat::Ndjson && (status.state == SourceState::Ended || cut.is_some()) {
+                let item = serde_json::json!({ "status": { "pod": source.pod, "container": source.container, "state": status.state, "reason": status.reason } });
+                let _ = serde_json::to_writer(&mut *out, &item);
+                out.push(b'\n');
+                return None;
+            }
+            cut
+        }
+    }
+}
+
+/// Streams an app download: lines in merge order as they come, batched up to
+/// [`ONE_SHOT_CHUNK_BYTES`] per write, pulled only as fast as the client reads (memory stays
+/// at one batch plus the merge's bounded buffers).
+fn respond_app_download(
+    res: &mut Response,
+    disposition: &str,
+    events: BoxStream<'static, AppEvent>,
+    query: &LogQuery,
+    format: AppDownloadFormat,
+    viewer: ViewerPermit,
+) {
+    let content_type = match format {
+        AppDownloadFormat::Text => "text/plain; charset=utf-8",
+        AppDownloadFormat::Ndjson => "application/x-ndjson",
+    };
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(value) = HeaderValue::from_str(disposition) {
+        res.headers_mut().insert(CONTENT_DISPOSITION, value);
+    }
+    /// Where the download body is: reading, or about to fail after the lines already sent.
+    enum Body {
+        Reading(BoxStream<'static, AppEvent>, ViewerPermit),
+        Failing(StatusReason),
+    }
+    let query = query.clone();
+    // Fused: a batch ends on "nothing ready", which may have been the end; the next batch's
+    // read must then see the end again, not poll a finished stream.
+    let events = events.fuse().boxed();
+    let chunks = futures::stream::unfold(Some(Body::Reading(events, viewer)), move |body| {
+        let query = query.clone();
+        async move {
+            let (mut events, viewer) = match body? {
+                Body::Reading(events, viewer) => (events, viewer),
+                Body::Failing(reason) => {
+                    tracing::warn!(reason = ?reason, "app download cut short: aborting the response");
+                    return Some((Err(std::io::Error::other(format!("a source of the app ended early ({reason:?})"))), None));
+                }
+            };
+            let mut out = Vec::with_capacity(16 * 1024);
+            while out.len() < ONE_SHOT_CHUNK_BYTES {
+                let event = if out.is_empty() { events.next().await } else { events.next().now_or_never().flatten() };
+                let Some(event) = event else { break };
+                if let Some(reason) = write_app_download_item(&event, &query, format, &mut out) {
+                    // What was read goes out first; the error follows on the next poll.
+                    return Some((Ok(Bytes::from(out)), Some(Body::Failing(reason))));
+                }
+            }
+            if out.is_empty() {
+                return None;
+            }
+            Some((Ok(Bytes::from(out)), Some(Body::Reading(events, viewer))))
+        }
+    });
+    res.stream(chunks);
 }
 
 /// Routes of the log endpoints, to be mounted under `/api/v1`.
@@ -1127,9 +1308,10 @@ mod tests {
         }
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!((doc["lines"].as_array().unwrap().len(), doc["more"].as_bool()), (2, Some(true)), "{text}");
-        let events: Vec<UpstreamEvent> = (0..2).map(|i| raw_line(i, &format!("l{i}"))).collect();
+        // A download is the whole log: the one-shot cap (1 here) does not cut it.
+        let events: Vec<UpstreamEvent> = (0..3).map(|i| raw_line(i, &format!("l{i}"))).collect();
         let mut res = Response::new();
-        one_shot(futures::stream::iter(events).boxed(), "ns", ("p", "c"), &query(true), 10, admission.try_viewer("u").unwrap(), &mut res)
+        one_shot(futures::stream::iter(events).boxed(), "ns", ("p", "c"), &query(true), 1, admission.try_viewer("u").unwrap(), &mut res)
             .await
             .unwrap();
         let mut body = res.take_body();
@@ -1137,7 +1319,7 @@ mod tests {
         while let Some(chunk) = next_data(&mut body).await {
             text.push_str(std::str::from_utf8(&chunk).unwrap());
         }
-        assert_eq!(text, "l0\nl1\n");
+        assert_eq!(text, "l0\nl1\nl2\n");
         // Deleted before anything was shown: 404, nothing streamed.
         let gone = vec![UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Deleted))];
         let mut res = Response::new();
@@ -1145,6 +1327,35 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code, "not_found");
+    }
+
+    /// A download whose source ends before the end of the log (here: deleted mid-read) is
+    /// aborted after the lines it had, never ended like a whole file; a JSON one-shot ends.
+    #[tokio::test]
+    async fn a_download_cut_short_fails_the_transfer_instead_of_looking_whole() {
+        let admission = StreamAdmission::new(10, 5);
+        for (download, reason, fails) in [
+            (true, StatusReason::Deleted, true),
+            (true, StatusReason::Complete, false),
+            (false, StatusReason::Deleted, false),
+        ] {
+            let mut events: Vec<UpstreamEvent> = (0..2).map(|i| raw_line(i, &format!("l{i}"))).collect();
+            events.push(UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, reason)));
+            let mut res = Response::new();
+            one_shot(futures::stream::iter(events).boxed(), "ns", ("p", "c"), &query(download), 10, admission.try_viewer("u").unwrap(), &mut res)
+                .await
+                .unwrap();
+            let mut body = res.take_body();
+            let (mut text, mut failed) = (String::new(), false);
+            while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap() {
+                match frame {
+                    Ok(frame) => text.push_str(std::str::from_utf8(&frame.into_data().unwrap_or_default()).unwrap()),
+                    Err(_) => failed = true,
+                }
+            }
+            assert_eq!(failed, fails, "download={download} {reason:?}: {text}");
+            assert!(text.contains("l1"), "{text}");
+        }
     }
 
     #[test]

@@ -1189,3 +1189,80 @@ async fn log_streams_are_served_over_http2_with_tls_and_h2c() {
         assert_eq!(sse.log_seqs(3).await, vec![1, 2, 3], "tls {tls}");
     }
 }
+
+// ---- whole-log downloads ---------------------------------------------------------------------
+
+/// `GET url` as `user`: status, headers and body text.
+async fn get_text(url: &str, user: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let resp = reqwest::Client::new().get(url).bearer_auth(token(user).await).send().await.unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    (status, headers, resp.text().await.unwrap())
+}
+
+/// `download=true` is the whole log, past the one-shot cap (here 1,000 lines), for a pod
+/// (text, with and without timestamps) and for an app (merged text as `kubectl logs --prefix`,
+/// and NDJSON with resume ids), while a JSON one-shot still stops at the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_the_whole_log_for_pods_and_apps() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |c| c.logs.max_tail_lines = 1000).await;
+    let pod = unique("dl");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    loggen(env, &path, &pod, 3000, 0, &[]).wait().unwrap();
+    let base = format!("{}/namespaces/team-a/pods/{pod}/logs", server.base);
+    let (status, _, json) = get_text(&format!("{base}?follow=false&since=2000-01-01T00:00:00Z"), "viewer").await;
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((status, doc["lines"].as_array().unwrap().len(), doc["more"].as_bool()), (200, 1000, Some(true)), "the JSON one-shot keeps its cap");
+    let (status, headers, text) = get_text(&format!("{base}?download=true"), "viewer").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(headers["content-disposition"].to_str().unwrap().contains(&format!("team-a_{pod}_app.log")));
+    let seqs: Vec<u64> = text.lines().map(|l| seq_of(l).0).collect();
+    assert_eq!(seqs, (1..=3000).collect::<Vec<_>>(), "every line once, in order");
+    let (_, _, stamped) = get_text(&format!("{base}?download=true&timestamps=true"), "viewer").await;
+    let mut last = String::new();
+    for line in stamped.lines() {
+        let (ts, rest) = line.split_once(' ').unwrap();
+        chrono::DateTime::parse_from_rfc3339(ts).unwrap_or_else(|e| panic!("{ts:?}: {e}"));
+        assert!(ts >= last.as_str() && rest.starts_with("seq="), "{line}");
+        last = ts.to_owned();
+    }
+    assert_eq!(stamped.lines().count(), 3000);
+    let (status, _, body) = get_text(&format!("{base}?download=true&follow=true"), "viewer").await;
+    assert_eq!(status, 400, "a download cannot follow: {body}");
+    // An app: two pods, 1,500 lines each, merged.
+    let app = unique("dlapp");
+    let (_, pods) = create_app(env, "team-a", &app, 2);
+    for (p, path) in &pods {
+        loggen(env, path, p, 1500, 0, &[]).wait().unwrap();
+    }
+    let app_url = format!("{}/namespaces/team-a/apps/{app}/logs?download=true", server.base);
+    let (status, headers, text) = get_text(&format!("{app_url}&timestamps=true"), "viewer").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last = String::new();
+    for line in text.lines() {
+        let (prefix, rest) = line.split_once(' ').unwrap();
+        let (ts, rest) = rest.split_once(' ').unwrap();
+        let (seq, src) = seq_of(rest);
+        assert_eq!(prefix, format!("[pod/{src}/app]"), "{line}");
+        assert!(ts >= last.as_str(), "merged in timestamp order: {line}");
+        last = ts.to_owned();
+        let n = next.entry(src).or_insert(1);
+        assert_eq!(seq, *n, "{line}");
+        *n += 1;
+    }
+    assert_eq!(next.values().copied().collect::<Vec<_>>(), [1501, 1501], "{next:?}");
+    let (status, headers, ndjson) = get_text(&format!("{app_url}&format=ndjson"), "viewer").await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "application/x-ndjson"));
+    let items: Vec<serde_json::Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<&serde_json::Value> = items.iter().filter(|i| i.get("line").is_some()).collect();
+    assert_eq!(lines.len(), 3000);
+    assert!(lines.iter().all(|l| l["id"].as_str().is_some_and(|id| id.matches('~').count() >= 2)), "app ids");
+    let ended: Vec<&serde_json::Value> = items.iter().filter_map(|i| i.get("status")).collect();
+    assert_eq!(ended.len(), 2, "each source's end: {ended:?}");
+    assert!(ended.iter().all(|s| s["state"] == "ended" && s["reason"] == "complete"), "{ended:?}");
+    let (status, _, _) = get_text(&format!("{app_url}&format=xml"), "viewer").await;
+    assert_eq!(status, 400);
+}

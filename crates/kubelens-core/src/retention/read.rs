@@ -242,6 +242,36 @@ pub async fn read_lines(
     Ok((out.into(), more))
 }
 
+/// Every line of `source` from `start`, read [`PAGE`] lines at a time: memory stays at one
+/// page however large the archived log (a whole-log download). Each page after the first
+/// resumes right after the last line of the one before, with the same ids. A `Tail` start is
+/// one read (the tail is bounded by its caller). A failed page read is the last item.
+pub fn line_pages(
+    archive: std::sync::Arc<dyn LogArchive>,
+    source: SourceKey,
+    start: StartAt,
+) -> futures::stream::BoxStream<'static, Result<Vec<ArchivedLogLine>, RetentionError>> {
+    use futures::StreamExt as _;
+    let max = match start {
+        StartAt::Tail(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        _ => PAGE,
+    };
+    futures::stream::unfold(Some(start), move |next| {
+        let (archive, source) = (std::sync::Arc::clone(&archive), source.clone());
+        async move {
+            let from = next?;
+            match read_lines(archive.as_ref(), &source, from, max).await {
+                Ok((lines, more)) => {
+                    let after = lines.last().map(|l| StartAt::After(l.position)).filter(|_| more);
+                    Some((Ok(lines), after))
+                }
+                Err(err) => Some((Err(err), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
 fn to_raw(line: ArchivedLine, index: u32) -> RawLine {
     RawLine {
         position: LinePosition { ts: DateTime::<Utc>::from_timestamp_nanos(line.timestamp_ns), index },
@@ -284,6 +314,34 @@ mod tests {
         assert_eq!(tail, all[3..].to_vec());
         let (capped, more) = read_lines(&store, &k, StartAt::Beginning, 2).await.unwrap();
         assert!(more && capped.len() == 2);
+    }
+
+    /// Paging a long archived log (groups of equal timestamps straddling page ends) yields
+    /// every line exactly once, in order, with the ids of one whole read.
+    #[tokio::test]
+    async fn pages_cover_a_long_log_exactly_once() {
+        use futures::StreamExt as _;
+        let store = std::sync::Arc::new(MemoryStore::new(StoreLimits::default()));
+        let base = 1_769_767_200_000_000_000i64;
+        let n = 2 * PAGE + 7;
+        let lines: Vec<ArchivedLine> = (0..n)
+            .map(|i| ArchivedLine { position: i as u64, timestamp_ns: base + (i / 3) as i64, line: format!("l{i}").into_bytes(), truncated: false })
+            .collect();
+        let k = key("u", "app", 0);
+        for batch in lines.chunks(PAGE) {
+            store.append(&k, &PodMeta::default(), batch).await.unwrap();
+        }
+        let (whole, _) = read_lines(store.as_ref(), &k, StartAt::Beginning, usize::MAX).await.unwrap();
+        assert_eq!(whole.len(), n);
+        let archive: std::sync::Arc<dyn LogArchive> = store;
+        let pages: Vec<Vec<ArchivedLogLine>> = line_pages(std::sync::Arc::clone(&archive), k.clone(), StartAt::Beginning)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(pages.len(), 3, "pages of {PAGE}");
+        assert_eq!(pages.concat(), whole);
+        let tail: Vec<Vec<ArchivedLogLine>> = line_pages(archive, k, StartAt::Tail(4)).map(Result::unwrap).collect().await;
+        assert_eq!(tail.concat(), whole[n - 4..].to_vec());
     }
 
     #[tokio::test]
