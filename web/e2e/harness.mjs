@@ -43,7 +43,7 @@ export async function waitFor(what, check, ms = 60_000) {
   throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
 }
 
-export async function startKubelens(env, extra = '', serverExtra = '') {
+export async function startKubelens(env, extra = '', serverExtra = '', authExtra = '') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubelens-web-e2e-'));
   const kubeconfig = path.join(dir, 'kubeconfig');
   fs.writeFileSync(kubeconfig, `apiVersion: v1
@@ -67,7 +67,7 @@ ${serverExtra}auth:
   trusted_clients: [${env.TESTENV_WEB_CLIENT_ID}]
   allowed_groups: [k8s-logs-access]
   admin_group: k8s-admin-access
-kubernetes:
+${authExtra}kubernetes:
   kubeconfig: ${kubeconfig}
 namespaces:
   allowed: [team-a, team-b]
@@ -115,12 +115,29 @@ export function appendLines(file, texts) {
  * from a `*` redirect URI, and the console's port is picked at random per run.
  */
 export async function allowWebOrigins(env, origins) {
+  await updateWebClient(env, (client) => { client.webOrigins = [...new Set([...(client.webOrigins ?? []), ...origins])]; });
+}
+
+/**
+ * Sets how long the console client's access tokens live (`access.token.lifespan`, seconds;
+ * `null` = the realm's default again), for token-expiry tests. Tokens issued before keep theirs.
+ */
+export async function setWebTokenLifespan(env, seconds) {
+  await updateWebClient(env, (client) => {
+    client.attributes = client.attributes ?? {};
+    if (seconds === null) delete client.attributes['access.token.lifespan'];
+    else client.attributes['access.token.lifespan'] = String(seconds);
+  });
+}
+
+/** Reads the console's Keycloak client through the admin REST API, lets `change` edit it, writes it back. */
+async function updateWebClient(env, change) {
   const kc = env.TESTENV_KEYCLOAK_URL;
   const form = new URLSearchParams({ grant_type: 'password', client_id: 'admin-cli', username: env.TESTENV_KEYCLOAK_ADMIN_USER, password: env.TESTENV_KEYCLOAK_ADMIN_PASSWORD });
   const { access_token: token } = await (await fetch(`${kc}/realms/master/protocol/openid-connect/token`, { method: 'POST', body: form })).json();
   const auth = { Authorization: `Bearer ${token}` };
   const [client] = await (await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients?clientId=${env.TESTENV_WEB_CLIENT_ID}`, { headers: auth })).json();
-  client.webOrigins = [...new Set([...(client.webOrigins ?? []), ...origins])];
+  change(client);
   const res = await fetch(`${kc}/admin/realms/${env.TESTENV_REALM}/clients/${client.id}`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(client) });
   if (!res.ok) throw new Error(`Keycloak admin API: ${res.status}`);
 }
