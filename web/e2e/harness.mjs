@@ -1,8 +1,9 @@
 // Starts the real kubelens binary against the running testenv (testenv/run exports the
 // TESTENV_* variables) with the built console (web/dist), and a system Chromium through
 // playwright-core (never a downloaded browser).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -80,9 +81,26 @@ ${extra}`);
   const bin = process.env.KUBELENS_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(repo, 'target'), 'debug/kubelens');
   const log = fs.openSync(path.join(dir, 'kubelens.log'), 'w');
   const child = spawn(bin, ['--config', config, '--log-format', 'json'], { stdio: ['ignore', log, log] });
-  const base = `http://127.0.0.1:${port}`;
-  await waitFor('kubelens /readyz', async () => (await fetch(`${base}/readyz`)).ok, 90_000);
+  const tls = /^\s+tls:/m.test(serverExtra);
+  const base = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  await waitFor('kubelens /readyz', () => (tls ? httpsOk(`${base}/readyz`) : fetch(`${base}/readyz`).then((r) => r.ok)), 90_000);
   return { base, dir, port, stop: () => child.kill('SIGTERM'), logFile: path.join(dir, 'kubelens.log') };
+}
+
+/** GET over TLS without verifying the (test's self-signed) certificate: true on a 200. */
+function httpsOk(url) {
+  return new Promise((resolve, reject) => {
+    https.get(url, { rejectUnauthorized: false }, (res) => { res.resume(); resolve(res.statusCode === 200); }).on('error', reject);
+  });
+}
+
+/** A self-signed certificate for 127.0.0.1 (openssl CLI) in `dir`: `{ cert, key }` paths. */
+export function selfSignedCert(dir) {
+  const cert = path.join(dir, 'tls.crt'), key = path.join(dir, 'tls.key');
+  const out = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
+  if (out.status !== 0) throw new Error(`openssl: ${out.stderr}`);
+  return { cert, key };
 }
 
 export async function browser() {
