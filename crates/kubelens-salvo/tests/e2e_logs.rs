@@ -1266,3 +1266,72 @@ async fn downloads_are_the_whole_log_for_pods_and_apps() {
     let (status, _, _) = get_text(&format!("{app_url}&format=xml"), "viewer").await;
     assert_eq!(status, 400);
 }
+
+// ---- resume as an app goes quiet ---------------------------------------------------------------
+
+/// A client that reconnects with its last id just as the app's pods stop writing gets the
+/// remaining lines at once — not after `logs.merge_history_timeout` (10 s), which a resumed
+/// source that never reports the end of its backfill would cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_as_the_app_goes_quiet_gets_the_last_lines_without_a_hold() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let app = unique("quiet");
+    let (_, pods) = create_app(env, "team-a", &app, 3);
+    let url = format!("{}/namespaces/team-a/apps/{app}/logs?tailLines=0", server.base);
+    let mut sse = SseClient::open(&url, "viewer", None).await.unwrap();
+    // Each source proven open (tailLines=0 reads from when its upstream opened): a probe line
+    // per pod, repeated until every pod's has come through.
+    let mut probed = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probed.len() < pods.len() {
+        assert!(Instant::now() < deadline, "probes seen: {probed:?}");
+        for (pod, path) in pods.iter().filter(|(p, _)| !probed.contains(p)) {
+            kubelens_testenv::append_cri_lines(path, &[format!("probe src={pod}")]).unwrap();
+        }
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(e)) = tokio::time::timeout_at(until.into(), sse.next(Duration::from_secs(60))).await {
+            if e.event == "log" {
+                probed.insert(e.data["pod"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    let writers: Vec<Child> = pods.iter().map(|(pod, path)| loggen(env, path, pod, 300, 100, &[])).collect();
+    let mut next: BTreeMap<String, u64> = pods.iter().map(|(p, _)| (p.clone(), 1)).collect();
+    let mut last_id = None;
+    let mut got = 0;
+    // Read about 2.7 s of the 3 s of lines, then drop the connection.
+    while got < 800 {
+        let e = sse.next(Duration::from_secs(20)).await.unwrap();
+        if e.event != "log" || e.data["line"].as_str().unwrap().starts_with("probe") {
+            continue;
+        }
+        let (seq, src) = seq_of(e.data["line"].as_str().unwrap());
+        assert_eq!(seq, next[&src], "{src}");
+        *next.get_mut(&src).unwrap() += 1;
+        last_id = e.id.clone();
+        got += 1;
+    }
+    drop(sse);
+    for mut w in writers {
+        w.wait().unwrap();
+    }
+    let resumed_at = Instant::now();
+    let mut sse = SseClient::open(&url, "viewer", last_id.as_deref()).await.unwrap();
+    while next.values().any(|n| *n <= 300) {
+        let e = tokio::time::timeout(Duration::from_secs(30), sse.next(Duration::from_secs(120)))
+            .await
+            .unwrap_or_else(|_| panic!("nothing for 30 s after {:?}; next seq per pod: {next:?}", resumed_at.elapsed()))
+            .unwrap_or_else(|| panic!("ended early: {next:?}"));
+        if e.event != "log" || e.data["line"].as_str().unwrap().starts_with("probe") {
+            eprintln!("{:?} {} {}", resumed_at.elapsed(), e.event, e.data);
+            continue;
+        }
+        let (seq, src) = seq_of(e.data["line"].as_str().unwrap());
+        assert_eq!(seq, next[&src], "{src}: exact resume");
+        *next.get_mut(&src).unwrap() += 1;
+    }
+    let took = resumed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "the last lines after the resume took {took:?} (a merge hold?)");
+    eprintln!("resumed as the app went quiet: the last {} lines in {took:?}", 900 - got);
+}

@@ -33,7 +33,8 @@
 //! the definite end of the history), sends [`UpstreamEvent::CaughtUp`], then opens the follow
 //! request from the last delivered position (the usual floor-of-the-second re-read and
 //! dedupe, so nothing is lost or repeated between the two). This costs one extra request per
-//! opened stream, none per viewer. A `tailLines=0` start has no history and skips it.
+//! opened stream, none per viewer. A `tailLines=0` start has no history: it skips the read and
+//! sends `CaughtUp` as soon as its follow request is open.
 //!
 //! The stream is a plain `unfold` over private state: no task is spawned, so dropping the
 //! stream (the client went away) drops the in-flight HTTP request to the API server at once.
@@ -724,6 +725,13 @@ impl Run {
                 };
                 if self.options.follow && !self.key.previous {
                     self.report(SourceStatus::new(SourceState::Streaming, reason));
+                    // A `tailLines=0` stream has no history to read: it is caught up once its
+                    // follow request is open. Said explicitly, because the hub hands this on to
+                    // every later subscriber — an app stream resuming on this upstream would
+                    // otherwise hold its merge for `merge_history_timeout` waiting for it.
+                    if self.connects == 1 && self.options.start == StartAt::Tail(0) {
+                        self.pending.push_back(UpstreamEvent::CaughtUp);
+                    }
                 }
                 // A `tailLines` start that yields no line must not replay that tail after a
                 // reconnect: from now on only lines after this connect are new.
