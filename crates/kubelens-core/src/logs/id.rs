@@ -89,6 +89,20 @@ impl fmt::Display for LineId {
 }
 
 impl LineId {
+    /// Parses a pod-stream line id `<RFC3339>~<k>` (a bare time is not a line id). Bounded
+    /// like [`SourceCursor::parse_last_event_id`]; every failure is [`LogError::BadEventId`].
+    pub fn parse(text: &str) -> Result<Self, LogError> {
+        if text.len() > MAX_LINE_ID_LEN {
+            return Err(LogError::BadEventId(format!("longer than {MAX_LINE_ID_LEN} bytes")));
+        }
+        match text.split_once('~') {
+            None => Err(LogError::BadEventId("a line id is `<RFC3339>~<k>`; a bare time names no line".into())),
+            Some((ts, k)) => Ok(Self { ts: parse_ts(ts)?, index: parse_index(k)? }),
+        }
+    }
+}
+
+impl LineId {
     /// Appends `<ts>~<index>` to `out` without going through `fmt` (hot path).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         self.ts.write_rfc3339(out);
