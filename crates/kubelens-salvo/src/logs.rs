@@ -23,12 +23,13 @@ use kubelens_core::config::LogsConfig;
 use kubelens_core::logs::admission::{AdmissionError, StreamAdmission, ViewerPermit};
 use kubelens_core::logs::grep::LineFilter;
 pub use kubelens_core::logs::app::AppPod;
+use kubelens_core::logs::around::{AroundError, AroundPlan, AroundStart, DEFAULT_AROUND_CONTEXT, MAX_AROUND_CONTEXT, open_around, take_lines};
 use kubelens_core::logs::app::{AppEvent, AppLogStream, AppStreamOptions, DEFAULT_MEMBER_POLL_INTERVAL, UpstreamTap, subscribe_shared};
 use kubelens_core::logs::hub::{HubEvent, LogHub, ResumePoint};
 use kubelens_core::logs::json::{LineJsonOptions, write_line_json_with};
 use kubelens_core::logs::structured::{FieldFilters, Level, detect_level, shown_fields};
 use kubelens_core::logs::merge::MergeConfig;
-use kubelens_core::logs::{AppLogId, LogLine, LogSource, SourceCursor};
+use kubelens_core::logs::{AppLogId, LineId, LogLine, LogSource, SourceCursor};
 use kubelens_core::logs::upstream::{
     ContainerProbe, LinePosition, PodLogUpstream, SourceKey, SourceState, SourceStatus, StartAt,
     StatusReason, UpstreamEvent, UpstreamOptions, probe_pod,
@@ -144,6 +145,76 @@ pub struct LogQuery {
     pub filter: LineFilter,
     /// What log events carry besides the line (`fields=true`).
     pub json: LineJsonOptions,
+    /// `around=<id>`: open the log at a line (see [`AroundQuery`]).
+    pub around: Option<AroundQuery>,
+}
+
+/// `around=<id>&before=N&after=M`: the `N` lines before the line `<id>`, the line, and the `M`
+/// lines after it (or, with `follow=true`, live from right after it). See `docs/logs.md`,
+/// "Open at a line".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AroundQuery {
+    /// The target id as given (a pod line id or an app id: each endpoint parses its own).
+    pub id: String,
+    /// Lines before the target (default [`DEFAULT_AROUND_CONTEXT`], at most [`MAX_AROUND_CONTEXT`]).
+    pub before: u32,
+    /// Lines after the target (same default and bound; not allowed with `follow=true`).
+    pub after: u32,
+    /// Set by the handler once the target is found: false when the scan bound kept some of
+    /// the `before` lines out (the document then says `"beforeComplete": false`).
+    pub before_complete: bool,
+}
+
+/// The error code of every `around` parameter problem.
+pub const BAD_AROUND: &str = "bad_around";
+
+fn bad_around(message: impl Into<String>) -> ApiError {
+    ApiError::new(salvo::http::StatusCode::BAD_REQUEST, BAD_AROUND, message)
+}
+
+/// `around`, `before`, `after` of `req`, checked against each other and against the start and
+/// filter parameters `around` replaces. `resume_given`: a `Last-Event-ID`/`lastEventId` came
+/// with the request (app streams take theirs out before this runs).
+fn parse_around(req: &Request, resume_given: bool) -> Result<Option<AroundQuery>, ApiError> {
+    let count = |name: &str| -> Result<Option<u32>, ApiError> {
+        match query_str(req, name) {
+            None => Ok(None),
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if n <= MAX_AROUND_CONTEXT && (text == "0" || !text.starts_with('0')) => Ok(Some(n)),
+                _ => Err(bad_around(format!("`{name}` must be an integer from 0 to {MAX_AROUND_CONTEXT}"))),
+            },
+        }
+    };
+    let (before, after) = (count("before")?, count("after")?);
+    let Some(id) = query_str(req, "around") else {
+        if before.is_some() || after.is_some() {
+            return Err(bad_around("`before` and `after` need `around`"));
+        }
+        return Ok(None);
+    };
+    if id.is_empty() {
+        return Err(bad_around("`around` must be a line id"));
+    }
+    let conflicts = ["since", "sinceSeconds", "tailLines", "lastEventId", "grep", "grepExclude", "level"];
+    if let Some(name) = conflicts.iter().find(|name| query_str(req, name).is_some()) {
+        return Err(bad_around(format!("`around` cannot be combined with `{name}`: it shows the log as it is around one line")));
+    }
+    if resume_given || req.headers().contains_key("last-event-id") {
+        return Err(bad_around("`around` cannot be combined with `Last-Event-ID`: reconnect without `around`, from the last id received"));
+    }
+    if req.queries().keys().any(|k| k.starts_with(FIELD_FILTER_PREFIX)) {
+        return Err(bad_around("`around` cannot be combined with `field.*` filters: it shows the log as it is around one line"));
+    }
+    let follow = parse_bool(req, "follow", false)?;
+    if follow && after.is_some() {
+        return Err(bad_around("`after` does not apply with `follow=true`: the stream continues live from right after the line"));
+    }
+    Ok(Some(AroundQuery {
+        id: id.to_owned(),
+        before: before.unwrap_or(DEFAULT_AROUND_CONTEXT),
+        after: after.unwrap_or(DEFAULT_AROUND_CONTEXT),
+        before_complete: true,
+    }))
 }
 
 /// The prefix of field-filter query parameters: `field.<key>=<value>`.
@@ -220,6 +291,13 @@ fn resume_point(start: StartAt) -> ResumePoint {
 impl LogQuery {
     /// Validates the query of `req` against the limits in `logs`.
     pub fn parse(req: &Request, logs: &LogsConfig) -> Result<Self, ApiError> {
+        Self::parse_with(req, logs, false)
+    }
+
+    /// [`LogQuery::parse`], told whether a resume id came with the request (app streams take
+    /// theirs out of the request before parsing the rest).
+    pub fn parse_with(req: &Request, logs: &LogsConfig, resume_given: bool) -> Result<Self, ApiError> {
+        let around = parse_around(req, resume_given)?;
         let container = query_str(req, "container").filter(|c| !c.is_empty()).map(str::to_owned);
         if container.as_deref().is_some_and(|c| !kubelens_core::names::is_dns1123_label(c)) {
             return Err(ApiError::bad_request("`container` is not a valid container name"));
@@ -270,7 +348,8 @@ impl LogQuery {
         Ok(Self {
             container,
             start,
-            follow: parse_bool(req, "follow", true)?,
+            // A link to a line opens a finite read unless asked to follow.
+            follow: parse_bool(req, "follow", around.is_none())?,
             timestamps: parse_bool(req, "timestamps", false)?,
             previous: parse_bool(req, "previous", false)?,
             download,
@@ -279,6 +358,7 @@ impl LogQuery {
                 .with_min_level(level)
                 .with_fields(fields),
             json: LineJsonOptions { fields: parse_bool(req, "fields", false)? },
+            around,
         })
     }
 }
@@ -440,7 +520,7 @@ pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::Shu
 /// Responds with a live log stream of `frames`: keepalives, the final status on shutdown or at
 /// the caller's token deadline, metrics, write coalescing, and the viewer's admission permit
 /// held for the life of the response. `pod`/`container` label the final status.
-fn respond_log_stream(
+pub(crate) fn respond_log_stream(
     res: &mut Response,
     app_state: &AppState,
     who: &Principal,
@@ -488,7 +568,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         // The pod no longer exists: serve it from the log archive if it is there (404 if not).
         // An archive read holds one of the caller's stream slots while it runs.
         let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
-        return crate::archive::pod_logs_from_archive(req, &app_state, &ns, &name, &query, viewer, res).await;
+        return crate::archive::pod_logs_from_archive(req, (&app_state, &who), &ns, &name, &query, viewer, res).await;
     };
     let container = choose_container(&pod, query.container.as_deref())?;
     if query.previous {
@@ -506,6 +586,11 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     tracing::info!(namespace = %ns, pod = %name, container = %container, follow = query.follow, "log stream opened");
 
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(around) = &query.around {
+        let target = LineId::parse(&around.id).map_err(bad_event_id)?;
+        let sse = query.follow || (!query.download && accept.contains("text/event-stream"));
+        return pod_around(&app_state, &service, &who, &pod, key, target, &query, sse, viewer, res).await;
+    }
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
         // A one-shot holds the caller's stream slot while it runs, like a stream.
         let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
@@ -535,12 +620,29 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
         return Ok(());
     }
-    // Shared follow upstream through the hub. A new upstream needs a slot; joining an open
-    // (or lingering) one does not, so "no slot" is known before answering.
-    // The hub's upstream feeds an archive tap (one per upstream, not per viewer): a pod
-    // deleted while being followed keeps its tail, and its capture reuses these lines
-    // instead of fetching them again (see docs/retention.md).
-    let tap = crate::archive::tap_for(&app_state, &pod, &key, true).map(|open_tap| -> UpstreamTap {
+    let frames = hub_frames(&app_state, &service, &pod, key, resume_point(query.start), &query)?;
+    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
+    Ok(())
+}
+
+/// A follow stream of `key` through the hub from `from`, as SSE frames.
+///
+/// Shared follow upstream through the hub. A new upstream needs a slot; joining an open
+/// (or lingering) one does not, so "no slot" is known before answering.
+/// The hub's upstream feeds an archive tap (one per upstream, not per viewer): a pod
+/// deleted while being followed keeps its tail, and its capture reuses these lines
+/// instead of fetching them again (see docs/retention.md).
+fn hub_frames(
+    app_state: &AppState,
+    service: &LogService,
+    pod: &Pod,
+    key: SourceKey,
+    from: ResumePoint,
+    query: &LogQuery,
+) -> Result<BoxStream<'static, SseFrame>, ApiError> {
+    let logs = &app_state.config.logs;
+    let (name, container) = (key.pod.clone(), key.container.clone());
+    let tap = crate::archive::tap_for(app_state, pod, &key, true).map(|open_tap| -> UpstreamTap {
         Box::new(move || {
             let tap = open_tap();
             Box::new(move |event: &UpstreamEvent| tap.observe(event))
@@ -550,8 +652,8 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         &service.hub,
         &service.upstream,
         key,
-        resume_point(query.start),
-        upstream_options(logs, &query),
+        from,
+        upstream_options(logs, query),
         service.admission.try_upstream(),
         tap,
     );
@@ -575,8 +677,155 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             futures::future::ready(frame)
         })
         .boxed();
-    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
+    Ok(frames)
+}
+
+// ---- open at a line (`around`) -----------------------------------------------------------------
+
+pub(crate) fn bad_event_id(e: kubelens_core::logs::LogError) -> ApiError {
+    ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_event_id", e.to_string())
+}
+
+/// The HTTP answer to an [`AroundError`].
+pub(crate) fn around_error(err: &AroundError, app_state: &AppState) -> ApiError {
+    use salvo::http::StatusCode;
+    match err {
+        AroundError::Rotated => ApiError::new(
+            StatusCode::GONE,
+            "line_rotated",
+            "this line is no longer in the log: the log now starts after it (rotated away, or the link is from an earlier container instance)",
+        ),
+        AroundError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "line_not_found",
+            "the log has no line with this id: it covers the line's time, but no line has this timestamp and index (is the link for another pod or container?)",
+        ),
+        AroundError::Gone(_) => ApiError::not_found("pod"),
+        AroundError::ScanLimit(bytes) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "around_scan_limit",
+            format!("reaching this line would scan more than {bytes} bytes of log within its own second"),
+        ),
+        AroundError::Unavailable => {
+            let limit = app_state.config.logs.max_upstream_streams;
+            admission_error(&AdmissionError::UpstreamLimit { limit }, &app_state.metrics)
+        }
+        _ => ApiError::internal(),
+    }
+}
+
+/// The lines of a found target as log frames of `source` (ids are the lines' own).
+fn around_line_frames(items: Vec<UpstreamEvent>, source: &Arc<LogSource>, json: LineJsonOptions) -> Vec<SseFrame> {
+    items
+        .into_iter()
+        .filter_map(|event| match event {
+            UpstreamEvent::Line(raw) => Some(log_line_frame(&LogLine::from_raw(raw, Arc::clone(source)), json)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a found target becomes: the one-shot document (`{"pod","container","around",
+/// "lines","more"}`, or text for downloads) or, with `sse`, the `before` lines and the target
+/// as `log` events followed by `after` more lines and `ended` — or by `follow` (a live stream
+/// resumed right after the target), when given. `prefix` frames come first (the archive's
+/// `status`).
+pub(crate) struct AroundAnswer<'a> {
+    pub(crate) ns: &'a str,
+    pub(crate) pod: &'a str,
+    pub(crate) container: &'a str,
+    pub(crate) sse: bool,
+    pub(crate) prefix: Vec<SseFrame>,
+}
+
+pub(crate) async fn respond_around(
+    found: kubelens_core::logs::around::Found<UpstreamEvent, BoxStream<'static, UpstreamEvent>>,
+    answer: AroundAnswer<'_>,
+    follow: Option<BoxStream<'static, SseFrame>>,
+    query: &LogQuery,
+    (app_state, who): (&AppState, &Principal),
+    viewer: ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let Some(around) = query.around.as_ref() else { return Err(ApiError::internal()) };
+    let before = found.before.len();
+    tracing::info!(namespace = %answer.ns, pod = %answer.pod, before, before_complete = found.before_complete, "log opened at a line");
+    if !answer.sse {
+        let mut query = query.clone();
+        if let Some(a) = query.around.as_mut() {
+            a.before_complete = found.before_complete;
+        }
+        let cap = u32::try_from(before).unwrap_or(u32::MAX).saturating_add(1).saturating_add(around.after);
+        let events = futures::stream::iter(found.before).chain(futures::stream::once(futures::future::ready(found.target))).chain(found.rest);
+        return one_shot(events.boxed(), answer.ns, (answer.pod, answer.container), &query, cap, viewer, res).await;
+    }
+    let source = LogSource::new(answer.pod, answer.container);
+    let mut head = answer.prefix;
+    head.extend(around_line_frames(found.before, &source, query.json));
+    head.extend(around_line_frames(vec![found.target], &source, query.json));
+    let frames = match follow {
+        Some(live) => {
+            drop(found.rest);
+            futures::stream::iter(head).chain(live).boxed()
+        }
+        None => {
+            let json = query.json;
+            let end = status_frame(answer.pod, answer.container, &SourceStatus::new(SourceState::Ended, StatusReason::Complete));
+            let after_source = Arc::clone(&source);
+            let after = take_lines(found.rest, usize::try_from(around.after).unwrap_or(usize::MAX)).filter_map(move |event| {
+                futures::future::ready(match event {
+                    UpstreamEvent::Line(raw) => Some(log_line_frame(&LogLine::from_raw(raw, Arc::clone(&after_source)), json)),
+                    // The read's own end is replaced by the one below (the `after` cut ends it too).
+                    UpstreamEvent::Status(status) if status.state != SourceState::Ended => Some(status_frame(&after_source.pod, &after_source.container, &status)),
+                    _ => None,
+                })
+            });
+            futures::stream::iter(head).chain(after).chain(futures::stream::once(futures::future::ready(end))).boxed()
+        }
+    };
+    respond_log_stream(res, app_state, who, frames, (answer.pod.to_owned(), answer.container.to_owned()), viewer);
     Ok(())
+}
+
+/// `around` on a live pod (current or `previous` instance): finite reads of the container
+/// log (see [`open_around`]), then the one-shot, a finite SSE stream, or with `follow=true`
+/// the hub from right after the target.
+#[allow(clippy::too_many_arguments)]
+async fn pod_around(
+    app_state: &AppState,
+    service: &LogService,
+    who: &Principal,
+    pod: &Pod,
+    key: SourceKey,
+    target: LineId,
+    query: &LogQuery,
+    sse: bool,
+    viewer: ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let logs = &app_state.config.logs;
+    let before = query.around.as_ref().map_or(0, |a| a.before);
+    let open = |start: AroundStart| {
+        // Each read holds an upstream slot; a re-read without one is skipped (see open_around).
+        let permit = service.admission.try_upstream().ok()?;
+        let start = match start {
+            AroundStart::From(t) => StartAt::Since(t.into()),
+            AroundStart::Beginning => StartAt::Beginning,
+        };
+        let options = UpstreamOptions { start, follow: false, max_line_length: logs.max_line_length, ..UpstreamOptions::default() };
+        Some(service.upstream.stream(key.clone(), options, Some(permit)))
+    };
+    let plan = AroundPlan::new(usize::try_from(before).unwrap_or(usize::MAX));
+    let found = open_around(open, target, target.ts, plan).await.map_err(|e| around_error(&e, app_state))?;
+    let follow = if query.follow {
+        // Exact resume right after the target, shared through the hub like any follow.
+        let from = ResumePoint::After(SourceCursor::after(target));
+        Some(hub_frames(app_state, service, pod, key.clone(), from, query)?)
+    } else {
+        None
+    };
+    let answer = AroundAnswer { ns: &key.namespace, pod: &key.pod, container: &key.container, sse, prefix: Vec::new() };
+    respond_around(found, answer, follow, query, (app_state, who), viewer, res).await
 }
 
 #[derive(Serialize)]
@@ -783,6 +1032,13 @@ pub(crate) async fn one_shot(
         let _ = serde_json::to_writer(&mut head, pod);
         head.extend_from_slice(b",\"container\":");
         let _ = serde_json::to_writer(&mut head, container);
+        if let Some(around) = &query.around {
+            head.extend_from_slice(b",\"around\":");
+            let _ = serde_json::to_writer(&mut head, &around.id);
+            if !around.before_complete {
+                head.extend_from_slice(b",\"beforeComplete\":false");
+            }
+        }
         head.extend_from_slice(b",\"lines\":[");
         head
     };
@@ -1054,6 +1310,7 @@ mod tests {
             download,
             filter: LineFilter::new(None, None).unwrap(),
             json: LineJsonOptions::default(),
+            around: None,
         }
     }
 

@@ -242,6 +242,62 @@ pub async fn read_lines(
     Ok((out.into(), more))
 }
 
+/// The lines of `source` from `since_ns` (`None`: from the first archived line) as a finite
+/// stream, read a page ([`PAGE`] lines) at a time, with the same ids as [`read_lines`] (the
+/// index of a line among equal timestamps is counted from the read's start, so start on a
+/// whole second at or before the lines you need, as a live read does). Ends with an `ended`
+/// status: `complete`, or `dropped` when the archive failed (logged).
+pub fn line_stream(
+    archive: std::sync::Arc<dyn LogArchive>,
+    source: SourceKey,
+    since_ns: Option<i64>,
+) -> futures::stream::BoxStream<'static, crate::logs::UpstreamEvent> {
+    use crate::logs::upstream::{SourceState, SourceStatus, StatusReason, UpstreamEvent};
+    use futures::StreamExt;
+    struct Page {
+        archive: std::sync::Arc<dyn LogArchive>,
+        source: SourceKey,
+        since_ns: Option<i64>,
+        after: Option<u64>,
+        last: Option<(i64, u32)>,
+        page: VecDeque<ArchivedLine>,
+        full: bool,
+        done: bool,
+    }
+    let state = Page { archive, source, since_ns, after: None, last: None, page: VecDeque::new(), full: true, done: false };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if st.page.is_empty() && st.full {
+            let query = LineQuery { after: st.after, since_ns: st.since_ns, until_ns: None, limit: PAGE };
+            match st.archive.read(&st.source, query).await {
+                Ok(page) => {
+                    st.full = page.len() == PAGE;
+                    st.page = page.into();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, pod = %st.source.pod, "archive read failed");
+                    st.done = true;
+                    return Some((UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Dropped)), st));
+                }
+            }
+        }
+        let Some(line) = st.page.pop_front() else {
+            st.done = true;
+            return Some((UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete)), st));
+        };
+        st.after = Some(line.position);
+        let index = match st.last {
+            Some((ts, k)) if ts == line.timestamp_ns => k.saturating_add(1),
+            _ => 0,
+        };
+        st.last = Some((line.timestamp_ns, index));
+        Some((UpstreamEvent::Line(to_raw(line, index)), st))
+    })
+    .boxed()
+}
+
 fn to_raw(line: ArchivedLine, index: u32) -> RawLine {
     RawLine {
         position: LinePosition { ts: DateTime::<Utc>::from_timestamp_nanos(line.timestamp_ns), index },
@@ -284,6 +340,12 @@ mod tests {
         assert_eq!(tail, all[3..].to_vec());
         let (capped, more) = read_lines(&store, &k, StartAt::Beginning, 2).await.unwrap();
         assert!(more && capped.len() == 2);
+        // The streamed read gives the same lines and ids, and ends `complete`.
+        let store: std::sync::Arc<dyn LogArchive> = std::sync::Arc::new(store);
+        let streamed: Vec<crate::logs::UpstreamEvent> = futures::StreamExt::collect(line_stream(std::sync::Arc::clone(&store), k.clone(), None)).await;
+        let lines: Vec<RawLine> = streamed.iter().filter_map(|e| match e { crate::logs::UpstreamEvent::Line(l) => Some(l.clone()), _ => None }).collect();
+        assert_eq!(lines, all);
+        assert!(matches!(streamed.last(), Some(crate::logs::UpstreamEvent::Status(s)) if s.reason == crate::logs::StatusReason::Complete));
     }
 
     #[tokio::test]
