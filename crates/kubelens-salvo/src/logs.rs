@@ -1090,20 +1090,42 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         req.headers_mut().remove("last-event-id");
         req.queries_mut().remove("lastEventId");
     }
-    let query = LogQuery::parse(req, logs)?;
+    let query = LogQuery::parse_with(req, logs, resume.is_some())?;
+    let around = query.around.as_ref().map(|a| parse_app_around_id(&a.id)).transpose()?;
     let pods = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
     let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, app = %app, pods = pods.len(), "app log stream opened");
+    if let Some(target) = around {
+        return app_around(&app_state, &service, &who, (&ns, &app), &pods, target, &query, viewer, res).await;
+    }
     let start = match (&resume, query.start) {
         (Some(_), _) => None,
         (None, StartAt::Since(ts)) => Some(ResumePoint::After(SourceCursor::from_time(ts.into()))),
         (None, other) => Some(resume_point(other)),
     };
+    let frames = app_frames(&app_state, &service, &who, (&ns, &app), &pods, (resume, start), &query)?;
+    respond_log_stream(res, &app_state, &who, frames, (app, String::new()), viewer);
+    Ok(())
+}
+
+/// The merged stream of an app's `pods` from `resume` (or `start` for sources without a
+/// cursor), as SSE frames; 429 when no source of the app could be admitted.
+fn app_frames(
+    app_state: &AppState,
+    service: &LogService,
+    who: &Principal,
+    (ns, app): (&str, &str),
+    pods: &[AppPod],
+    (resume, start): (Option<AppLogId>, Option<ResumePoint>),
+    query: &LogQuery,
+) -> Result<BoxStream<'static, SseFrame>, ApiError> {
+    let logs = &app_state.config.logs;
+    let (ns, app) = (ns.to_owned(), app.to_owned());
     let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let over_user_sources = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let open = {
-        let (service, options) = (service.clone(), upstream_options(logs, &query));
+        let (service, options) = (service.clone(), upstream_options(logs, query));
         let (admitted, refused) = (Arc::clone(&admitted), Arc::clone(&refused));
         let (admission, subject, over) = (app_state.admission.clone(), who.subject.clone(), Arc::clone(&over_user_sources));
         // One source slot of the user per source in this stream (`logs.max_sources_per_user`),
@@ -1166,7 +1188,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         poll_interval: DEFAULT_MEMBER_POLL_INTERVAL,
     };
     let mut stream = AppLogStream::new(ns, options, members, open);
-    stream.join(&pods);
+    stream.join(pods);
     let ordering = std::sync::atomic::Ordering::Relaxed;
     if refused.load(ordering) > 0 && admitted.load(ordering) == 0 {
         let err = if over_user_sources.load(ordering) {
@@ -1184,7 +1206,123 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         };
         futures::future::ready(frame)
     });
-    respond_log_stream(res, &app_state, &who, frames.boxed(), (app, String::new()), viewer);
+    Ok(frames.boxed())
+}
+
+/// The target of an app `around`: an app id's frontier (`<ts>~<tag>~<k>`, behind segments
+/// allowed and ignored). A bare time or a pod line id names no line of a merged log: 400.
+fn parse_app_around_id(text: &str) -> Result<kubelens_core::logs::id::MergeKey, ApiError> {
+    let id = AppLogId::parse(text).map_err(bad_event_id)?;
+    if !text.split(';').next().is_some_and(|head| head.matches('~').count() == 2) {
+        return Err(ApiError::new(
+            salvo::http::StatusCode::BAD_REQUEST,
+            "bad_event_id",
+            "invalid log event id: a bare time names no line; `around` takes an app line id `<ts>~<tag>~<k>`",
+        ));
+    }
+    Ok(id.frontier)
+}
+
+/// `around` on an app: finite merged reads of every container of every current pod (private
+/// upstreams, not the hub: a shared upstream follows and would never end), the `before`
+/// lines in merge order, the target, then `after` lines and `ended` — or, with `follow=true`,
+/// the app's live stream resumed right after the target (its frontier). Every source must be
+/// admitted (a merged read missing a source would not be exact): 429 otherwise.
+#[allow(clippy::too_many_arguments)]
+async fn app_around(
+    app_state: &AppState,
+    service: &LogService,
+    who: &Principal,
+    (ns, app): (&str, &str),
+    pods: &[AppPod],
+    target: kubelens_core::logs::id::MergeKey,
+    query: &LogQuery,
+    viewer: ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let logs = &app_state.config.logs;
+    let Some(around) = query.around.as_ref() else { return Err(ApiError::internal()) };
+    let in_app = pods.iter().any(|p| p.containers.iter().any(|c| kubelens_core::logs::SourceTag::of(&p.name, c) == target.tag));
+    if !in_app {
+        return Err(ApiError::new(
+            salvo::http::StatusCode::BAD_REQUEST,
+            "id_not_in_app",
+            "this id's line comes from no current pod and container of this app (an id of another app or pod, or of a pod that has gone)",
+        ));
+    }
+    let open = |start: AroundStart| -> Option<BoxStream<'static, AppEvent>> {
+        let first = match start {
+            AroundStart::From(t) => ResumePoint::After(SourceCursor::from_time(t)),
+            AroundStart::Beginning => ResumePoint::Beginning,
+        };
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener = {
+            let (service, refused) = (service.clone(), Arc::clone(&refused));
+            let (admission, subject, max_line_length) = (app_state.admission.clone(), who.subject.clone(), logs.max_line_length);
+            Box::new(move |key: &SourceKey, from: ResumePoint| -> BoxStream<'static, HubEvent> {
+                let start = match from {
+                    ResumePoint::Beginning => StartAt::Beginning,
+                    ResumePoint::Tail(n) => StartAt::Tail(n),
+                    ResumePoint::After(cursor) => cursor.to_start_at(),
+                };
+                let (Ok(slot), Ok(permit)) = (admission.try_source(&subject), service.admission.try_upstream()) else {
+                    refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return futures::stream::iter([HubEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams))]).boxed();
+                };
+                let options = UpstreamOptions { start, follow: false, max_line_length, ..UpstreamOptions::default() };
+                let source = LogSource::new(key.pod.clone(), key.container.clone());
+                service
+                    .upstream
+                    .stream(key.clone(), options, Some(permit))
+                    .map(move |event| {
+                        let _slot = &slot;
+                        match event {
+                            UpstreamEvent::Line(raw) => HubEvent::Line(Arc::new(LogLine::from_raw(raw, Arc::clone(&source)))),
+                            UpstreamEvent::Status(status) => HubEvent::Status(status),
+                            UpstreamEvent::CaughtUp => HubEvent::CaughtUp,
+                        }
+                    })
+                    .boxed()
+            })
+        };
+        let members = Box::new(|| futures::future::ready(None).boxed());
+        let options = AppStreamOptions {
+            merge: MergeConfig::from_logs(logs),
+            resume: None,
+            start: Some(first),
+            follow: false,
+            poll_interval: DEFAULT_MEMBER_POLL_INTERVAL,
+        };
+        let mut stream = AppLogStream::new(ns.to_owned(), options, members, opener);
+        stream.join(pods);
+        // A merged read that lacks a source is not exact: no read at all instead.
+        (!refused.load(std::sync::atomic::Ordering::Relaxed)).then(|| stream.into_stream())
+    };
+    let plan = AroundPlan::new(usize::try_from(around.before).unwrap_or(usize::MAX));
+    let found = open_around(open, target, target.ts, plan).await.map_err(|e| match e {
+        // An app has no single "first line": a line not in the merged read is not found.
+        AroundError::Rotated => around_error(&AroundError::NotFound, app_state),
+        other => around_error(&other, app_state),
+    })?;
+    tracing::info!(namespace = %ns, app = %app, before = found.before.len(), before_complete = found.before_complete, "app log opened at a line");
+    let json = query.json;
+    let frame = move |event: AppEvent| match event {
+        AppEvent::Line { line, id } => Some(log_frame_with_id(&line, id.to_string(), json)),
+        AppEvent::Status { source, status } => (status.state != SourceState::Ended).then(|| status_frame(&source.pod, &source.container, &status)),
+    };
+    let head: Vec<SseFrame> = found.before.into_iter().chain(std::iter::once(found.target)).filter_map(frame).collect();
+    let frames = if query.follow {
+        drop(found.rest);
+        // Everything with a merge key after the target: the frontier alone says exactly that.
+        let resume = AppLogId { frontier: target, behind: Vec::new() };
+        let live = app_frames(app_state, service, who, (ns, app), pods, (Some(resume), None), query)?;
+        futures::stream::iter(head).chain(live).boxed()
+    } else {
+        let end = status_frame(app, "", &SourceStatus::new(SourceState::Ended, StatusReason::Complete));
+        let after = take_lines(found.rest, usize::try_from(around.after).unwrap_or(usize::MAX)).filter_map(move |e| futures::future::ready(frame(e)));
+        futures::stream::iter(head).chain(after).chain(futures::stream::once(futures::future::ready(end))).boxed()
+    };
+    respond_log_stream(res, app_state, who, frames, (app.to_owned(), String::new()), viewer);
     Ok(())
 }
 
