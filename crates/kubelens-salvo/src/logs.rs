@@ -1213,7 +1213,8 @@ fn app_frames(
 /// allowed and ignored). A bare time or a pod line id names no line of a merged log: 400.
 fn parse_app_around_id(text: &str) -> Result<kubelens_core::logs::id::MergeKey, ApiError> {
     let id = AppLogId::parse(text).map_err(bad_event_id)?;
-    if !text.split(';').next().is_some_and(|head| head.matches('~').count() == 2) {
+    // `AppLogId::parse` rejects pod line ids; what parses without a `~` is a bare time.
+    if !text.contains('~') {
         return Err(ApiError::new(
             salvo::http::StatusCode::BAD_REQUEST,
             "bad_event_id",
