@@ -174,7 +174,9 @@ fn bad_around(message: impl Into<String>) -> ApiError {
 
 /// `around`, `before`, `after` of `req`, checked against each other and against the start and
 /// filter parameters `around` replaces. `resume_given`: a `Last-Event-ID`/`lastEventId` came
-/// with the request (app streams take theirs out before this runs).
+/// with the request (app streams take theirs out before this runs). A resume id wins: it is
+/// how `EventSource` reconnects an `around` stream (same URL plus `Last-Event-ID`), so the
+/// answer is `None` (resume exactly after that id) once the parameters are checked.
 fn parse_around(req: &Request, resume_given: bool) -> Result<Option<AroundQuery>, ApiError> {
     let count = |name: &str| -> Result<Option<u32>, ApiError> {
         match query_str(req, name) {
@@ -195,12 +197,9 @@ fn parse_around(req: &Request, resume_given: bool) -> Result<Option<AroundQuery>
     if id.is_empty() {
         return Err(bad_around("`around` must be a line id"));
     }
-    let conflicts = ["since", "sinceSeconds", "tailLines", "lastEventId", "grep", "grepExclude", "level"];
+    let conflicts = ["since", "sinceSeconds", "tailLines", "grep", "grepExclude", "level"];
     if let Some(name) = conflicts.iter().find(|name| query_str(req, name).is_some()) {
         return Err(bad_around(format!("`around` cannot be combined with `{name}`: it shows the log as it is around one line")));
-    }
-    if resume_given || req.headers().contains_key("last-event-id") {
-        return Err(bad_around("`around` cannot be combined with `Last-Event-ID`: reconnect without `around`, from the last id received"));
     }
     if req.queries().keys().any(|k| k.starts_with(FIELD_FILTER_PREFIX)) {
         return Err(bad_around("`around` cannot be combined with `field.*` filters: it shows the log as it is around one line"));
@@ -208,6 +207,10 @@ fn parse_around(req: &Request, resume_given: bool) -> Result<Option<AroundQuery>
     let follow = parse_bool(req, "follow", false)?;
     if follow && after.is_some() {
         return Err(bad_around("`after` does not apply with `follow=true`: the stream continues live from right after the line"));
+    }
+    let resumed = resume_given || req.headers().contains_key("last-event-id") || query_str(req, "lastEventId").is_some_and(|s| !s.is_empty());
+    if resumed {
+        return Ok(None);
     }
     Ok(Some(AroundQuery {
         id: id.to_owned(),
@@ -348,8 +351,8 @@ impl LogQuery {
         Ok(Self {
             container,
             start,
-            // A link to a line opens a finite read unless asked to follow.
-            follow: parse_bool(req, "follow", around.is_none())?,
+            // A link to a line opens a finite read unless asked to follow (its reconnects too).
+            follow: parse_bool(req, "follow", query_str(req, "around").is_none())?,
             timestamps: parse_bool(req, "timestamps", false)?,
             previous: parse_bool(req, "previous", false)?,
             download,

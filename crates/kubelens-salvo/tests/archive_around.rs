@@ -145,7 +145,6 @@ async fn archived_around_errors_are_clear() {
         (format!("around={first}&after=-1"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&since=2026-01-30T10:00:00Z"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&tailLines=5"), StatusCode::BAD_REQUEST, "bad_around"),
-        (format!("around={first}&lastEventId={first}"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&grep=x"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&field.level=info"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&follow=true&after=3"), StatusCode::BAD_REQUEST, "bad_around"),
@@ -155,6 +154,20 @@ async fn archived_around_errors_are_clear() {
         let (status, doc) = json(&service, &query).await;
         assert_eq!((status, doc["error"]["code"].as_str()), (want, Some(code)), "{query}: {doc}");
     }
+}
+
+/// An `EventSource` reconnects an `around` stream with the same URL and `Last-Event-ID`: the
+/// resume id wins, and the read goes on exactly after it (to the end of the log, finitely).
+#[tokio::test]
+async fn a_resume_id_wins_over_around() {
+    let service = service().await;
+    let (_, all) = json(&service, "follow=false&tailLines=10000").await;
+    let all = pairs(&all);
+    let query = format!("around={}&before=2&after=2&lastEventId={}", urlencode(&all[10].0), urlencode(&all[120].0));
+    let (status, doc) = json(&service, &query).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(doc.get("around").is_none(), "{doc}");
+    assert_eq!(pairs(&doc), all[121..].to_vec());
 }
 
 fn urlencode(id: &str) -> String {

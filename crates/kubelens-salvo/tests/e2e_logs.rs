@@ -1271,7 +1271,8 @@ async fn around_opens_a_live_pod_at_a_line_exactly() {
 
     // follow=true: the 3 lines before and the target, every later line once, then live lines.
     let target = group_at + 6;
-    let mut sse = SseClient::open(&format!("{url}?around={}&before=3&follow=true", q(&all[target].0)), "viewer", None).await.unwrap();
+    let follow_url = format!("{url}?around={}&before=3&follow=true", q(&all[target].0));
+    let mut sse = SseClient::open(&follow_url, "viewer", None).await.unwrap();
     let mut got = Vec::new();
     while got.len() < all.len() - (target - 3) {
         let e = sse.next(Duration::from_secs(20)).await.expect("the follow stream ended");
@@ -1282,14 +1283,26 @@ async fn around_opens_a_live_pod_at_a_line_exactly() {
     assert_eq!(got, all[target - 3..].to_vec(), "history from 3 before the target, exactly once");
     let live: Vec<String> = (0..5).map(|i| format!("live line {i}")).collect();
     kubelens_testenv::append_cri_lines(&path, &live).unwrap();
-    let mut more = Vec::new();
+    let (mut more, mut last_id) = (Vec::new(), None);
     while more.len() < 5 {
         let e = sse.next(Duration::from_secs(20)).await.expect("live lines");
         if e.event == "log" {
             more.push(e.data["line"].as_str().unwrap().to_owned());
+            last_id = e.id;
         }
     }
     assert_eq!(more, live, "then live, nothing lost or repeated");
+    // An EventSource reconnect (same URL + Last-Event-ID) resumes after its last line, live.
+    drop(sse);
+    let mut sse = SseClient::open(&follow_url, "viewer", last_id.as_deref()).await.unwrap();
+    kubelens_testenv::append_cri_lines(&path, &["after the reconnect"]).unwrap();
+    loop {
+        let e = sse.next(Duration::from_secs(20)).await.expect("the line after the reconnect");
+        if e.event == "log" {
+            assert_eq!(e.data["line"], "after the reconnect", "nothing repeated after the reconnect");
+            break;
+        }
+    }
 }
 
 /// `around` on a restarted container's previous instance reads that instance.
