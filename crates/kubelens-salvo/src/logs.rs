@@ -160,8 +160,8 @@ pub struct AroundQuery {
     pub before: u32,
     /// Lines after the target (same default and bound; not allowed with `follow=true`).
     pub after: u32,
-    /// Set by the handler once the target is found: false when the scan bound kept some of
-    /// the `before` lines out (the document then says `"beforeComplete": false`).
+    /// Set by the handler once the target is found: false when the scan or ring bound kept
+    /// some of the `before` lines out (the document then says `"beforeComplete": false`).
     pub before_complete: bool,
 }
 

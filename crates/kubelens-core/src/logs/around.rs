@@ -33,9 +33,13 @@ use super::upstream::{SourceState, StatusReason, UpstreamEvent};
 /// Lines before and after the target when the request does not say (`before`, `after`).
 pub const DEFAULT_AROUND_CONTEXT: u32 = 50;
 /// Most lines before, and most lines after, one `around` request may ask for. The ring holds
-/// at most this many lines, each at most `logs.max_line_length` characters (so at most
-/// 1,000 × 4 × 10,000 bytes = 40 MB in the worst case, a few hundred KB for ordinary logs).
+/// at most this many lines, and at most [`MAX_AROUND_RING_BYTES`].
 pub const MAX_AROUND_CONTEXT: u32 = 1_000;
+/// Most bytes the ring of lines before the target holds (line text plus
+/// [`LINE_SCAN_OVERHEAD`] per line). Over it the oldest lines are dropped, and the answer
+/// says it is short (`before_complete == false`): 1,000 lines of 10,000 characters would
+/// otherwise be up to 40 MB per request.
+pub const MAX_AROUND_RING_BYTES: u64 = 8 * 1024 * 1024;
 /// How far before the target's second the first read starts.
 pub const AROUND_WINDOW: Duration = Duration::from_secs(60);
 /// Most bytes of log (line text plus [`LINE_SCAN_OVERHEAD`] per line) one read scans before
@@ -153,7 +157,8 @@ impl<T: std::fmt::Debug, S> std::fmt::Debug for Found<T, S> {
 
 /// What one read says about the target.
 enum Seek<T, S> {
-    Found(Found<T, S>),
+    /// `trimmed`: the ring's byte bound dropped lines the count bound would have kept.
+    Found(Found<T, S>, bool),
     /// The read passed the target's position, or ended, without it. `covered`: it saw a line
     /// before the target.
     Missing { covered: bool },
@@ -161,13 +166,16 @@ enum Seek<T, S> {
     ScanLimit,
 }
 
-/// Reads `stream` up to `target`, keeping the last `before` lines in a ring.
-async fn seek<T, S>(mut stream: S, target: T::Pos, before: usize, max_scan: u64) -> Seek<T, S>
+/// Reads `stream` up to `target`, keeping the last `plan.before` lines (at most
+/// `plan.max_ring_bytes`) in a ring.
+async fn seek<T, S>(mut stream: S, target: T::Pos, plan: &AroundPlan) -> Seek<T, S>
 where
     T: AroundItem,
     S: Stream<Item = T> + Unpin,
 {
+    let (before, max_scan) = (plan.before, plan.max_scan_bytes);
     let mut ring: VecDeque<T> = VecDeque::with_capacity(before.min(64));
+    let (mut ring_bytes, mut trimmed) = (0u64, false);
     let mut covered = false;
     let mut scanned: u64 = 0;
     while let Some(item) = stream.next().await {
@@ -187,14 +195,23 @@ where
                 if before == 0 {
                     continue;
                 }
-                if ring.len() == before {
-                    ring.pop_front();
+                if ring.len() == before
+                    && let Some(old) = ring.pop_front()
+                {
+                    ring_bytes = ring_bytes.saturating_sub(old.scan_cost());
                 }
+                ring_bytes = ring_bytes.saturating_add(item.scan_cost());
                 ring.push_back(item);
+                while ring_bytes > plan.max_ring_bytes && ring.len() > 1 {
+                    if let Some(old) = ring.pop_front() {
+                        ring_bytes = ring_bytes.saturating_sub(old.scan_cost());
+                        trimmed = true;
+                    }
+                }
             }
             Ordering::Equal => {
-                let before_complete = ring.len() == before;
-                return Seek::Found(Found { before: ring.into(), target: item, rest: stream, before_complete });
+                let before_complete = ring.len() == before && !trimmed;
+                return Seek::Found(Found { before: ring.into(), target: item, rest: stream, before_complete }, trimmed);
             }
             Ordering::Greater => return Seek::Missing { covered },
         }
@@ -220,12 +237,14 @@ pub struct AroundPlan {
     pub window: Duration,
     /// Most bytes one read scans before the target.
     pub max_scan_bytes: u64,
+    /// Most bytes the ring of lines before the target holds.
+    pub max_ring_bytes: u64,
 }
 
 impl AroundPlan {
     /// The documented defaults with `before` lines before the target.
     pub fn new(before: usize) -> Self {
-        Self { before, window: AROUND_WINDOW, max_scan_bytes: MAX_AROUND_SCAN_BYTES }
+        Self { before, window: AROUND_WINDOW, max_scan_bytes: MAX_AROUND_SCAN_BYTES, max_ring_bytes: MAX_AROUND_RING_BYTES }
     }
 }
 
@@ -250,9 +269,11 @@ where
     let window_nanos = i64::try_from(plan.window.as_nanos()).unwrap_or(i64::MAX);
     let from = LogTimestamp::from_unix_nanos(second.unix_nanos().saturating_sub(window_nanos)).floor_second();
     let first = open(AroundStart::From(from)).ok_or(AroundError::Unavailable)?;
-    let found = match seek(first, target, plan.before, plan.max_scan_bytes).await {
-        Seek::Found(found) if found.before_complete => return Ok(found),
-        Seek::Found(found) => found,
+    let found = match seek(first, target, &plan).await {
+        Seek::Found(found, _) if found.before_complete => return Ok(found),
+        // The byte bound cut the ring: a re-read from the beginning would be cut the same way.
+        Seek::Found(found, true) => return Ok(found),
+        Seek::Found(found, false) => found,
         Seek::Missing { covered: true } => return Err(AroundError::NotFound),
         Seek::Missing { covered: false } => return Err(first_line_verdict(&mut open, target).await),
         Seek::Gone(reason) => return Err(AroundError::Gone(reason)),
@@ -261,8 +282,9 @@ where
             // The window is too busy: start at the target's second (still a whole second, so
             // the indexes are the same), and do not re-read from the beginning.
             let near = open(AroundStart::From(second)).ok_or(AroundError::Unavailable)?;
-            return match seek(near, target, plan.before, plan.max_scan_bytes).await {
-                Seek::Found(found) => Ok(Found { before_complete: found.before_complete, ..found }),
+            return match seek(near, target, &plan).await {
+                // Started at the target's second, not the log's start: never "complete" short.
+                Seek::Found(found, _) => Ok(found),
                 Seek::Missing { .. } => Err(AroundError::NotFound),
                 Seek::Gone(reason) => Err(AroundError::Gone(reason)),
                 Seek::ScanLimit => Err(AroundError::ScanLimit(plan.max_scan_bytes)),
@@ -272,9 +294,9 @@ where
     // Short ring: did the window start before the log did? Only a read from the beginning
     // can tell (and it gives the lines before the window if there are any).
     let Some(whole) = open(AroundStart::Beginning) else { return Ok(Found { before_complete: false, ..found }) };
-    match seek(whole, target, plan.before, plan.max_scan_bytes).await {
-        // From the beginning, a short ring is every line there is.
-        Seek::Found(again) => Ok(Found { before_complete: true, ..again }),
+    match seek(whole, target, &plan).await {
+        // From the beginning, a short ring is every line there is (unless the bytes cut it).
+        Seek::Found(again, trimmed) => Ok(Found { before_complete: !trimmed, ..again }),
         // Over the bound (or the log changed between the reads): keep the first answer.
         _ => Ok(Found { before_complete: false, ..found }),
     }
@@ -466,7 +488,7 @@ mod tests {
         // only as full as that second allows (and says so).
         let stamps: Vec<i64> = (0..100).map(|i| BASE + i * SEC / 10).collect();
         let opened = Arc::new(Mutex::new(Vec::new()));
-        let plan = AroundPlan { before: 50, window: AROUND_WINDOW, max_scan_bytes: 60 * (LINE_SCAN_OVERHEAD + 7) };
+        let plan = AroundPlan { max_scan_bytes: 60 * (LINE_SCAN_OVERHEAD + 7), ..AroundPlan::new(50) };
         let target = id(stamps[95], 0);
         let found = open_around(kubelet(stamps, Arc::clone(&opened)), target, target.ts, plan).await.unwrap();
         assert_eq!((texts(&found.before), found.before_complete), (names(90..95), false));
@@ -474,6 +496,18 @@ mod tests {
             AroundStart::From(target.ts.floor_second().minus_secs(60)),
             AroundStart::From(target.ts.floor_second())
         ]);
+    }
+
+    #[tokio::test]
+    async fn the_ring_is_bounded_in_bytes_too() {
+        let stamps: Vec<i64> = (0..100).map(|i| BASE + i * SEC / 10).collect();
+        let opened = Arc::new(Mutex::new(Vec::new()));
+        // Room for 10 lines of `line NN` (7 bytes + overhead) out of the 50 asked for.
+        let plan = AroundPlan { max_ring_bytes: 10 * (LINE_SCAN_OVERHEAD + 7), ..AroundPlan::new(50) };
+        let target = id(stamps[80], 0);
+        let found = open_around(kubelet(stamps, Arc::clone(&opened)), target, target.ts, plan).await.unwrap();
+        assert_eq!((texts(&found.before), found.before_complete), (names(70..80), false));
+        assert_eq!(opened.lock().unwrap().len(), 1, "no pointless re-read when the bytes cut the ring");
     }
 
     #[tokio::test]
