@@ -717,6 +717,20 @@ pub(crate) fn around_error(err: &AroundError, app_state: &AppState) -> ApiError 
     }
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AroundData<'a> {
+    around: &'a str,
+    before: usize,
+    before_complete: bool,
+}
+
+/// The first event of an `around` SSE answer: which line it opens at, how many lines come
+/// before it, and whether those are all that were asked for (the byte bounds can cut them).
+fn around_frame(id: &str, before: usize, before_complete: bool) -> SseFrame {
+    SseFrame::json("around", None, &AroundData { around: id, before, before_complete })
+}
+
 /// The lines of a found target as log frames of `source` (ids are the lines' own).
 fn around_line_frames(items: Vec<UpstreamEvent>, source: &Arc<LogSource>, json: LineJsonOptions) -> Vec<SseFrame> {
     items
@@ -764,6 +778,7 @@ pub(crate) async fn respond_around(
     }
     let source = LogSource::new(answer.pod, answer.container);
     let mut head = answer.prefix;
+    head.push(around_frame(&around.id, before, found.before_complete));
     head.extend(around_line_frames(found.before, &source, query.json));
     head.extend(around_line_frames(vec![found.target], &source, query.json));
     let frames = match follow {
@@ -1314,7 +1329,8 @@ async fn app_around(
         AppEvent::Line { line, id } => Some(log_frame_with_id(&line, id.to_string(), json)),
         AppEvent::Status { source, status } => (status.state != SourceState::Ended).then(|| status_frame(&source.pod, &source.container, &status)),
     };
-    let head: Vec<SseFrame> = found.before.into_iter().chain(std::iter::once(found.target)).filter_map(frame).collect();
+    let mut head = vec![around_frame(&around.id, found.before.len(), found.before_complete)];
+    head.extend(found.before.into_iter().chain(std::iter::once(found.target)).filter_map(frame));
     let frames = if query.follow {
         drop(found.rest);
         // Everything with a merge key after the target: the frontier alone says exactly that.

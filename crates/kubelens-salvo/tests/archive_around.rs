@@ -124,6 +124,7 @@ async fn archived_pods_open_exactly_at_a_line() {
     assert_eq!(status, StatusCode::OK);
     let events: Vec<&str> = body.split("\n\n").filter(|b| b.contains("event: ")).collect();
     assert!(events[0].contains("event: status") && events[0].contains("\"archived\""), "{body}");
+    assert!(events[1].contains("event: around") && events[1].contains(&format!(r#"{{"around":"{id}","before":2,"beforeComplete":true}}"#)), "{body}");
     let ids: Vec<&str> = events.iter().filter(|b| b.contains("event: log")).filter_map(|b| b.lines().find_map(|l| l.strip_prefix("id: "))).collect();
     assert_eq!(ids, all[102..107].iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>());
     assert!(events.last().unwrap().contains("\"ended\""), "{body}");
