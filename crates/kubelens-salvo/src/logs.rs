@@ -181,8 +181,9 @@ fn parse_around(req: &Request, resume_given: bool) -> Result<Option<AroundQuery>
     let count = |name: &str| -> Result<Option<u32>, ApiError> {
         match query_str(req, name) {
             None => Ok(None),
+            // Digits only (`u32::from_str` would take a `+`).
             Some(text) => match text.parse::<u32>() {
-                Ok(n) if n <= MAX_AROUND_CONTEXT && (text == "0" || !text.starts_with('0')) => Ok(Some(n)),
+                Ok(n) if n <= MAX_AROUND_CONTEXT && text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(n)),
                 _ => Err(bad_around(format!("`{name}` must be an integer from 0 to {MAX_AROUND_CONTEXT}"))),
             },
         }

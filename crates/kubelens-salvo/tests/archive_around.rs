@@ -144,6 +144,8 @@ async fn archived_around_errors_are_clear() {
         ("around=2026-01-30T10:00:00Z".to_owned(), StatusCode::BAD_REQUEST, "bad_event_id"),
         (format!("around={first}&before=1001"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&after=-1"), StatusCode::BAD_REQUEST, "bad_around"),
+        (format!("around={first}&after=%2B5"), StatusCode::BAD_REQUEST, "bad_around"),
+        (format!("around={first}&before=x"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&since=2026-01-30T10:00:00Z"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&tailLines=5"), StatusCode::BAD_REQUEST, "bad_around"),
         (format!("around={first}&grep=x"), StatusCode::BAD_REQUEST, "bad_around"),
