@@ -367,6 +367,17 @@ mod tests {
     }
 
     #[test]
+    fn line_ids_name_one_line_and_refuse_bare_times() {
+        let id = LineId { ts: ts("2026-01-30T10:00:00.5Z"), index: 2 };
+        assert_eq!(LineId::parse(&id.to_string()).unwrap(), id);
+        // Any RFC3339 spelling of the time names the same line.
+        assert_eq!(LineId::parse("2026-01-30T11:00:00.5+01:00~2").unwrap(), id);
+        for bad in ["2026-01-30T10:00:00Z", "", "~1", "2026-01-30T10:00:00Z~", "2026-01-30T10:00:00Z~01", "2026-01-30T10:00:00Z~1~2", &"9".repeat(65)] {
+            assert!(matches!(LineId::parse(bad), Err(LogError::BadEventId(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn pod_ids_round_trip_and_resume_after_the_line() {
         let id = LineId { ts: ts("2026-01-30T10:00:00.5Z"), index: 2 };
         assert_eq!(id.to_string(), "2026-01-30T10:00:00.500000000Z~2");
