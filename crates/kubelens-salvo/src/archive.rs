@@ -23,7 +23,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kubelens_core::logs::upstream::{SourceKey as UpstreamKey, SourceState, SourceStatus, StatusReason, UpstreamEvent};
-use kubelens_core::retention::read::{archived_pods, find_pod, line_pages, read_lines};
+use kubelens_core::logs::around::{AroundPlan, AroundStart, open_around};
+use kubelens_core::retention::read::{archived_pods, find_pod, line_stream, read_lines, stream_from};
 use kubelens_core::retention::capture::ArchiveTap;
 use kubelens_core::retention::{ArchiveRecorder, ArchivedPod, LogOpener, PodSignal, PodSnapshot, RecorderConfig, RetentionError};
 use kubelens_core::api::{AppKind, OwnerApp};
@@ -173,7 +174,7 @@ struct ArchivedStatus<'a> {
 /// archived (never archived, expired, retention off, or namespace not allowlisted).
 pub async fn pod_logs_from_archive(
     req: &Request,
-    state: &AppState,
+    (state, who): (&AppState, &kubelens_core::auth::Principal),
     ns: &str,
     name: &str,
     query: &LogQuery,
@@ -193,18 +194,7 @@ pub async fn pod_logs_from_archive(
     let pod = found.filter(|_| visible).ok_or_else(|| ApiError::not_found("pod"))?;
     let source = pod.source(query.container.as_deref(), query.previous).map_err(retention_error)?;
     let logs = &state.config.logs;
-    let max = usize::try_from(logs.max_tail_lines).unwrap_or(usize::MAX).max(1);
-    if query.download {
-        return download_from_archive(archive, source, (ns, name), query, viewer, res).await;
-    }
-    let (lines, more) = read_lines(archive.as_ref(), &source, query.start, max).await.map_err(retention_error)?;
-    tracing::info!(namespace = %ns, pod = %name, container = %source.container, instance = source.instance, lines = lines.len(), "archived log served");
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let end = SourceStatus::new(SourceState::Ended, StatusReason::Complete);
-    if !query.follow && (query.download || !accept.contains("text/event-stream")) {
-        let events = lines.into_iter().map(UpstreamEvent::Line).chain(std::iter::once(UpstreamEvent::Status(end)));
-        return one_shot(futures::stream::iter(events).boxed(), ns, (name, &source.container), query, u32::try_from(max).unwrap_or(u32::MAX), viewer, res).await;
-    }
     let status = ArchivedStatus {
         state: "archived",
         pod: name,
@@ -215,6 +205,34 @@ pub async fn pod_logs_from_archive(
         terminated_at: pod.terminated_at,
         expires_at: pod.expires_at,
     };
+    if let Some(around) = &query.around {
+        // Open at a line: the same windowed reads as a live pod, over the archive (the pod is
+        // gone, so there is nothing to follow: `follow=true` ends after the `after` lines).
+        let target = kubelens_core::logs::LineId::parse(&around.id).map_err(crate::logs::bad_event_id)?;
+        let open = |start: AroundStart| {
+            let since = match start {
+                AroundStart::From(t) => Some(t.unix_nanos()),
+                AroundStart::Beginning => None,
+            };
+            Some(line_stream(Arc::clone(archive), source.clone(), since))
+        };
+        let plan = AroundPlan::new(usize::try_from(around.before).unwrap_or(usize::MAX));
+        let found = open_around(open, target, target.ts, plan).await.map_err(|e| crate::logs::around_error(&e, state))?;
+        let sse = query.follow || (!query.download && accept.contains("text/event-stream"));
+        let answer = crate::logs::AroundAnswer { ns, pod: name, container: &source.container, sse, prefix: vec![SseFrame::json("status", None, &status)] };
+        return crate::logs::respond_around(found, answer, None, query, (state, who), viewer, res).await;
+    }
+    if query.download {
+        return download_from_archive(archive, source, (ns, name), query, viewer, res).await;
+    }
+    let max = usize::try_from(logs.max_tail_lines).unwrap_or(usize::MAX).max(1);
+    let (lines, more) = read_lines(archive.as_ref(), &source, query.start, max).await.map_err(retention_error)?;
+    tracing::info!(namespace = %ns, pod = %name, container = %source.container, instance = source.instance, lines = lines.len(), "archived log served");
+    let end = SourceStatus::new(SourceState::Ended, StatusReason::Complete);
+    if !query.follow && (query.download || !accept.contains("text/event-stream")) {
+        let events = lines.into_iter().map(UpstreamEvent::Line).chain(std::iter::once(UpstreamEvent::Status(end)));
+        return one_shot(futures::stream::iter(events).boxed(), ns, (name, &source.container), query, u32::try_from(max).unwrap_or(u32::MAX), viewer, res).await;
+    }
     let mut frames = vec![SseFrame::json("status", None, &status)];
     let (pod_name, container) = (name.to_owned(), source.container.clone());
     let log_source = kubelens_core::logs::LogSource::new(pod_name.clone(), container.clone());
@@ -236,7 +254,7 @@ pub async fn pod_logs_from_archive(
 }
 
 /// A whole archived log as a text download, read a page at a time (memory: one page, however
-/// long the log). A page that fails to read after the first aborts the transfer.
+/// long the log). An archive failure part-way aborts the transfer (see `one_shot`).
 async fn download_from_archive(
     archive: &Arc<dyn kubelens_core::storage::LogArchive>,
     source: kubelens_core::storage::SourceKey,
@@ -247,16 +265,8 @@ async fn download_from_archive(
 ) -> Result<(), ApiError> {
     let container = source.container.clone();
     tracing::info!(namespace = %ns, pod = %name, container = %container, instance = source.instance, "archived log download");
-    let events = line_pages(Arc::clone(archive), source, query.start)
-        .flat_map(|page| match page {
-            Ok(lines) => futures::stream::iter(lines.into_iter().map(UpstreamEvent::Line).collect::<Vec<_>>()),
-            Err(err) => {
-                tracing::warn!(error = %err, "log archive read failed during a download");
-                futures::stream::iter(vec![UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Refused))])
-            }
-        })
-        .chain(futures::stream::iter([UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete))]));
-    one_shot(events.boxed(), ns, (name, &container), query, u32::MAX, viewer, res).await
+    let events = stream_from(Arc::clone(archive), source, query.start);
+    one_shot(events, ns, (name, &container), query, u32::MAX, viewer, res).await
 }
 
 /// An archived pod as listed.

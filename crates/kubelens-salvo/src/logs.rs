@@ -23,12 +23,13 @@ use kubelens_core::config::LogsConfig;
 use kubelens_core::logs::admission::{AdmissionError, StreamAdmission, ViewerPermit};
 use kubelens_core::logs::grep::LineFilter;
 pub use kubelens_core::logs::app::AppPod;
+use kubelens_core::logs::around::{AroundError, AroundPlan, AroundStart, DEFAULT_AROUND_CONTEXT, MAX_AROUND_CONTEXT, open_around, take_lines};
 use kubelens_core::logs::app::{AppEvent, AppLogStream, AppStreamOptions, DEFAULT_MEMBER_POLL_INTERVAL, UpstreamTap, subscribe_shared};
 use kubelens_core::logs::hub::{HubEvent, LogHub, ResumePoint};
 use kubelens_core::logs::json::{LineJsonOptions, write_line_json_with};
 use kubelens_core::logs::structured::{FieldFilters, Level, detect_level, shown_fields};
 use kubelens_core::logs::merge::MergeConfig;
-use kubelens_core::logs::{AppLogId, LogLine, LogSource, SourceCursor};
+use kubelens_core::logs::{AppLogId, LineId, LogLine, LogSource, SourceCursor};
 use kubelens_core::logs::upstream::{
     ContainerProbe, LinePosition, PodLogUpstream, SourceKey, SourceState, SourceStatus, StartAt,
     StatusReason, UpstreamEvent, UpstreamOptions, probe_pod,
@@ -144,6 +145,80 @@ pub struct LogQuery {
     pub filter: LineFilter,
     /// What log events carry besides the line (`fields=true`).
     pub json: LineJsonOptions,
+    /// `around=<id>`: open the log at a line (see [`AroundQuery`]).
+    pub around: Option<AroundQuery>,
+}
+
+/// `around=<id>&before=N&after=M`: the `N` lines before the line `<id>`, the line, and the `M`
+/// lines after it (or, with `follow=true`, live from right after it). See `docs/logs.md`,
+/// "Open at a line".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AroundQuery {
+    /// The target id as given (a pod line id or an app id: each endpoint parses its own).
+    pub id: String,
+    /// Lines before the target (default [`DEFAULT_AROUND_CONTEXT`], at most [`MAX_AROUND_CONTEXT`]).
+    pub before: u32,
+    /// Lines after the target (same default and bound; not allowed with `follow=true`).
+    pub after: u32,
+    /// Set by the handler once the target is found: false when the scan or ring bound kept
+    /// some of the `before` lines out (the document then says `"beforeComplete": false`).
+    pub before_complete: bool,
+}
+
+/// The error code of every `around` parameter problem.
+pub const BAD_AROUND: &str = "bad_around";
+
+fn bad_around(message: impl Into<String>) -> ApiError {
+    ApiError::new(salvo::http::StatusCode::BAD_REQUEST, BAD_AROUND, message)
+}
+
+/// `around`, `before`, `after` of `req`, checked against each other and against the start and
+/// filter parameters `around` replaces. `resume_given`: a `Last-Event-ID`/`lastEventId` came
+/// with the request (app streams take theirs out before this runs). A resume id wins: it is
+/// how `EventSource` reconnects an `around` stream (same URL plus `Last-Event-ID`), so the
+/// answer is `None` (resume exactly after that id) once the parameters are checked.
+fn parse_around(req: &Request, resume_given: bool) -> Result<Option<AroundQuery>, ApiError> {
+    let count = |name: &str| -> Result<Option<u32>, ApiError> {
+        match query_str(req, name) {
+            None => Ok(None),
+            // Digits only (`u32::from_str` would take a `+`).
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if n <= MAX_AROUND_CONTEXT && text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(n)),
+                _ => Err(bad_around(format!("`{name}` must be an integer from 0 to {MAX_AROUND_CONTEXT}"))),
+            },
+        }
+    };
+    let (before, after) = (count("before")?, count("after")?);
+    let Some(id) = query_str(req, "around") else {
+        if before.is_some() || after.is_some() {
+            return Err(bad_around("`before` and `after` need `around`"));
+        }
+        return Ok(None);
+    };
+    if id.is_empty() {
+        return Err(bad_around("`around` must be a line id"));
+    }
+    let conflicts = ["since", "sinceSeconds", "tailLines", "grep", "grepExclude", "level"];
+    if let Some(name) = conflicts.iter().find(|name| query_str(req, name).is_some()) {
+        return Err(bad_around(format!("`around` cannot be combined with `{name}`: it shows the log as it is around one line")));
+    }
+    if req.queries().keys().any(|k| k.starts_with(FIELD_FILTER_PREFIX)) {
+        return Err(bad_around("`around` cannot be combined with `field.*` filters: it shows the log as it is around one line"));
+    }
+    let follow = parse_bool(req, "follow", false)?;
+    if follow && after.is_some() {
+        return Err(bad_around("`after` does not apply with `follow=true`: the stream continues live from right after the line"));
+    }
+    let resumed = resume_given || req.headers().contains_key("last-event-id") || query_str(req, "lastEventId").is_some_and(|s| !s.is_empty());
+    if resumed {
+        return Ok(None);
+    }
+    Ok(Some(AroundQuery {
+        id: id.to_owned(),
+        before: before.unwrap_or(DEFAULT_AROUND_CONTEXT),
+        after: after.unwrap_or(DEFAULT_AROUND_CONTEXT),
+        before_complete: true,
+    }))
 }
 
 /// The prefix of field-filter query parameters: `field.<key>=<value>`.
@@ -220,6 +295,13 @@ fn resume_point(start: StartAt) -> ResumePoint {
 impl LogQuery {
     /// Validates the query of `req` against the limits in `logs`.
     pub fn parse(req: &Request, logs: &LogsConfig) -> Result<Self, ApiError> {
+        Self::parse_with(req, logs, false)
+    }
+
+    /// [`LogQuery::parse`], told whether a resume id came with the request (app streams take
+    /// theirs out of the request before parsing the rest).
+    pub fn parse_with(req: &Request, logs: &LogsConfig, resume_given: bool) -> Result<Self, ApiError> {
+        let around = parse_around(req, resume_given)?;
         let container = query_str(req, "container").filter(|c| !c.is_empty()).map(str::to_owned);
         if container.as_deref().is_some_and(|c| !kubelens_core::names::is_dns1123_label(c)) {
             return Err(ApiError::bad_request("`container` is not a valid container name"));
@@ -263,7 +345,9 @@ impl LogQuery {
         let download = asked_download || (accept.contains("text/plain") && !accept.contains("text/event-stream"));
         // A download is a finite read of the whole log: it does not follow unless told to,
         // and `download=true&follow=true` contradicts itself.
-        let follow = parse_bool(req, "follow", !asked_download)?;
+        // A link to a line (`around`) also opens a finite read unless asked to follow (its
+        // reconnects too).
+        let follow = parse_bool(req, "follow", !asked_download && query_str(req, "around").is_none())?;
         if asked_download && follow {
             return Err(ApiError::bad_request("`download=true` is a finite read: it cannot be combined with `follow=true`"));
         }
@@ -288,6 +372,7 @@ impl LogQuery {
                 .with_min_level(level)
                 .with_fields(fields),
             json: LineJsonOptions { fields: parse_bool(req, "fields", false)? },
+            around,
         })
     }
 }
@@ -449,7 +534,7 @@ pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::Shu
 /// Responds with a live log stream of `frames`: keepalives, the final status on shutdown or at
 /// the caller's token deadline, metrics, write coalescing, and the viewer's admission permit
 /// held for the life of the response. `pod`/`container` label the final status.
-fn respond_log_stream(
+pub(crate) fn respond_log_stream(
     res: &mut Response,
     app_state: &AppState,
     who: &Principal,
@@ -497,7 +582,7 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         // The pod no longer exists: serve it from the log archive if it is there (404 if not).
         // An archive read holds one of the caller's stream slots while it runs.
         let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
-        return crate::archive::pod_logs_from_archive(req, &app_state, &ns, &name, &query, viewer, res).await;
+        return crate::archive::pod_logs_from_archive(req, (&app_state, &who), &ns, &name, &query, viewer, res).await;
     };
     let container = choose_container(&pod, query.container.as_deref())?;
     if query.previous {
@@ -515,6 +600,11 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     tracing::info!(namespace = %ns, pod = %name, container = %container, follow = query.follow, "log stream opened");
 
     let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(around) = &query.around {
+        let target = LineId::parse(&around.id).map_err(bad_event_id)?;
+        let sse = query.follow || (!query.download && accept.contains("text/event-stream"));
+        return pod_around(&app_state, &service, &who, &pod, key, target, &query, sse, viewer, res).await;
+    }
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
         // A one-shot holds the caller's stream slot while it runs, like a stream.
         let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
@@ -544,12 +634,29 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
         return Ok(());
     }
-    // Shared follow upstream through the hub. A new upstream needs a slot; joining an open
-    // (or lingering) one does not, so "no slot" is known before answering.
-    // The hub's upstream feeds an archive tap (one per upstream, not per viewer): a pod
-    // deleted while being followed keeps its tail, and its capture reuses these lines
-    // instead of fetching them again (see docs/retention.md).
-    let tap = crate::archive::tap_for(&app_state, &pod, &key, true).map(|open_tap| -> UpstreamTap {
+    let frames = hub_frames(&app_state, &service, &pod, key, resume_point(query.start), &query)?;
+    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
+    Ok(())
+}
+
+/// A follow stream of `key` through the hub from `from`, as SSE frames.
+///
+/// Shared follow upstream through the hub. A new upstream needs a slot; joining an open
+/// (or lingering) one does not, so "no slot" is known before answering.
+/// The hub's upstream feeds an archive tap (one per upstream, not per viewer): a pod
+/// deleted while being followed keeps its tail, and its capture reuses these lines
+/// instead of fetching them again (see docs/retention.md).
+fn hub_frames(
+    app_state: &AppState,
+    service: &LogService,
+    pod: &Pod,
+    key: SourceKey,
+    from: ResumePoint,
+    query: &LogQuery,
+) -> Result<BoxStream<'static, SseFrame>, ApiError> {
+    let logs = &app_state.config.logs;
+    let (name, container) = (key.pod.clone(), key.container.clone());
+    let tap = crate::archive::tap_for(app_state, pod, &key, true).map(|open_tap| -> UpstreamTap {
         Box::new(move || {
             let tap = open_tap();
             Box::new(move |event: &UpstreamEvent| tap.observe(event))
@@ -559,8 +666,8 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         &service.hub,
         &service.upstream,
         key,
-        resume_point(query.start),
-        upstream_options(logs, &query),
+        from,
+        upstream_options(logs, query),
         service.admission.try_upstream(),
         tap,
     );
@@ -584,8 +691,170 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             futures::future::ready(frame)
         })
         .boxed();
-    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
+    Ok(frames)
+}
+
+// ---- open at a line (`around`) -----------------------------------------------------------------
+
+pub(crate) fn bad_event_id(e: kubelens_core::logs::LogError) -> ApiError {
+    ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_event_id", e.to_string())
+}
+
+/// The HTTP answer to an [`AroundError`].
+pub(crate) fn around_error(err: &AroundError, app_state: &AppState) -> ApiError {
+    use salvo::http::StatusCode;
+    match err {
+        AroundError::Rotated => ApiError::new(
+            StatusCode::GONE,
+            "line_rotated",
+            "this line is no longer in the log: the log now starts after it (rotated away, or the link is from an earlier container instance)",
+        ),
+        AroundError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "line_not_found",
+            "the log has no line with this id: it covers the line's time, but no line has this timestamp and index (is the link for another pod or container?)",
+        ),
+        AroundError::Gone(_) => ApiError::not_found("pod"),
+        AroundError::ScanLimit(bytes) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "around_scan_limit",
+            format!("reaching this line would scan more than {bytes} bytes of log within its own second"),
+        ),
+        AroundError::Unavailable => {
+            let limit = app_state.config.logs.max_upstream_streams;
+            admission_error(&AdmissionError::UpstreamLimit { limit }, &app_state.metrics)
+        }
+        _ => ApiError::internal(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AroundData<'a> {
+    around: &'a str,
+    before: usize,
+    before_complete: bool,
+}
+
+/// The first event of an `around` SSE answer: which line it opens at, how many lines come
+/// before it, and whether those are all that were asked for (the byte bounds can cut them).
+fn around_frame(id: &str, before: usize, before_complete: bool) -> SseFrame {
+    SseFrame::json("around", None, &AroundData { around: id, before, before_complete })
+}
+
+/// The lines of a found target as log frames of `source` (ids are the lines' own).
+fn around_line_frames(items: Vec<UpstreamEvent>, source: &Arc<LogSource>, json: LineJsonOptions) -> Vec<SseFrame> {
+    items
+        .into_iter()
+        .filter_map(|event| match event {
+            UpstreamEvent::Line(raw) => Some(log_line_frame(&LogLine::from_raw(raw, Arc::clone(source)), json)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a found target becomes: the one-shot document (`{"pod","container","around",
+/// "lines","more"}`, or text for downloads) or, with `sse`, the `before` lines and the target
+/// as `log` events followed by `after` more lines and `ended` — or by `follow` (a live stream
+/// resumed right after the target), when given. `prefix` frames come first (the archive's
+/// `status`).
+pub(crate) struct AroundAnswer<'a> {
+    pub(crate) ns: &'a str,
+    pub(crate) pod: &'a str,
+    pub(crate) container: &'a str,
+    pub(crate) sse: bool,
+    pub(crate) prefix: Vec<SseFrame>,
+}
+
+pub(crate) async fn respond_around(
+    found: kubelens_core::logs::around::Found<UpstreamEvent, BoxStream<'static, UpstreamEvent>>,
+    answer: AroundAnswer<'_>,
+    follow: Option<BoxStream<'static, SseFrame>>,
+    query: &LogQuery,
+    (app_state, who): (&AppState, &Principal),
+    viewer: ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let Some(around) = query.around.as_ref() else { return Err(ApiError::internal()) };
+    let before = found.before.len();
+    tracing::info!(namespace = %answer.ns, pod = %answer.pod, before, before_complete = found.before_complete, "log opened at a line");
+    if !answer.sse {
+        let mut query = query.clone();
+        if let Some(a) = query.around.as_mut() {
+            a.before_complete = found.before_complete;
+        }
+        let cap = u32::try_from(before).unwrap_or(u32::MAX).saturating_add(1).saturating_add(around.after);
+        let events = futures::stream::iter(found.before).chain(futures::stream::once(futures::future::ready(found.target))).chain(found.rest);
+        return one_shot(events.boxed(), answer.ns, (answer.pod, answer.container), &query, cap, viewer, res).await;
+    }
+    let source = LogSource::new(answer.pod, answer.container);
+    let mut head = answer.prefix;
+    head.push(around_frame(&around.id, before, found.before_complete));
+    head.extend(around_line_frames(found.before, &source, query.json));
+    head.extend(around_line_frames(vec![found.target], &source, query.json));
+    let frames = match follow {
+        Some(live) => {
+            drop(found.rest);
+            futures::stream::iter(head).chain(live).boxed()
+        }
+        None => {
+            let json = query.json;
+            let end = status_frame(answer.pod, answer.container, &SourceStatus::new(SourceState::Ended, StatusReason::Complete));
+            let after_source = Arc::clone(&source);
+            let after = take_lines(found.rest, usize::try_from(around.after).unwrap_or(usize::MAX)).filter_map(move |event| {
+                futures::future::ready(match event {
+                    UpstreamEvent::Line(raw) => Some(log_line_frame(&LogLine::from_raw(raw, Arc::clone(&after_source)), json)),
+                    // The read's own end is replaced by the one below (the `after` cut ends it too).
+                    UpstreamEvent::Status(status) if status.state != SourceState::Ended => Some(status_frame(&after_source.pod, &after_source.container, &status)),
+                    _ => None,
+                })
+            });
+            futures::stream::iter(head).chain(after).chain(futures::stream::once(futures::future::ready(end))).boxed()
+        }
+    };
+    respond_log_stream(res, app_state, who, frames, (answer.pod.to_owned(), answer.container.to_owned()), viewer);
     Ok(())
+}
+
+/// `around` on a live pod (current or `previous` instance): finite reads of the container
+/// log (see [`open_around`]), then the one-shot, a finite SSE stream, or with `follow=true`
+/// the hub from right after the target.
+#[allow(clippy::too_many_arguments)]
+async fn pod_around(
+    app_state: &AppState,
+    service: &LogService,
+    who: &Principal,
+    pod: &Pod,
+    key: SourceKey,
+    target: LineId,
+    query: &LogQuery,
+    sse: bool,
+    viewer: ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let logs = &app_state.config.logs;
+    let before = query.around.as_ref().map_or(0, |a| a.before);
+    let open = |start: AroundStart| {
+        // Each read holds an upstream slot; a re-read without one is skipped (see open_around).
+        let permit = service.admission.try_upstream().ok()?;
+        let start = match start {
+            AroundStart::From(t) => StartAt::Since(t.into()),
+            AroundStart::Beginning => StartAt::Beginning,
+        };
+        let options = UpstreamOptions { start, follow: false, max_line_length: logs.max_line_length, ..UpstreamOptions::default() };
+        Some(service.upstream.stream(key.clone(), options, Some(permit)))
+    };
+    let plan = AroundPlan::new(usize::try_from(before).unwrap_or(usize::MAX));
+    let found = open_around(open, target, target.ts, plan).await.map_err(|e| around_error(&e, app_state))?;
+    let follow = if query.follow {
+        // Exact resume right after the target, shared through the hub like any follow.
+        let from = ResumePoint::After(SourceCursor::after(target));
+        Some(hub_frames(app_state, service, pod, key.clone(), from, query)?)
+    } else {
+        None
+    };
+    let answer = AroundAnswer { ns: &key.namespace, pod: &key.pod, container: &key.container, sse, prefix: Vec::new() };
+    respond_around(found, answer, follow, query, (app_state, who), viewer, res).await
 }
 
 #[derive(Serialize)]
@@ -809,6 +1078,13 @@ pub(crate) async fn one_shot(
         let _ = serde_json::to_writer(&mut head, pod);
         head.extend_from_slice(b",\"container\":");
         let _ = serde_json::to_writer(&mut head, container);
+        if let Some(around) = &query.around {
+            head.extend_from_slice(b",\"around\":");
+            let _ = serde_json::to_writer(&mut head, &around.id);
+            if !around.before_complete {
+                head.extend_from_slice(b",\"beforeComplete\":false");
+            }
+        }
         head.extend_from_slice(b",\"lines\":[");
         head
     };
@@ -865,20 +1141,47 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         req.headers_mut().remove("last-event-id");
         req.queries_mut().remove("lastEventId");
     }
-    let query = LogQuery::parse(req, logs)?;
+    let query = LogQuery::parse_with(req, logs, resume.is_some())?;
+    let around = query.around.as_ref().map(|a| parse_app_around_id(&a.id)).transpose()?;
     let pods = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
     let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, app = %app, pods = pods.len(), "app log stream opened");
+    if let Some(target) = around {
+        return app_around(&app_state, &service, &who, (&ns, &app), &pods, target, &query, viewer, res).await;
+    }
     let start = match (&resume, query.start) {
         (Some(_), _) => None,
         (None, StartAt::Since(ts)) => Some(ResumePoint::After(SourceCursor::from_time(ts.into()))),
         (None, other) => Some(resume_point(other)),
     };
+    let events = app_events(&app_state, &service, &who, (&ns, &app), &pods, (resume, start), &query)?;
+    if !query.follow && query.download {
+        let format = AppDownloadFormat::parse(req)?;
+        respond_app_download(res, &ns_app_filename(&app, format), events, &query, format, viewer);
+        return Ok(());
+    }
+    respond_log_stream(res, &app_state, &who, app_frames(events, &query), (app, String::new()), viewer);
+    Ok(())
+}
+
+/// The merged stream of an app's `pods` from `resume` (or `start` for sources without a
+/// cursor); 429 when no source of the app could be admitted.
+fn app_events(
+    app_state: &AppState,
+    service: &LogService,
+    who: &Principal,
+    (ns, app): (&str, &str),
+    pods: &[AppPod],
+    (resume, start): (Option<AppLogId>, Option<ResumePoint>),
+    query: &LogQuery,
+) -> Result<BoxStream<'static, AppEvent>, ApiError> {
+    let logs = &app_state.config.logs;
+    let (ns, app) = (ns.to_owned(), app.to_owned());
     let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let over_user_sources = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let open = {
-        let (service, options) = (service.clone(), upstream_options(logs, &query));
+        let (service, options) = (service.clone(), upstream_options(logs, query));
         let (admitted, refused) = (Arc::clone(&admitted), Arc::clone(&refused));
         let (admission, subject, over) = (app_state.admission.clone(), who.subject.clone(), Arc::clone(&over_user_sources));
         // One source slot of the user per source in this stream (`logs.max_sources_per_user`),
@@ -941,7 +1244,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         poll_interval: DEFAULT_MEMBER_POLL_INTERVAL,
     };
     let mut stream = AppLogStream::new(ns, options, members, open);
-    stream.join(&pods);
+    stream.join(pods);
     let ordering = std::sync::atomic::Ordering::Relaxed;
     if refused.load(ordering) > 0 && admitted.load(ordering) == 0 {
         let err = if over_user_sources.load(ordering) {
@@ -951,20 +1254,139 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         };
         return Err(admission_error(&err, &app_state.metrics));
     }
-    if !query.follow && query.download {
-        let format = AppDownloadFormat::parse(req)?;
-        respond_app_download(res, &ns_app_filename(&app, format), stream.into_stream().boxed(), &query, format, viewer);
-        return Ok(());
-    }
+    Ok(stream.into_stream().boxed())
+}
+
+/// An app's merged events as SSE frames, with the query's line filter applied.
+fn app_frames(events: BoxStream<'static, AppEvent>, query: &LogQuery) -> BoxStream<'static, SseFrame> {
     let (filter, json) = (query.filter.clone(), query.json);
-    let frames = stream.into_stream().filter_map(move |event| {
-        let frame = match event {
-            AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| log_frame_with_id(&line, id.to_string(), json)),
-            AppEvent::Status { source, status } => Some(status_frame(&source.pod, &source.container, &status)),
+    events
+        .filter_map(move |event| {
+            let frame = match event {
+                AppEvent::Line { line, id } => filter.accepts(&line.text).then(|| log_frame_with_id(&line, id.to_string(), json)),
+                AppEvent::Status { source, status } => Some(status_frame(&source.pod, &source.container, &status)),
+            };
+            futures::future::ready(frame)
+        })
+        .boxed()
+}
+
+/// The target of an app `around`: an app id's frontier (`<ts>~<tag>~<k>`, behind segments
+/// allowed and ignored). A bare time or a pod line id names no line of a merged log: 400.
+fn parse_app_around_id(text: &str) -> Result<kubelens_core::logs::id::MergeKey, ApiError> {
+    let id = AppLogId::parse(text).map_err(bad_event_id)?;
+    // `AppLogId::parse` rejects pod line ids; what parses without a `~` is a bare time.
+    if !text.contains('~') {
+        return Err(ApiError::new(
+            salvo::http::StatusCode::BAD_REQUEST,
+            "bad_event_id",
+            "invalid log event id: a bare time names no line; `around` takes an app line id `<ts>~<tag>~<k>`",
+        ));
+    }
+    Ok(id.frontier)
+}
+
+/// `around` on an app: finite merged reads of every container of every current pod (private
+/// upstreams, not the hub: a shared upstream follows and would never end), the `before`
+/// lines in merge order, the target, then `after` lines and `ended` — or, with `follow=true`,
+/// the app's live stream resumed right after the target (its frontier). Every source must be
+/// admitted (a merged read missing a source would not be exact): 429 otherwise.
+#[allow(clippy::too_many_arguments)]
+async fn app_around(
+    app_state: &AppState,
+    service: &LogService,
+    who: &Principal,
+    (ns, app): (&str, &str),
+    pods: &[AppPod],
+    target: kubelens_core::logs::id::MergeKey,
+    query: &LogQuery,
+    viewer: ViewerPermit,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let logs = &app_state.config.logs;
+    let Some(around) = query.around.as_ref() else { return Err(ApiError::internal()) };
+    let in_app = pods.iter().any(|p| p.containers.iter().any(|c| kubelens_core::logs::SourceTag::of(&p.name, c) == target.tag));
+    if !in_app {
+        return Err(ApiError::new(
+            salvo::http::StatusCode::BAD_REQUEST,
+            "id_not_in_app",
+            "this id's line comes from no current pod and container of this app (an id of another app or pod, or of a pod that has gone)",
+        ));
+    }
+    let open = |start: AroundStart| -> Option<BoxStream<'static, AppEvent>> {
+        let first = match start {
+            AroundStart::From(t) => ResumePoint::After(SourceCursor::from_time(t)),
+            AroundStart::Beginning => ResumePoint::Beginning,
         };
-        futures::future::ready(frame)
-    });
-    respond_log_stream(res, &app_state, &who, frames.boxed(), (app, String::new()), viewer);
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener = {
+            let (service, refused) = (service.clone(), Arc::clone(&refused));
+            let (admission, subject, max_line_length) = (app_state.admission.clone(), who.subject.clone(), logs.max_line_length);
+            Box::new(move |key: &SourceKey, from: ResumePoint| -> BoxStream<'static, HubEvent> {
+                let start = match from {
+                    ResumePoint::Beginning => StartAt::Beginning,
+                    ResumePoint::Tail(n) => StartAt::Tail(n),
+                    ResumePoint::After(cursor) => cursor.to_start_at(),
+                };
+                let (Ok(slot), Ok(permit)) = (admission.try_source(&subject), service.admission.try_upstream()) else {
+                    refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return futures::stream::iter([HubEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::TooManyStreams))]).boxed();
+                };
+                let options = UpstreamOptions { start, follow: false, max_line_length, ..UpstreamOptions::default() };
+                let source = LogSource::new(key.pod.clone(), key.container.clone());
+                service
+                    .upstream
+                    .stream(key.clone(), options, Some(permit))
+                    .map(move |event| {
+                        let _slot = &slot;
+                        match event {
+                            UpstreamEvent::Line(raw) => HubEvent::Line(Arc::new(LogLine::from_raw(raw, Arc::clone(&source)))),
+                            UpstreamEvent::Status(status) => HubEvent::Status(status),
+                            UpstreamEvent::CaughtUp => HubEvent::CaughtUp,
+                        }
+                    })
+                    .boxed()
+            })
+        };
+        let members = Box::new(|| futures::future::ready(None).boxed());
+        let options = AppStreamOptions {
+            merge: MergeConfig::from_logs(logs),
+            resume: None,
+            start: Some(first),
+            follow: false,
+            poll_interval: DEFAULT_MEMBER_POLL_INTERVAL,
+        };
+        let mut stream = AppLogStream::new(ns.to_owned(), options, members, opener);
+        stream.join(pods);
+        // A merged read that lacks a source is not exact: no read at all instead.
+        (!refused.load(std::sync::atomic::Ordering::Relaxed)).then(|| stream.into_stream())
+    };
+    let plan = AroundPlan::new(usize::try_from(around.before).unwrap_or(usize::MAX));
+    let found = open_around(open, target, target.ts, plan).await.map_err(|e| match e {
+        // An app has no single "first line": a line not in the merged read is not found.
+        AroundError::Rotated => around_error(&AroundError::NotFound, app_state),
+        other => around_error(&other, app_state),
+    })?;
+    tracing::info!(namespace = %ns, app = %app, before = found.before.len(), before_complete = found.before_complete, "app log opened at a line");
+    let json = query.json;
+    let frame = move |event: AppEvent| match event {
+        AppEvent::Line { line, id } => Some(log_frame_with_id(&line, id.to_string(), json)),
+        AppEvent::Status { source, status } => (status.state != SourceState::Ended).then(|| status_frame(&source.pod, &source.container, &status)),
+    };
+    let mut head = vec![around_frame(&around.id, found.before.len(), found.before_complete)];
+    head.extend(found.before.into_iter().chain(std::iter::once(found.target)).filter_map(frame));
+    let frames = if query.follow {
+        drop(found.rest);
+        // Everything with a merge key after the target: the frontier alone says exactly that.
+        let resume = AppLogId { frontier: target, behind: Vec::new() };
+        let live = app_frames(app_events(app_state, service, who, (ns, app), pods, (Some(resume), None), query)?, query);
+        futures::stream::iter(head).chain(live).boxed()
+    } else {
+        let end = status_frame(app, "", &SourceStatus::new(SourceState::Ended, StatusReason::Complete));
+        let after = take_lines(found.rest, usize::try_from(around.after).unwrap_or(usize::MAX)).filter_map(move |e| futures::future::ready(frame(e)));
+        futures::stream::iter(head).chain(after).chain(futures::stream::once(futures::future::ready(end))).boxed()
+    };
+    respond_log_stream(res, app_state, who, frames, (app.to_owned(), String::new()), viewer);
     Ok(())
 }
 
@@ -1235,6 +1657,7 @@ mod tests {
             download,
             filter: LineFilter::new(None, None).unwrap(),
             json: LineJsonOptions::default(),
+            around: None,
         }
     }
 

@@ -1335,3 +1335,185 @@ async fn a_resume_as_the_app_goes_quiet_gets_the_last_lines_without_a_hold() {
     assert!(took < Duration::from_secs(5), "the last lines after the resume took {took:?} (a merge hold?)");
     eprintln!("resumed as the app went quiet: the last {} lines in {took:?}", 900 - got);
 }
+
+// ---- around: open a log at a line ---------------------------------------------------------
+
+/// Percent-encodes an id for a query string (`:`, `~`, `;`, `=` and `+` appear in ids).
+fn q(id: &str) -> String {
+    id.replace('%', "%25").replace(':', "%3A").replace('~', "%7E").replace(';', "%3B").replace('=', "%3D").replace('+', "%2B")
+}
+
+/// (id, line) of every line of a one-shot document.
+fn id_lines(doc: &serde_json::Value) -> Vec<(String, String)> {
+    doc["lines"].as_array().unwrap_or_else(|| panic!("no lines: {doc}")).iter().map(|l| (l["id"].as_str().unwrap().to_owned(), l["line"].as_str().unwrap().to_owned())).collect()
+}
+
+/// The `log` events of an SSE stream until it ends, as (id, pod, line), and the last `status`.
+async fn sse_until_end(sse: &mut SseClient) -> (Vec<(String, String, String)>, Option<serde_json::Value>) {
+    let (mut lines, mut last_status) = (Vec::new(), None);
+    while let Some(e) = sse.next(Duration::from_secs(20)).await {
+        match e.event.as_str() {
+            "log" => lines.push((e.id.clone().unwrap(), e.data["pod"].as_str().unwrap_or_default().to_owned(), e.data["line"].as_str().unwrap().to_owned())),
+            "status" => last_status = Some(e.data),
+            _ => {}
+        }
+    }
+    (lines, last_status)
+}
+
+/// A generated log (plain loggen lines, JSON, logfmt, klog, and a group of 12 lines sharing one
+/// nanosecond timestamp); `around` on any line gives exactly its neighbours with their ids
+/// (one-shot JSON and finite SSE); an id before the log is 410, a missing (T, k) is 404; and
+/// `follow=true` continues live from right after the line, nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_opens_a_live_pod_at_a_line_exactly() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let pod = unique("around");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    loggen(env, &path, &pod, 40, 2_000, &["--size", "60"]).wait().unwrap();
+    let structured: Vec<String> = (0..60).map(|i| structured_line(i).0).collect();
+    kubelens_testenv::append_cri_lines(&path, &structured[..30]).unwrap();
+    let group_ts = chrono::Utc::now();
+    let group: Vec<String> = (0..12).map(|k| format!("same-timestamp line k={k}")).collect();
+    kubelens_testenv::append_cri_lines_at(&path, group_ts, "stdout", &group).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    kubelens_testenv::append_cri_lines(&path, &structured[30..]).unwrap();
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs", server.base);
+
+    let all = id_lines(&get_json(&format!("{url}?follow=false&since=2020-01-01T00:00:00Z"), "viewer").await);
+    assert_eq!(all.len(), 40 + 60 + 12, "the whole log");
+    let group_at = all.iter().position(|(_, l)| l == "same-timestamp line k=0").unwrap();
+    assert!(all[group_at + 11].0.ends_with("~11"), "the group shares one timestamp: {:?}", &all[group_at..group_at + 12]);
+    for (i, before, after) in [(0, 50, 50), (10, 5, 5), (39, 3, 3), (55, 20, 1), (group_at, 4, 4), (group_at + 5, 3, 2), (group_at + 11, 12, 12), (all.len() - 1, 2, 50)] {
+        let id = &all[i].0;
+        let doc = get_json(&format!("{url}?around={}&before={before}&after={after}", q(id)), "viewer").await;
+        assert_eq!(doc["around"], id.as_str(), "{doc}");
+        let want = all[i.saturating_sub(before)..(i + 1 + after).min(all.len())].to_vec();
+        assert_eq!(id_lines(&doc), want, "around line {i} ({id}) -{before}/+{after}");
+        assert_eq!(doc["more"], i + 1 + after < all.len());
+    }
+    // Defaults: 50 before, 50 after.
+    let doc = get_json(&format!("{url}?around={}", q(&all[60].0)), "viewer").await;
+    assert_eq!(id_lines(&doc), all[10..all.len().min(111)].to_vec());
+
+    // Finite SSE: the same lines and ids, then `ended`.
+    let mut sse = SseClient::open(&format!("{url}?around={}&before=3&after=3", q(&all[group_at + 2].0)), "viewer", None).await.unwrap();
+    let (lines, last) = sse_until_end(&mut sse).await;
+    let got: Vec<(String, String)> = lines.into_iter().map(|(id, _, line)| (id, line)).collect();
+    assert_eq!(got, all[group_at - 1..group_at + 6].to_vec());
+    assert_eq!(last.unwrap()["state"], "ended");
+
+    // Errors: not in the log any more (before its first line), no such (T, k), malformed.
+    let (status, body) = get_status_json(&format!("{url}?around={}", q("2020-01-01T00:00:00.000000000Z~0")), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (410, Some("line_rotated")), "{body}");
+    let missing = format!("{}~12", all[group_at].0.split('~').next().unwrap());
+    let (status, body) = get_status_json(&format!("{url}?around={}", q(&missing)), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("line_not_found")), "{body}");
+    let (status, body) = get_status_json(&format!("{url}?around=not-an-id"), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_event_id")), "{body}");
+    let (status, body) = get_status_json(&format!("{url}?around={}&before=5000", q(&all[3].0)), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_around")), "{body}");
+
+    // follow=true: the 3 lines before and the target, every later line once, then live lines.
+    let target = group_at + 6;
+    let follow_url = format!("{url}?around={}&before=3&follow=true", q(&all[target].0));
+    let mut sse = SseClient::open(&follow_url, "viewer", None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < all.len() - (target - 3) {
+        let e = sse.next(Duration::from_secs(20)).await.expect("the follow stream ended");
+        if e.event == "log" {
+            got.push((e.id.unwrap(), e.data["line"].as_str().unwrap().to_owned()));
+        }
+    }
+    assert_eq!(got, all[target - 3..].to_vec(), "history from 3 before the target, exactly once");
+    let live: Vec<String> = (0..5).map(|i| format!("live line {i}")).collect();
+    kubelens_testenv::append_cri_lines(&path, &live).unwrap();
+    let (mut more, mut last_id) = (Vec::new(), None);
+    while more.len() < 5 {
+        let e = sse.next(Duration::from_secs(20)).await.expect("live lines");
+        if e.event == "log" {
+            more.push(e.data["line"].as_str().unwrap().to_owned());
+            last_id = e.id;
+        }
+    }
+    assert_eq!(more, live, "then live, nothing lost or repeated");
+    // An EventSource reconnect (same URL + Last-Event-ID) resumes after its last line, live.
+    drop(sse);
+    let mut sse = SseClient::open(&follow_url, "viewer", last_id.as_deref()).await.unwrap();
+    kubelens_testenv::append_cri_lines(&path, &["after the reconnect"]).unwrap();
+    loop {
+        let e = sse.next(Duration::from_secs(20)).await.expect("the line after the reconnect");
+        if e.event == "log" {
+            assert_eq!(e.data["line"], "after the reconnect", "nothing repeated after the reconnect");
+            break;
+        }
+    }
+}
+
+/// `around` on a restarted container's previous instance reads that instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_reads_the_previous_instance() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let url = format!("{}/namespaces/team-a/pods/crashy/logs", server.base);
+    let all = id_lines(&get_json(&format!("{url}?follow=false&previous=true&since=2020-01-01T00:00:00Z"), "viewer").await);
+    assert!(all.len() >= 5, "{all:?}");
+    let doc = get_json(&format!("{url}?previous=true&around={}&before=2&after=1", q(&all[3].0)), "viewer").await;
+    assert_eq!(id_lines(&doc), all[1..5].to_vec(), "{doc}");
+}
+
+/// An app: the merged lines around an app line id, in merge order with the same frontiers,
+/// over every pod; an id whose source is no pod of the app is 400; `follow=true` goes on live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_opens_an_app_at_a_line() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let app = unique("around-app");
+    let (_uid, pods) = create_app(env, "team-a", &app, 2);
+    for round in 0..3 {
+        for (n, (pod, path)) in pods.iter().enumerate() {
+            let lines: Vec<String> = (0..15).map(|i| format!("{} pod={pod} round={round}", structured_line((round * 100 + n * 15 + i) as u64).0)).collect();
+            kubelens_testenv::append_cri_lines(path, &lines).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    let url = format!("{}/namespaces/team-a/apps/{app}/logs", server.base);
+    let mut sse = SseClient::open(&format!("{url}?follow=false&since=2020-01-01T00:00:00Z"), "viewer", None).await.unwrap();
+    let (all, _) = sse_until_end(&mut sse).await;
+    assert_eq!(all.len(), 90, "the merged log");
+    let frontier = |id: &str| id.split(';').next().unwrap().to_owned();
+    let key = |l: &(String, String, String)| (frontier(&l.0), l.1.clone(), l.2.clone());
+    for (i, before, after) in [(0, 5, 5), (44, 10, 10), (89, 20, 3)] {
+        let mut sse = SseClient::open(&format!("{url}?around={}&before={before}&after={after}", q(&all[i].0)), "viewer", None).await.unwrap();
+        let (got, last) = sse_until_end(&mut sse).await;
+        let want: Vec<_> = all[i.saturating_sub(before)..(i + 1 + after).min(all.len())].iter().map(key).collect();
+        assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want, "around merged line {i}");
+        assert_eq!(last.unwrap()["state"], "ended");
+    }
+    // An id of another source (a tag of no pod of this app), a pod line id, a bare time.
+    let ts = all[10].0.split('~').next().unwrap().to_owned();
+    for (id, code) in [(format!("{ts}~000000000001~0"), "id_not_in_app"), (format!("{ts}~0"), "bad_event_id"), (ts.clone(), "bad_event_id")] {
+        let (status, body) = get_status_json(&format!("{url}?around={}", q(&id)), "viewer").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{id}: {body}");
+    }
+    // Follow from line 80: the 2 before, the target, the rest once, then live.
+    let mut sse = SseClient::open(&format!("{url}?around={}&before=2&follow=true", q(&all[80].0)), "viewer", None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 90 - 78 {
+        let e = sse.next(Duration::from_secs(20)).await.expect("the follow stream ended");
+        if e.event == "log" {
+            got.push((e.data["pod"].as_str().unwrap().to_owned(), e.data["line"].as_str().unwrap().to_owned()));
+        }
+    }
+    let want: Vec<(String, String)> = all[78..].iter().map(|l| (l.1.clone(), l.2.clone())).collect();
+    assert_eq!(got, want);
+    kubelens_testenv::append_cri_lines(&pods[1].1, &["app live line"]).unwrap();
+    loop {
+        let e = sse.next(Duration::from_secs(20)).await.expect("the live line");
+        if e.event == "log" {
+            assert_eq!((e.data["pod"].as_str().unwrap(), e.data["line"].as_str().unwrap()), (pods[1].0.as_str(), "app live line"), "nothing repeated");
+            break;
+        }
+    }
+}

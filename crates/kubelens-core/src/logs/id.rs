@@ -89,6 +89,20 @@ impl fmt::Display for LineId {
 }
 
 impl LineId {
+    /// Parses a pod-stream line id `<RFC3339>~<k>` (a bare time is not a line id). Bounded
+    /// like [`SourceCursor::parse_last_event_id`]; every failure is [`LogError::BadEventId`].
+    pub fn parse(text: &str) -> Result<Self, LogError> {
+        if text.len() > MAX_LINE_ID_LEN {
+            return Err(LogError::BadEventId(format!("longer than {MAX_LINE_ID_LEN} bytes")));
+        }
+        match text.split_once('~') {
+            None => Err(LogError::BadEventId("a line id is `<RFC3339>~<k>`; a bare time names no line".into())),
+            Some((ts, k)) => Ok(Self { ts: parse_ts(ts)?, index: parse_index(k)? }),
+        }
+    }
+}
+
+impl LineId {
     /// Appends `<ts>~<index>` to `out` without going through `fmt` (hot path).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         self.ts.write_rfc3339(out);
@@ -350,6 +364,17 @@ mod tests {
 
     fn ts(s: &str) -> LogTimestamp {
         LogTimestamp::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn line_ids_name_one_line_and_refuse_bare_times() {
+        let id = LineId { ts: ts("2026-01-30T10:00:00.5Z"), index: 2 };
+        assert_eq!(LineId::parse(&id.to_string()).unwrap(), id);
+        // Any RFC3339 spelling of the time names the same line.
+        assert_eq!(LineId::parse("2026-01-30T11:00:00.5+01:00~2").unwrap(), id);
+        for bad in ["2026-01-30T10:00:00Z", "", "~1", "2026-01-30T10:00:00Z~", "2026-01-30T10:00:00Z~01", "2026-01-30T10:00:00Z~1~2", &"9".repeat(65)] {
+            assert!(matches!(LineId::parse(bad), Err(LogError::BadEventId(_))), "{bad:?}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 pub mod admission;
 pub mod app;
+pub mod around;
 pub mod grep;
 pub mod hub;
 pub mod id;

@@ -179,20 +179,7 @@ pub async fn read_lines(
     start: StartAt,
     max: usize,
 ) -> Result<(Vec<ArchivedLogLine>, bool), RetentionError> {
-    let (since_ns, cursor, tail) = match start {
-        StartAt::Beginning => (None, None, None),
-        StartAt::Tail(n) => (None, None, Some(usize::try_from(n).unwrap_or(usize::MAX))),
-        StartAt::Since(t) => {
-            let ts = LogTimestamp::from(t);
-            (Some(ts.unix_nanos()), Some(SourceCursor::from_time(ts)), None)
-        }
-        StartAt::After(pos) => {
-            let cursor = SourceCursor::after_position(pos);
-            // Read from the cursor's timestamp: its whole same-timestamp group is re-read,
-            // so the group's indexes come out as they were first served.
-            (Some(cursor.ts.unix_nanos()), Some(cursor), None)
-        }
-    };
+    let (since_ns, cursor, tail) = start_bounds(start);
     let mut out: VecDeque<RawLine> = VecDeque::new();
     let mut more = false;
     let mut after: Option<u64> = None;
@@ -242,32 +229,118 @@ pub async fn read_lines(
     Ok((out.into(), more))
 }
 
-/// Every line of `source` from `start`, read [`PAGE`] lines at a time: memory stays at one
-/// page however large the archived log (a whole-log download). Each page after the first
-/// resumes right after the last line of the one before, with the same ids. A `Tail` start is
-/// one read (the tail is bounded by its caller). A failed page read is the last item.
-pub fn line_pages(
+/// Where a read for `start` begins in the archive (`since_ns`), which lines it keeps
+/// (`cursor`), and how many of the last it keeps (`Tail`).
+fn start_bounds(start: StartAt) -> (Option<i64>, Option<SourceCursor>, Option<usize>) {
+    match start {
+        StartAt::Beginning => (None, None, None),
+        StartAt::Tail(n) => (None, None, Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        StartAt::Since(t) => {
+            let ts = LogTimestamp::from(t);
+            (Some(ts.unix_nanos()), Some(SourceCursor::from_time(ts)), None)
+        }
+        StartAt::After(pos) => {
+            let cursor = SourceCursor::after_position(pos);
+            // Read from the cursor's timestamp: its whole same-timestamp group is re-read,
+            // so the group's indexes come out as they were first served.
+            (Some(cursor.ts.unix_nanos()), Some(cursor), None)
+        }
+    }
+}
+
+/// Every line of `source` from `start` (the start points of a live stream) as a finite
+/// upstream-shaped stream ([`line_stream`]: a page at a time, ending `complete`, or `dropped`
+/// when the archive fails), for a read of the whole archived log such as a download. A
+/// `Tail` start is one bounded read (its caller bounds the tail).
+pub fn stream_from(
     archive: std::sync::Arc<dyn LogArchive>,
     source: SourceKey,
     start: StartAt,
-) -> futures::stream::BoxStream<'static, Result<Vec<ArchivedLogLine>, RetentionError>> {
-    use futures::StreamExt as _;
-    let max = match start {
-        StartAt::Tail(n) => usize::try_from(n).unwrap_or(usize::MAX),
-        _ => PAGE,
-    };
-    futures::stream::unfold(Some(start), move |next| {
-        let (archive, source) = (std::sync::Arc::clone(&archive), source.clone());
-        async move {
-            let from = next?;
-            match read_lines(archive.as_ref(), &source, from, max).await {
-                Ok((lines, more)) => {
-                    let after = lines.last().map(|l| StartAt::After(l.position)).filter(|_| more);
-                    Some((Ok(lines), after))
+) -> futures::stream::BoxStream<'static, crate::logs::UpstreamEvent> {
+    use crate::logs::upstream::{SourceState, SourceStatus, StatusReason, UpstreamEvent};
+    use futures::StreamExt;
+    let (since_ns, cursor, tail) = start_bounds(start);
+    if let Some(n) = tail {
+        return futures::stream::once(async move {
+            let events: Vec<UpstreamEvent> = match read_lines(archive.as_ref(), &source, start, n).await {
+                Ok((lines, _)) => lines
+                    .into_iter()
+                    .map(UpstreamEvent::Line)
+                    .chain(std::iter::once(UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete))))
+                    .collect(),
+                Err(err) => {
+                    tracing::warn!(error = %err, pod = %source.pod, "archive read failed");
+                    vec![UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Dropped))]
                 }
-                Err(err) => Some((Err(err), None)),
+            };
+            futures::stream::iter(events)
+        })
+        .flatten()
+        .boxed();
+    }
+    line_stream(archive, source, since_ns)
+        .filter(move |event| {
+            let keep = match (event, cursor) {
+                (UpstreamEvent::Line(line), Some(c)) => c.admits(LogTimestamp::from(line.position.ts), line.position.index),
+                _ => true,
+            };
+            futures::future::ready(keep)
+        })
+        .boxed()
+}
+
+/// The lines of `source` from `since_ns` (`None`: from the first archived line) as a finite
+/// stream, read a page ([`PAGE`] lines) at a time, with the same ids as [`read_lines`] (the
+/// index of a line among equal timestamps is counted from the read's start, so start on a
+/// whole second at or before the lines you need, as a live read does). Ends with an `ended`
+/// status: `complete`, or `dropped` when the archive failed (logged).
+pub fn line_stream(
+    archive: std::sync::Arc<dyn LogArchive>,
+    source: SourceKey,
+    since_ns: Option<i64>,
+) -> futures::stream::BoxStream<'static, crate::logs::UpstreamEvent> {
+    use crate::logs::upstream::{SourceState, SourceStatus, StatusReason, UpstreamEvent};
+    use futures::StreamExt;
+    struct Page {
+        archive: std::sync::Arc<dyn LogArchive>,
+        source: SourceKey,
+        since_ns: Option<i64>,
+        after: Option<u64>,
+        last: Option<(i64, u32)>,
+        page: VecDeque<ArchivedLine>,
+        full: bool,
+        done: bool,
+    }
+    let state = Page { archive, source, since_ns, after: None, last: None, page: VecDeque::new(), full: true, done: false };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if st.page.is_empty() && st.full {
+            let query = LineQuery { after: st.after, since_ns: st.since_ns, until_ns: None, limit: PAGE };
+            match st.archive.read(&st.source, query).await {
+                Ok(page) => {
+                    st.full = page.len() == PAGE;
+                    st.page = page.into();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, pod = %st.source.pod, "archive read failed");
+                    st.done = true;
+                    return Some((UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Dropped)), st));
+                }
             }
         }
+        let Some(line) = st.page.pop_front() else {
+            st.done = true;
+            return Some((UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete)), st));
+        };
+        st.after = Some(line.position);
+        let index = match st.last {
+            Some((ts, k)) if ts == line.timestamp_ns => k.saturating_add(1),
+            _ => 0,
+        };
+        st.last = Some((line.timestamp_ns, index));
+        Some((UpstreamEvent::Line(to_raw(line, index)), st))
     })
     .boxed()
 }
@@ -314,12 +387,20 @@ mod tests {
         assert_eq!(tail, all[3..].to_vec());
         let (capped, more) = read_lines(&store, &k, StartAt::Beginning, 2).await.unwrap();
         assert!(more && capped.len() == 2);
+        // The streamed read gives the same lines and ids, and ends `complete`.
+        let store: std::sync::Arc<dyn LogArchive> = std::sync::Arc::new(store);
+        let streamed: Vec<crate::logs::UpstreamEvent> = futures::StreamExt::collect(line_stream(std::sync::Arc::clone(&store), k.clone(), None)).await;
+        let lines: Vec<RawLine> = streamed.iter().filter_map(|e| match e { crate::logs::UpstreamEvent::Line(l) => Some(l.clone()), _ => None }).collect();
+        assert_eq!(lines, all);
+        assert!(matches!(streamed.last(), Some(crate::logs::UpstreamEvent::Status(s)) if s.reason == crate::logs::StatusReason::Complete));
     }
 
-    /// Paging a long archived log (groups of equal timestamps straddling page ends) yields
-    /// every line exactly once, in order, with the ids of one whole read.
+    /// A whole-log read of a long archive (groups of equal timestamps straddling page ends)
+    /// yields every line exactly once, in order, with the ids of one whole read — from the
+    /// beginning, after any line, and as a tail.
     #[tokio::test]
-    async fn pages_cover_a_long_log_exactly_once() {
+    async fn streamed_reads_cover_a_long_log_exactly_once_from_any_start() {
+        use crate::logs::upstream::UpstreamEvent;
         use futures::StreamExt as _;
         let store = std::sync::Arc::new(MemoryStore::new(StoreLimits::default()));
         let base = 1_769_767_200_000_000_000i64;
@@ -334,14 +415,19 @@ mod tests {
         let (whole, _) = read_lines(store.as_ref(), &k, StartAt::Beginning, usize::MAX).await.unwrap();
         assert_eq!(whole.len(), n);
         let archive: std::sync::Arc<dyn LogArchive> = store;
-        let pages: Vec<Vec<ArchivedLogLine>> = line_pages(std::sync::Arc::clone(&archive), k.clone(), StartAt::Beginning)
-            .map(Result::unwrap)
-            .collect()
-            .await;
-        assert_eq!(pages.len(), 3, "pages of {PAGE}");
-        assert_eq!(pages.concat(), whole);
-        let tail: Vec<Vec<ArchivedLogLine>> = line_pages(archive, k, StartAt::Tail(4)).map(Result::unwrap).collect().await;
-        assert_eq!(tail.concat(), whole[n - 4..].to_vec());
+        let read = |start| {
+            let stream = stream_from(std::sync::Arc::clone(&archive), k.clone(), start);
+            async move {
+                let events: Vec<UpstreamEvent> = stream.collect().await;
+                assert!(matches!(events.last(), Some(UpstreamEvent::Status(s)) if s.reason == crate::logs::StatusReason::Complete));
+                events.into_iter().filter_map(|e| match e { UpstreamEvent::Line(l) => Some(l), _ => None }).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(read(StartAt::Beginning).await, whole);
+        for cut in [0, 1, PAGE - 1, PAGE, PAGE + 1, n - 2] {
+            assert_eq!(read(StartAt::After(whole[cut].position)).await, whole[cut + 1..].to_vec(), "after line {cut}");
+        }
+        assert_eq!(read(StartAt::Tail(4)).await, whole[n - 4..].to_vec());
     }
 
     #[tokio::test]
