@@ -18,6 +18,8 @@
 //! 5. [`grep`] applies include/exclude regexes and the level and field filters before a line
 //!    leaves the server, [`structured`] reads JSON/logfmt lines and their level, and
 //!    [`json`] renders the SSE `data:` payload.
+//! 6. [`search`] scans whole logs (finite reads, one source at a time) for matching lines
+//!    within byte, match and time bounds.
 //!
 //! The whole module is runtime-agnostic: it uses `futures` streams and tokio's sync
 //! primitives; the only timers (hub linger, merge watermark) use `tokio::time`, which the
@@ -33,6 +35,7 @@ pub mod hub;
 pub mod id;
 pub mod json;
 pub mod merge;
+pub mod search;
 pub mod split;
 pub mod structured;
 pub mod time;
