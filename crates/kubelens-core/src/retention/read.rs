@@ -242,6 +242,60 @@ pub async fn read_lines(
     Ok((out.into(), more))
 }
 
+/// Lines per archive call of a [`stream_lines`] read: what such a read holds at once.
+pub const STREAM_PAGE: usize = 500;
+
+/// Every line of `source`, oldest first, as a finite upstream-shaped stream (lines with the
+/// ids a live read gives them, then `ended`/`complete`), holding one page of
+/// [`STREAM_PAGE`] lines at a time: what a whole-log search of an archived instance reads.
+/// A storage failure ends the stream with `ended`/`dropped` (logged) after what was read.
+pub fn stream_lines(archive: std::sync::Arc<dyn LogArchive>, source: SourceKey) -> crate::logs::upstream::UpstreamStream {
+    use crate::logs::upstream::{SourceState, SourceStatus, StatusReason, UpstreamEvent};
+    use futures::StreamExt;
+    struct Read {
+        archive: std::sync::Arc<dyn LogArchive>,
+        source: SourceKey,
+        page: std::vec::IntoIter<ArchivedLine>,
+        after: Option<u64>,
+        last: Option<(i64, u32)>,
+        more: bool,
+        done: bool,
+    }
+    let read = Read { archive, source, page: Vec::new().into_iter(), after: None, last: None, more: true, done: false };
+    futures::stream::unfold(read, |mut read| async move {
+        loop {
+            if read.done {
+                return None;
+            }
+            if let Some(line) = read.page.next() {
+                read.after = Some(line.position);
+                let index = match read.last {
+                    Some((ts, k)) if ts == line.timestamp_ns => k.saturating_add(1),
+                    _ => 0,
+                };
+                read.last = Some((line.timestamp_ns, index));
+                return Some((UpstreamEvent::Line(to_raw(line, index)), read));
+            }
+            if !read.more {
+                read.done = true;
+                return Some((UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Complete)), read));
+            }
+            match read.archive.read(&read.source, LineQuery::after(read.after, STREAM_PAGE)).await {
+                Ok(page) => {
+                    read.more = page.len() == STREAM_PAGE;
+                    read.page = page.into_iter();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, pod = %read.source.pod, container = %read.source.container, "archive read failed during a search");
+                    read.done = true;
+                    return Some((UpstreamEvent::Status(SourceStatus::new(SourceState::Ended, StatusReason::Dropped)), read));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
 fn to_raw(line: ArchivedLine, index: u32) -> RawLine {
     RawLine {
         position: LinePosition { ts: DateTime::<Utc>::from_timestamp_nanos(line.timestamp_ns), index },
@@ -284,6 +338,30 @@ mod tests {
         assert_eq!(tail, all[3..].to_vec());
         let (capped, more) = read_lines(&store, &k, StartAt::Beginning, 2).await.unwrap();
         assert!(more && capped.len() == 2);
+    }
+
+    #[tokio::test]
+    async fn streamed_lines_are_read_lines_page_by_page() {
+        use crate::logs::upstream::{StatusReason, UpstreamEvent};
+        use futures::StreamExt;
+        let store = std::sync::Arc::new(MemoryStore::new(StoreLimits::default()));
+        let base = 1_769_767_200_000_000_000i64;
+        // More than two pages; runs of three lines share a timestamp, across page boundaries.
+        let count = STREAM_PAGE * 2 + 7;
+        let lines: Vec<ArchivedLine> = (0..count)
+            .map(|i| ArchivedLine { position: i as u64, timestamp_ns: base + (i / 3) as i64, line: format!("l{i}").into_bytes(), truncated: false })
+            .collect();
+        let k = key("u", "app", 0);
+        for chunk in lines.chunks(1000) {
+            store.append(&k, &PodMeta::default(), chunk).await.unwrap();
+        }
+        let (all, _) = read_lines(store.as_ref(), &k, StartAt::Beginning, count + 1).await.unwrap();
+        assert_eq!(all.len(), count);
+        let events: Vec<UpstreamEvent> = stream_lines(store.clone(), k).collect().await;
+        let (last, streamed) = events.split_last().unwrap();
+        assert!(matches!(last, UpstreamEvent::Status(s) if s.reason == StatusReason::Complete), "{last:?}");
+        let streamed: Vec<RawLine> = streamed.iter().map(|e| match e { UpstreamEvent::Line(l) => l.clone(), other => panic!("{other:?}") }).collect();
+        assert_eq!(streamed, all, "same lines, same ids");
     }
 
     #[tokio::test]
