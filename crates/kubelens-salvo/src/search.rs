@@ -283,6 +283,8 @@ pub async fn pod_search(req: &mut Request, depot: &mut Depot, res: &mut Response
     let (app_state, service) = state(depot)?;
     let (ns, name) = path_names(req)?;
     let query = SearchQuery::parse(req)?;
+    // The caller's slot first: even the archive lookups of a search are admitted.
+    let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     let (plan, container) = match service.targets.pod(&ns, &name).await? {
         Some(pod) => {
             let container = choose_container(&pod, query.container.as_deref())?;
@@ -298,7 +300,6 @@ pub async fn pod_search(req: &mut Request, depot: &mut Depot, res: &mut Response
         }
         None => deleted_pod_plan(&app_state, &ns, &name, &query).await?,
     };
-    let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     let upstream_slot = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, pod = %name, container = %container, sources = plan.len(), "log search started");
     let opener = opener(&app_state, &service.upstream);
@@ -349,6 +350,7 @@ pub async fn app_search(req: &mut Request, depot: &mut Depot, res: &mut Response
         return Err(ApiError::bad_request("`previous` and `container` are only supported on pod searches"));
     }
     let mut members = service.targets.app_pods(&ns, &app).await?.ok_or_else(|| ApiError::not_found("app"))?;
+    let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     members.sort_by(|a, b| a.name.cmp(&b.name));
     let archived = archived_in(&app_state, &ns).await;
     let mut plan = Vec::new();
@@ -359,7 +361,6 @@ pub async fn app_search(req: &mut Request, depot: &mut Depot, res: &mut Response
             plan.extend(live_plan(&ns, &pod, container, false, archived_of(&archived, &pod)));
         }
     }
-    let viewer = app_state.admission.try_viewer(&who.subject).map_err(|e| admission_error(&e, &app_state.metrics))?;
     let upstream_slot = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, app = %app, pods = members.len(), sources = plan.len(), "app log search started");
     let opener = opener(&app_state, &service.upstream);

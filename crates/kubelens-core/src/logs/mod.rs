@@ -22,7 +22,7 @@
 //!    within byte, match and time bounds.
 //!
 //! The whole module is runtime-agnostic: it uses `futures` streams and tokio's sync
-//! primitives; the only timers (hub linger, merge watermark) use `tokio::time`, which the
+//! primitives; the only timers (hub linger, merge watermark, search deadline and progress) use `tokio::time`, which the
 //! caller's runtime must provide. Task spawning is supplied by the caller ([`hub::Spawner`]).
 //! The design of the ids, their guarantees and limits is written up in `docs/log-ids.md`.
 
