@@ -248,8 +248,7 @@ fn respond(
     res: &mut Response,
     app_state: &AppState,
     who: &kubelens_core::auth::Principal,
-    opener: Opener,
-    plan: Vec<Planned>,
+    (opener, plan): (Opener, Vec<Planned>),
     filter: LineFilter,
     (viewer, upstream_slot): (kubelens_core::logs::admission::ViewerPermit, kubelens_core::logs::admission::UpstreamPermit),
     label: (String, String),
@@ -303,7 +302,7 @@ pub async fn pod_search(req: &mut Request, depot: &mut Depot, res: &mut Response
     let upstream_slot = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, pod = %name, container = %container, sources = plan.len(), "log search started");
     let opener = opener(&app_state, &service.upstream);
-    respond(res, &app_state, &who, opener, plan, query.filter, (viewer, upstream_slot), (name, container));
+    respond(res, &app_state, &who, (opener, plan), query.filter, (viewer, upstream_slot), (name, container));
     Ok(())
 }
 
@@ -364,7 +363,7 @@ pub async fn app_search(req: &mut Request, depot: &mut Depot, res: &mut Response
     let upstream_slot = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
     tracing::info!(namespace = %ns, app = %app, pods = members.len(), sources = plan.len(), "app log search started");
     let opener = opener(&app_state, &service.upstream);
-    respond(res, &app_state, &who, opener, plan, query.filter, (viewer, upstream_slot), (app, String::new()));
+    respond(res, &app_state, &who, (opener, plan), query.filter, (viewer, upstream_slot), (app, String::new()));
     Ok(())
 }
 
