@@ -262,7 +262,7 @@ async fn run(env: &TestEnv, mb: u64) {
             println!(
                 "| {} | {run} | `kubectl logs {}` | {peer_s:.2} | {:.1} | {:.0} | {peer_out} | 1.00× | — | — | — | {} |",
                 case.name,
-                case.peer,
+                case.peer.replace('|', "\\|"),
                 mbps(peer_s),
                 got.lines as f64 / peer_s,
                 loadavg()
