@@ -413,6 +413,31 @@ pub struct LogsConfig {
     pub archive_max_lines_per_container: usize,
     /// Per-container cap of archived bytes for terminated pods.
     pub archive_max_bytes_per_container: usize,
+    /// Bounds of whole-log searches (`.../logs/search`).
+    pub search: SearchConfig,
+}
+
+/// Bounds of one whole-log search (`GET .../pods/{name}/logs/search`, `.../apps/{name}/logs/search`).
+/// A search also holds one of the caller's `logs.max_streams_per_user` slots and one upstream
+/// slot while it runs; its memory is one upstream read chunk plus one line, whatever the bounds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Bytes of log text one search scans at most (all sources together); the search ends
+    /// with reason `max_bytes` before the line that would cross it. 1 MiB to 1 TiB.
+    pub max_bytes: u64,
+    /// Matches one search returns at most; when one more is found it ends with reason
+    /// `max_matches`. 1 to 1,000,000.
+    pub max_matches: u64,
+    /// How long one search runs at most (reason `max_duration`). 1 s to 1 h.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { max_bytes: 4 << 30, max_matches: 10_000, max_duration: Duration::from_secs(120) }
+    }
 }
 
 impl Default for LogsConfig {
@@ -434,6 +459,7 @@ impl Default for LogsConfig {
             sse_write_coalesce: Duration::from_millis(5),
             archive_max_lines_per_container: 50_000,
             archive_max_bytes_per_container: 16 * 1024 * 1024,
+            search: SearchConfig::default(),
         }
     }
 }
@@ -792,6 +818,15 @@ impl Config {
         if !(64 * 1024..=1024 * 1024 * 1024).contains(&logs.hub_buffer_bytes) {
             problem("logs.hub_buffer_bytes", "must be between 64 KiB (65536) and 1 GiB (1073741824)".to_owned());
         }
+        if !((1 << 20)..=(1 << 40)).contains(&logs.search.max_bytes) {
+            problem("logs.search.max_bytes", "must be between 1 MiB (1048576) and 1 TiB (1099511627776)".to_owned());
+        }
+        if !(1..=1_000_000).contains(&logs.search.max_matches) {
+            problem("logs.search.max_matches", "must be between 1 and 1000000".to_owned());
+        }
+        if logs.search.max_duration < Duration::from_secs(1) || logs.search.max_duration > Duration::from_secs(3600) {
+            problem("logs.search.max_duration", "must be between 1s and 1h".to_owned());
+        }
         if logs.keepalive_interval < Duration::from_secs(1) {
             problem("logs.keepalive_interval", "must be at least 1s".to_owned());
         }
@@ -941,6 +976,20 @@ namespaces:
         assert_eq!(config.session.max_bytes, 65536);
         assert_eq!(config.auth.issuer(), "https://sso.example.com/realms/main");
         assert_eq!(config.auth.max_stream_tickets_per_user, crate::auth::DEFAULT_TICKETS_PER_USER);
+    }
+
+    #[test]
+    fn search_bounds_have_defaults_and_are_validated() {
+        let (config, _) = load(MINIMAL).unwrap();
+        assert_eq!((config.logs.search.max_bytes, config.logs.search.max_matches), (4 << 30, 10_000));
+        assert_eq!(config.logs.search.max_duration, Duration::from_secs(120));
+        let (config, _) = load(&format!("{MINIMAL}logs:\n  search:\n    max_matches: 5\n    max_duration: 10s\n")).unwrap();
+        assert_eq!((config.logs.search.max_matches, config.logs.search.max_duration), (5, Duration::from_secs(10)));
+        let found = problems(&format!("{MINIMAL}logs:\n  search:\n    max_bytes: 10\n    max_matches: 0\n    max_duration: 2h\n"));
+        for key in ["logs.search.max_bytes", "logs.search.max_matches", "logs.search.max_duration"] {
+            assert!(found.iter().any(|p| p.starts_with(key)), "missing {key} in {found:?}");
+        }
+        assert!(!problems(&format!("{MINIMAL}logs:\n  search:\n    max_lines: 5\n")).is_empty(), "unknown keys are errors");
     }
 
     #[test]

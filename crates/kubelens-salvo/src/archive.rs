@@ -135,11 +135,11 @@ fn record_app_labels(cluster: &Cluster, policy: &AccessPolicy, pod: &mut PodSnap
 
 /// The cluster cache that archive reads check the policy against; without it nothing is
 /// served from the archive (503, like the discovery routes).
-fn policy_cluster(state: &AppState) -> Result<&Cluster, ApiError> {
+pub(crate) fn policy_cluster(state: &AppState) -> Result<&Cluster, ApiError> {
     state.cluster.as_ref().ok_or_else(|| ApiError::unavailable("kubernetes_unavailable", "the Kubernetes caches are not available"))
 }
 
-fn retention_error(err: RetentionError) -> ApiError {
+pub(crate) fn retention_error(err: RetentionError) -> ApiError {
     match err {
         RetentionError::NotArchived { .. } => ApiError::not_found("pod"),
         RetentionError::ContainerRequired { choices } => ApiError::new(

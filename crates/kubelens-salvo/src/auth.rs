@@ -42,7 +42,7 @@ pub fn api_error(err: &AuthError) -> ApiError {
 
 /// Whether `?ticket=` is accepted on this request: `GET` on the SSE log routes
 /// `/api/v1/namespaces/{ns}/pods/{name}/logs` and `/api/v1/namespaces/{ns}/apps/{name}/logs`,
-/// and the pod change stream `/api/v1/namespaces/{ns}/pods/watch`.
+/// their searches (`.../logs/search`), and the pod change stream `/api/v1/namespaces/{ns}/pods/watch`.
 /// A new SSE route must be added here (and to its test) to accept tickets.
 pub fn accepts_ticket(method: &Method, path: &str) -> bool {
     if method != Method::GET {
@@ -51,7 +51,9 @@ pub fn accepts_ticket(method: &Method, path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/api/v1/") else { return false };
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
-        ["namespaces", ns, "pods" | "apps", name, "logs"] => !ns.is_empty() && !name.is_empty(),
+        ["namespaces", ns, "pods" | "apps", name, "logs"] | ["namespaces", ns, "pods" | "apps", name, "logs", "search"] => {
+            !ns.is_empty() && !name.is_empty()
+        }
         ["namespaces", ns, "pods", "watch"] => !ns.is_empty(),
         _ => false,
     }

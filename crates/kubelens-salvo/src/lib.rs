@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod search;
 pub mod server;
 pub mod session;
 pub mod sse;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
                 .push(discovery::routes())
                 .push(inspect::routes())
                 .append(&mut logs::routes())
+                .append(&mut search::routes())
                 .append(&mut session::routes())
                 .append(&mut archive::routes()),
         );

@@ -226,7 +226,7 @@ pub const FIELD_FILTER_PREFIX: &str = "field.";
 
 /// `level` (at most once) and the `field.<key>=<value>` filters of `req` (each key at most
 /// once; the bounds are `kubelens_core::logs::structured::MAX_FIELD_FILTERS` and friends).
-fn structured_filters(req: &Request) -> Result<(Option<Level>, FieldFilters), ApiError> {
+pub(crate) fn structured_filters(req: &Request) -> Result<(Option<Level>, FieldFilters), ApiError> {
     let bad_level = |msg: String| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_level", msg);
     let bad_field = |msg: String| ApiError::new(salvo::http::StatusCode::BAD_REQUEST, "bad_field_filter", msg);
     let queries = req.queries();
@@ -256,11 +256,11 @@ fn structured_filters(req: &Request) -> Result<(Option<Level>, FieldFilters), Ap
     Ok((level, fields))
 }
 
-fn query_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+pub(crate) fn query_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.queries().get(name).map(String::as_str)
 }
 
-fn parse_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {
+pub(crate) fn parse_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {
     match query_str(req, name) {
         None => Ok(default),
         Some("true" | "1" | "") => Ok(true),
@@ -428,11 +428,11 @@ pub(crate) fn admission_error(err: &AdmissionError, metrics: &kubelens_core::Met
     ApiError::too_many_streams(err.to_string())
 }
 
-fn principal(depot: &Depot) -> Result<Principal, ApiError> {
+pub(crate) fn principal(depot: &Depot) -> Result<Principal, ApiError> {
     depot.get_typed::<Principal>().cloned().map_err(|_| ApiError::unauthorized("authentication required"))
 }
 
-fn state(depot: &Depot) -> Result<(AppState, LogService), ApiError> {
+pub(crate) fn state(depot: &Depot) -> Result<(AppState, LogService), ApiError> {
     let state = depot.get_typed::<AppState>().map_err(|_| ApiError::internal())?.clone();
     let logs = state
         .logs
@@ -441,7 +441,7 @@ fn state(depot: &Depot) -> Result<(AppState, LogService), ApiError> {
     Ok((state, (*logs).clone()))
 }
 
-fn path_names(req: &Request) -> Result<(String, String), ApiError> {
+pub(crate) fn path_names(req: &Request) -> Result<(String, String), ApiError> {
     let ns = req.param::<String>("ns").unwrap_or_default();
     let name = req.param::<String>("name").unwrap_or_default();
     // Malformed names are indistinguishable from missing objects: 404, and they never reach

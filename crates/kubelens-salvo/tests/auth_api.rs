@@ -223,7 +223,13 @@ async fn tickets_expire_after_their_ttl() {
 fn ticket_routes_are_exactly_the_sse_log_routes() {
     use kubelens_salvo::auth::accepts_ticket;
     use salvo::http::Method;
-    for ok in ["/api/v1/namespaces/a/pods/p/logs", "/api/v1/namespaces/a/apps/web/logs", "/api/v1/namespaces/a/pods/watch"] {
+    for ok in [
+        "/api/v1/namespaces/a/pods/p/logs",
+        "/api/v1/namespaces/a/apps/web/logs",
+        "/api/v1/namespaces/a/pods/watch",
+        "/api/v1/namespaces/a/pods/p/logs/search",
+        "/api/v1/namespaces/a/apps/web/logs/search",
+    ] {
         assert!(accepts_ticket(&Method::GET, ok), "{ok}");
         assert!(!accepts_ticket(&Method::POST, ok), "{ok}");
     }
@@ -238,6 +244,8 @@ fn ticket_routes_are_exactly_the_sse_log_routes() {
         "/api/v1/namespaces/a/pods/watch/x",
         "/api/v1/namespaces/a/pods/p/details",
         "/api/v1/namespaces/a/pods/p/logs/x",
+        "/api/v1/namespaces/a/pods/p/logs/search/x",
+        "/api/v1/namespaces/a/pods//logs/search",
         "/api/v1/namespaces/a/pods",
         "/api/v1/namespaces//pods/watch",
         "/api/v1/namespaces/a/apps/watch",

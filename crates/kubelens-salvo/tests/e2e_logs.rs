@@ -1517,3 +1517,304 @@ async fn around_opens_an_app_at_a_line() {
         }
     }
 }
+
+// ---- search ----------------------------------------------------------------------------------
+
+/// Every event of a search (`.../logs/search?...`), to the end of the stream.
+async fn search_events(url: &str, user: &str) -> Vec<Event> {
+    let mut sse = SseClient::open(url, user, None).await.unwrap_or_else(|(status, body)| panic!("{url}: {status} {body}"));
+    let mut events = Vec::new();
+    while let Some(event) = sse.next(Duration::from_secs(60)).await {
+        assert!(event.id.is_none(), "search events carry no SSE id (no automatic resume): {event:?}");
+        events.push(event);
+    }
+    let ends: Vec<&Event> = events.iter().filter(|e| e.event == "end").collect();
+    assert_eq!(ends.len(), 1, "exactly one end event: {events:?}");
+    assert_eq!(events.last().unwrap().event, "end", "the end comes last");
+    events
+}
+
+fn search_matches(events: &[Event]) -> Vec<&serde_json::Value> {
+    events.iter().filter(|e| e.event == "match").map(|e| &e.data).collect()
+}
+
+fn search_end(events: &[Event]) -> &serde_json::Value {
+    &events.last().unwrap().data
+}
+
+/// The `(id, line)` of every line of a one-shot read.
+async fn one_shot_lines(url: &str) -> Vec<(String, String)> {
+    let body = get_json(url, "viewer").await;
+    body["lines"].as_array().unwrap().iter().map(|l| (l["id"].as_str().unwrap().to_owned(), l["line"].as_str().unwrap().to_owned())).collect()
+}
+
+/// Matches `app=web` in JSON (`"app":"web"`), logfmt and plain lines alike.
+const WEB: &str = r"app\W{1,3}web\b";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_exactly_the_matching_lines_with_the_one_shot_ids() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let pod = unique("search");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    loggen(env, &path, &pod, 20, 1_000, &["--size", "60"]).wait().unwrap();
+    let lines: Vec<String> = (0..120).map(|i| structured_line(i).0).collect();
+    kubelens_testenv::append_cri_lines(&path, &lines).unwrap();
+    let all = one_shot_lines(&format!("{}/namespaces/team-a/pods/{pod}/logs?follow=false&tailLines=1000", server.base)).await;
+    assert_eq!(all.len(), 140);
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs/search", server.base);
+
+    let events = search_events(&format!("{url}?q={}", urlencode(WEB)), "viewer").await;
+    let want: Vec<&(String, String)> = all.iter().filter(|(_, l)| is_web(l)).collect();
+    assert_eq!(want.len(), 40, "every third generated line is app=web");
+    let got = search_matches(&events);
+    assert_eq!(
+        got.iter().map(|m| (m["id"].as_str().unwrap().to_owned(), m["line"].as_str().unwrap().to_owned())).collect::<Vec<_>>(),
+        want.iter().map(|l| (*l).clone()).collect::<Vec<_>>(),
+        "exactly the matching lines, in log order, with the ids a one-shot gives them"
+    );
+    for m in &got {
+        assert_eq!((m["pod"].as_str(), m["container"].as_str(), m["instance"].as_str()), (Some(pod.as_str()), Some("app"), Some("current")), "{m}");
+        assert!(m["ts"].as_str().unwrap().ends_with('Z') && m["id"].as_str().unwrap().starts_with(m["ts"].as_str().unwrap()), "{m}");
+    }
+    let end = search_end(&events);
+    let bytes: usize = all.iter().map(|(_, l)| l.len() + 1).sum();
+    assert_eq!((end["reason"].as_str(), end["lines"].as_u64(), end["matches"].as_u64(), end["bytes"].as_u64(), end["sources"].as_u64()), (Some("complete"), Some(140), Some(40), Some(bytes as u64), Some(1)), "{end}");
+    // Progress counters never go backwards and never pass the totals.
+    let mut last = (0, 0, 0);
+    for p in events.iter().filter(|e| e.event == "progress") {
+        let now = (p.data["bytes"].as_u64().unwrap(), p.data["lines"].as_u64().unwrap(), p.data["matches"].as_u64().unwrap());
+        assert!(now.0 >= last.0 && now.1 >= last.1 && now.2 >= last.2 && now.1 <= 140, "{:?} after {last:?}", p.data);
+        last = now;
+    }
+
+    // With the line filters: level and grepExclude narrow the matches; the ids stay.
+    let events = search_events(&format!("{url}?q={}&level=error&grepExclude=klog", urlencode(WEB)), "viewer").await;
+    let want: Vec<u64> = (0..120).filter(|&i| structured_line(i).2 == "web" && rank(structured_line(i).1) >= rank("error") && i % 4 != 3).collect();
+    assert!(!want.is_empty());
+    let got = search_matches(&events);
+    assert_eq!(got.iter().map(|m| n_of(m["line"].as_str().unwrap())).collect::<Vec<_>>(), want);
+    assert!(got.iter().all(|m| m["level"] == "error" || m["level"] == "fatal"), "{got:?}");
+    assert_eq!(search_end(&events)["lines"], 140);
+
+    // A restarted container: the previous instance is searched before the current one.
+    let previous = one_shot_lines(&format!("{}/namespaces/team-a/pods/crashy/logs?follow=false&previous=true&tailLines=1000", server.base)).await;
+    let events = search_events(&format!("{}/namespaces/team-a/pods/crashy/logs/search?q=panic", server.base), "viewer").await;
+    let got = search_matches(&events);
+    let from_previous: Vec<(String, String)> = got.iter().filter(|m| m["instance"] == "previous").map(|m| (m["id"].as_str().unwrap().to_owned(), m["line"].as_str().unwrap().to_owned())).collect();
+    assert_eq!(from_previous, previous.iter().filter(|(_, l)| l.contains("panic")).cloned().collect::<Vec<_>>(), "{got:?}");
+    assert!(!from_previous.is_empty());
+    let first_current = got.iter().position(|m| m["instance"] == "current").unwrap_or(got.len());
+    assert!(got[..first_current].iter().all(|m| m["instance"] == "previous"), "previous first: {got:?}");
+    assert_eq!(search_end(&events)["sources"], 2);
+    // previous=true: only the previous instance.
+    let events = search_events(&format!("{}/namespaces/team-a/pods/crashy/logs/search?q=panic&previous=true", server.base), "viewer").await;
+    assert!(search_matches(&events).iter().all(|m| m["instance"] == "previous"));
+    assert_eq!(search_end(&events)["sources"], 1);
+}
+
+/// Percent-encodes a query value.
+fn urlencode(text: &str) -> String {
+    text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// What [`WEB`] matches, without a regex engine in the test.
+fn is_web(line: &str) -> bool {
+    line.contains("app=web") || line.contains(r#""app":"web""#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_bounds_end_the_search_with_their_reason() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |c| {
+        c.logs.search.max_matches = 5;
+        c.logs.search.max_bytes = 1 << 20;
+    })
+    .await;
+    let pod = unique("searchcap");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let lines: Vec<String> = (0..120).map(|i| structured_line(i).0).collect();
+    kubelens_testenv::append_cri_lines(&path, &lines).unwrap();
+    let url = format!("{}/namespaces/team-a/pods/{pod}/logs/search", server.base);
+    // 40 lines match; the sixth one ends the search.
+    let events = search_events(&format!("{url}?q={}", urlencode(WEB)), "viewer").await;
+    let got = search_matches(&events);
+    assert_eq!(got.iter().map(|m| n_of(m["line"].as_str().unwrap())).collect::<Vec<_>>(), vec![0, 3, 6, 9, 12]);
+    let end = search_end(&events);
+    assert_eq!((end["reason"].as_str(), end["matches"].as_u64(), end["lines"].as_u64()), (Some("max_matches"), Some(5), Some(16)), "{end}");
+    // Exactly as many matches as the cap: complete.
+    let events = search_events(&format!("{url}?q={}", urlencode("json line (0|4|8|12|16)\"")), "viewer").await;
+    assert_eq!((search_matches(&events).len(), search_end(&events)["reason"].as_str()), (5, Some("complete")));
+
+    // 18 MB of long lines: the byte cap (1 MiB) ends the scan before the line that would cross it.
+    let big = create_big_log_pod(env, "searchbytes");
+    let events = search_events(&format!("{}/namespaces/team-a/pods/{big}/logs/search?q=never-there", server.base), "viewer").await;
+    let end = search_end(&events);
+    let bytes = end["bytes"].as_u64().unwrap();
+    assert_eq!(end["reason"], "max_bytes", "{end}");
+    assert!(bytes <= 1 << 20 && bytes + 10_000 > 1 << 20, "{end}");
+    assert_eq!(end["matches"], 0);
+    // The search held one of the caller's slots only while it ran.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.admission.viewer_streams(&subject("viewer").await) > 0 {
+        assert!(Instant::now() < deadline, "the search's slot was not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_holds_a_stream_slot_and_bad_searches_are_clear_400s() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |c| c.logs.max_streams_per_user = 1).await;
+    let long = "a".repeat(2000);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (String::new(), "bad_pattern", "`q`"),
+        ("q=".into(), "bad_pattern", "`q`"),
+        ("q=(".into(), "bad_pattern", "invalid grep pattern"),
+        (format!("q={long}"), "bad_pattern", "longer than 1024"),
+        ("q=x&grep=y".into(), "bad_pattern", "not `grep`"),
+        ("q=x&grepExclude=(".into(), "bad_pattern", "exclude"),
+        ("q=x&level=loud".into(), "bad_level", "unknown level"),
+        ("q=x&field.a=1&field.a=2".into(), "bad_field_filter", "given twice"),
+        ("q=x&previous=maybe".into(), "bad_request", "`previous`"),
+    ];
+    for base in ["pods/debug", "apps/web"] {
+        for (query, code, message) in &cases {
+            let url = format!("{}/namespaces/team-a/{base}/logs/search?{query}", server.base);
+            let (status, body) = get_status_json(&url, "viewer").await;
+            assert_eq!((status, body["error"]["code"].as_str().unwrap_or("")), (400, *code), "{url}: {body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains(message), "{url}: {body}");
+        }
+    }
+    let (status, body) = get_status_json(&format!("{}/namespaces/team-a/apps/web/logs/search?q=x&previous=true", server.base), "viewer").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get_status_json(&format!("{}/namespaces/team-a/pods/debug/logs/search?q=x&container=nope", server.base), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("unknown_container")), "{body}");
+    let (status, body) = get_status_json(&format!("{}/namespaces/team-a/pods/debug/logs/search?q=x&previous=true", server.base), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("no_previous_instance")), "{body}");
+    for missing in ["pods/no-such-pod", "apps/no-such-app"] {
+        let (status, _) = get_status_json(&format!("{}/namespaces/team-a/{missing}/logs/search?q=x", server.base), "viewer").await;
+        assert_eq!(status, 404, "{missing}");
+    }
+    let (status, _) = get_status_json(&format!("{}/namespaces/kube-system/pods/x/logs/search?q=x", server.base), "viewer").await;
+    assert_eq!(status, 404, "outside the allowlist");
+    // A search that is still being read holds the user's only slot: 429 for the next one.
+    let big = create_big_log_pod(env, "searchslot");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/namespaces/team-a/pods/{big}/logs/search?q=seq", server.base))
+        .bearer_auth(token("viewer").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reading = resp.bytes_stream();
+    let _first = reading.next().await.unwrap().unwrap();
+    let (status, body) = get_status_json(&format!("{}/namespaces/team-a/pods/debug/logs/search?q=x", server.base), "viewer").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_streams")), "{body}");
+    drop(reading);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.admission.viewer_streams(&subject("viewer").await) > 0 {
+        assert!(Instant::now() < deadline, "leaving a search releases its slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_search_covers_every_pod() {
+    let Some(env) = TestEnv::e2e() else { return };
+    let server = start_server(env, |_| {}).await;
+    let app = unique("searchapp");
+    let (_, pods) = create_app(env, "team-a", &app, 3);
+    for (k, (_, path)) in pods.iter().enumerate() {
+        let lines: Vec<String> = (0..60).map(|i| structured_line(i + 100 * k as u64).0).collect();
+        kubelens_testenv::append_cri_lines(path, &lines).unwrap();
+    }
+    let events = search_events(&format!("{}/namespaces/team-a/apps/{app}/logs/search?q={}", server.base, urlencode(WEB)), "viewer").await;
+    let got = search_matches(&events);
+    let mut total = 0;
+    for (k, (pod, _)) in pods.iter().enumerate() {
+        let one_shot = one_shot_lines(&format!("{}/namespaces/team-a/pods/{pod}/logs?follow=false&tailLines=1000", server.base)).await;
+        let want: Vec<(String, String)> = one_shot.into_iter().filter(|(_, l)| is_web(l)).collect();
+        let mine: Vec<(String, String)> = got.iter().filter(|m| m["pod"] == pod.as_str()).map(|m| (m["id"].as_str().unwrap().to_owned(), m["line"].as_str().unwrap().to_owned())).collect();
+        assert_eq!(mine, want, "pod {k}: its matches, with its pod line ids");
+        assert!(!want.is_empty());
+        total += want.len();
+    }
+    assert_eq!(got.len(), total);
+    // Pods are searched one after another, in name order.
+    let order: Vec<&str> = got.iter().map(|m| m["pod"].as_str().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    let end = search_end(&events);
+    assert_eq!((end["reason"].as_str(), end["lines"].as_u64(), end["matches"].as_u64(), end["sources"].as_u64()), (Some("complete"), Some(180), Some(total as u64), Some(3)), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_archived_log_is_searchable() {
+    use kubelens_core::storage::{LogArchive, StoreLimits};
+    let Some(env) = TestEnv::e2e() else { return };
+    let (config, auth) = test_config(env, |c| c.storage.backend = kubelens_core::config::StorageBackend::Memory).await;
+    let (mut state, logs) = app_state(env, config, auth).await;
+    let archive: Arc<dyn LogArchive> = Arc::new(kubelens_core::storage::memory::MemoryStore::new(StoreLimits::default()));
+    let client = kube::Client::try_from(support::sa_kube_config(env).await).unwrap();
+    state.retention = Some(kubelens_salvo::archive::Retention::start_with_watches(&state, Arc::clone(&archive), client, logs.upstream.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+    let service = kubelens_salvo::service(state.clone());
+    let server = tokio::spawn(async move { salvo::Server::new(TcpAcceptor::try_from(listener).unwrap()).serve(service).await });
+
+    // A Job's pod writes its log, completes (captured), and is deleted.
+    let job = unique("searchjob");
+    let manifest = serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": job, "namespace": "team-a"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "registry.invalid/e2e:1"}]}}}
+    });
+    env.kubectl_apply(&manifest.to_string()).unwrap();
+    let job_uid = env.kubectl(&["-n", "team-a", "get", "job", &job, "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    let pod = format!("{job}-x1");
+    let path = env.ensure_pod_logs("team-a", &pod, &["app"]).unwrap().remove(0);
+    // Distinct timestamps (1 ms apart): the archive keeps at most 64 lines of one microsecond.
+    let now = chrono::Utc::now();
+    for i in 0..90 {
+        kubelens_testenv::append_cri_lines_at(&path, now + chrono::Duration::milliseconds(i), "stdout", &[structured_line(i as u64).0]).unwrap();
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": "team-a", "labels": {"job-name": job},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": job_uid, "controller": true}]},
+        "spec": {"nodeName": env.node_name, "restartPolicy": "Never",
+                 "containers": [{"name": "app", "image": "registry.invalid/e2e:1"}],
+                 "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]}
+    });
+    env.kubectl_apply(&manifest.to_string()).unwrap();
+    let uid = env.kubectl(&["-n", "team-a", "get", "pod", &pod, "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let captured = archive.list_sources("team-a").await.unwrap().iter().any(|s| s.key.pod_uid == uid && s.lines == 90);
+        if captured {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the completed pod was not archived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let live = one_shot_lines(&format!("{base}/namespaces/team-a/pods/{pod}/logs?follow=false&tailLines=1000")).await;
+    assert_eq!(live.len(), 90);
+    env.kubectl(&["-n", "team-a", "delete", "pod", &pod, "--wait=false"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.kubectl(&["-n", "team-a", "get", "pod", &pod, "--ignore-not-found", "-o", "name"]).unwrap_or_default().trim() != "" || state.cluster.as_ref().unwrap().pod_object(&state.policy, &state.policy.namespace("team-a").unwrap(), &pod).is_ok() {
+        assert!(Instant::now() < deadline, "pod not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let events = search_events(&format!("{base}/namespaces/team-a/pods/{pod}/logs/search?q={}", urlencode(WEB)), "viewer").await;
+    let got = search_matches(&events);
+    let want: Vec<(String, String)> = live.iter().filter(|(_, l)| is_web(l)).cloned().collect();
+    assert_eq!(want.len(), 30);
+    assert_eq!(got.iter().map(|m| (m["id"].as_str().unwrap().to_owned(), m["line"].as_str().unwrap().to_owned())).collect::<Vec<_>>(), want, "the archived matches carry the live ids");
+    assert!(got.iter().all(|m| m["instance"] == "archived" && m["restart"] == 0), "{got:?}");
+    let end = search_end(&events);
+    assert_eq!((end["reason"].as_str(), end["lines"].as_u64(), end["matches"].as_u64()), (Some("complete"), Some(90), Some(30)), "{end}");
+    let (status, _) = get_status_json(&format!("{base}/namespaces/team-a/pods/{}/logs/search?q=x", unique("never")), "viewer").await;
+    assert_eq!(status, 404, "a pod neither live nor archived");
+    server.abort();
+    let _ = env.kubectl(&["-n", "team-a", "delete", "job", &job, "--wait=false"]);
+}

@@ -63,6 +63,9 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     let junit = std::fs::read_to_string(&report).unwrap();
     assert!(junit.contains("testcase"), "{junit}");
     assert!(junit.contains("/api/v1/namespaces/{ns}/pods/{name}/details"), "{junit}");
+    for search in ["/api/v1/namespaces/{ns}/pods/{name}/logs/search", "/api/v1/namespaces/{ns}/apps/{name}/logs/search"] {
+        assert!(junit.contains(search), "the search routes are exercised: {junit}");
+    }
     assert!(stdout.contains("passed"), "{stdout}");
 }
 

@@ -18,9 +18,11 @@
 //! 5. [`grep`] applies include/exclude regexes and the level and field filters before a line
 //!    leaves the server, [`structured`] reads JSON/logfmt lines and their level, and
 //!    [`json`] renders the SSE `data:` payload.
+//! 6. [`search`] scans whole logs (finite reads, one source at a time) for matching lines
+//!    within byte, match and time bounds.
 //!
 //! The whole module is runtime-agnostic: it uses `futures` streams and tokio's sync
-//! primitives; the only timers (hub linger, merge watermark) use `tokio::time`, which the
+//! primitives; the only timers (hub linger, merge watermark, search deadline and progress) use `tokio::time`, which the
 //! caller's runtime must provide. Task spawning is supplied by the caller ([`hub::Spawner`]).
 //! The design of the ids, their guarantees and limits is written up in `docs/log-ids.md`.
 
@@ -34,6 +36,7 @@ pub mod hub;
 pub mod id;
 pub mod json;
 pub mod merge;
+pub mod search;
 pub mod split;
 pub mod structured;
 pub mod time;

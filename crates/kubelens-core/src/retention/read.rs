@@ -229,6 +229,10 @@ pub async fn read_lines(
     Ok((out.into(), more))
 }
 
+/// Lines per archive call of a [`line_stream`] read: what such a read holds at once (at
+/// most this many times `logs.max_line_length` bytes).
+pub const STREAM_PAGE: usize = 500;
+
 /// Where a read for `start` begins in the archive (`since_ns`), which lines it keeps
 /// (`cursor`), and how many of the last it keeps (`Tail`).
 fn start_bounds(start: StartAt) -> (Option<i64>, Option<SourceCursor>, Option<usize>) {
@@ -290,7 +294,7 @@ pub fn stream_from(
 }
 
 /// The lines of `source` from `since_ns` (`None`: from the first archived line) as a finite
-/// stream, read a page ([`PAGE`] lines) at a time, with the same ids as [`read_lines`] (the
+/// stream, read a page ([`STREAM_PAGE`] lines) at a time, with the same ids as [`read_lines`] (the
 /// index of a line among equal timestamps is counted from the read's start, so start on a
 /// whole second at or before the lines you need, as a live read does). Ends with an `ended`
 /// status: `complete`, or `dropped` when the archive failed (logged).
@@ -317,10 +321,10 @@ pub fn line_stream(
             return None;
         }
         if st.page.is_empty() && st.full {
-            let query = LineQuery { after: st.after, since_ns: st.since_ns, until_ns: None, limit: PAGE };
+            let query = LineQuery { after: st.after, since_ns: st.since_ns, until_ns: None, limit: STREAM_PAGE };
             match st.archive.read(&st.source, query).await {
                 Ok(page) => {
-                    st.full = page.len() == PAGE;
+                    st.full = page.len() == STREAM_PAGE;
                     st.page = page.into();
                 }
                 Err(err) => {
@@ -404,7 +408,7 @@ mod tests {
         use futures::StreamExt as _;
         let store = std::sync::Arc::new(MemoryStore::new(StoreLimits::default()));
         let base = 1_769_767_200_000_000_000i64;
-        let n = 2 * PAGE + 7;
+        let n = 2 * STREAM_PAGE + 7;
         let lines: Vec<ArchivedLine> = (0..n)
             .map(|i| ArchivedLine { position: i as u64, timestamp_ns: base + (i / 3) as i64, line: format!("l{i}").into_bytes(), truncated: false })
             .collect();
@@ -424,7 +428,7 @@ mod tests {
             }
         };
         assert_eq!(read(StartAt::Beginning).await, whole);
-        for cut in [0, 1, PAGE - 1, PAGE, PAGE + 1, n - 2] {
+        for cut in [0, 1, STREAM_PAGE - 1, STREAM_PAGE, STREAM_PAGE + 1, n - 2] {
             assert_eq!(read(StartAt::After(whole[cut].position)).await, whole[cut + 1..].to_vec(), "after line {cut}");
         }
         assert_eq!(read(StartAt::Tail(4)).await, whole[n - 4..].to_vec());
