@@ -1,18 +1,13 @@
 // The console in a real browser against the real binary, Keycloak and kube-apiserver + KWOK.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { allowWebOrigins, appendLines, browser, shots, signIn, startKubelens, testenv, waitFor } from './harness.mjs';
+import { appendLines, consoleUp, shots, signIn, waitFor } from './harness.mjs';
 
 let env, server, chrome;
 
 before(async () => {
-  env = testenv();
-  server = await startKubelens(env);
-  await allowWebOrigins(env, [server.base]);
-  chrome = await browser();
-  fs.mkdirSync(shots, { recursive: true });
+  ({ env, server, chrome } = await consoleUp());
 });
 
 after(async () => {

@@ -95,6 +95,19 @@ function httpsOk(url) {
 }
 
 /** A self-signed certificate for 127.0.0.1 (openssl CLI) in `dir`: `{ cert, key }` paths. */
+/**
+ * The usual start of a console test file: testenv's env, a kubelens serving the console (its
+ * origin allowed by the Keycloak client), Chromium, and the screenshot folder.
+ */
+export async function consoleUp(extra = '') {
+  const env = testenv();
+  const server = await startKubelens(env, extra);
+  await allowWebOrigins(env, [server.base]);
+  const chrome = await browser();
+  fs.mkdirSync(shots, { recursive: true });
+  return { env, server, chrome };
+}
+
 export function selfSignedCert(dir) {
   const cert = path.join(dir, 'tls.crt'), key = path.join(dir, 'tls.key');
   const out = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,

@@ -8,6 +8,10 @@ export interface LogLine {
   container?: string;
   line: string;
   truncated: boolean;
+  /** The level the server detected (docs/logs.md "Structured lines"), when it found one. */
+  level?: string;
+  /** The line's flat top-level fields, sent only when the stream asked for `fields=true`. */
+  fields?: Record<string, string>;
 }
 
 export const DEFAULT_CAP = 100_000;
@@ -50,6 +54,43 @@ export class LineBuffer {
   all(): LogLine[] {
     return this.items.slice(this.start);
   }
+
+  /** Index of the line with this id among the last `within` lines, or -1. */
+  lastIndexOf(id: string, within = this.length): number {
+    for (let i = this.length - 1; i >= Math.max(0, this.length - within); i--) if (this.at(i)?.id === id) return i;
+    return -1;
+  }
+}
+
+/**
+ * What a log view shows of its buffer: every line, or (in an app view with pods switched off)
+ * only the lines of the pods still on. The filtered copy is rebuilt when a pod is toggled and
+ * kept in step on every push, bounded by the same cap.
+ */
+export class PodFilter {
+  readonly hidden = new Set<string>();
+  private shown = new LineBuffer();
+
+  constructor(private all: LineBuffer) {}
+
+  /** The lines to show. */
+  view(): LineBuffer {
+    return this.hidden.size ? this.shown : this.all;
+  }
+
+  push(lines: LogLine[]): void {
+    if (this.hidden.size) this.shown.push(lines.filter((l) => !this.hidden.has(l.pod ?? '')));
+  }
+
+  toggle(pod: string): void {
+    if (!this.hidden.delete(pod)) this.hidden.add(pod);
+    this.shown = new LineBuffer(this.all.cap);
+    if (this.hidden.size) this.shown.push(this.all.all().filter((l) => !this.hidden.has(l.pod ?? '')));
+  }
+
+  clear(): void {
+    this.shown.clear();
+  }
 }
 
 const LEVEL_WORDS = 'trace|debug|info|warn(?:ing)?|error|fatal|panic';
@@ -65,6 +106,11 @@ export function levelOf(text: string): string {
   return l === 'warning' ? 'warn' : l === 'panic' ? 'fatal' : l;
 }
 
+/** The level to colour a line with: the server's when it sent one, else a guess from the text. */
+export function lineLevel(l: LogLine): string {
+  return l.level ?? levelOf(l.line);
+}
+
 /** Pretty-printed JSON when the whole line is a JSON object, else null. */
 export function prettyJson(text: string): string | null {
   const t = text.trim();
@@ -74,4 +120,11 @@ export function prettyJson(text: string): string | null {
   } catch {
     return null;
   }
+}
+
+/** HTML for a line's fields as `key=value` chips, escaped; '' when it has none. */
+export function fieldsHtml(fields: Record<string, string> | undefined): string {
+  if (!fields) return '';
+  const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  return Object.entries(fields).map(([k, v]) => `<span class="f"><span class="k">${esc(k)}</span>=<span class="v">${esc(v)}</span></span>`).join(' ');
 }

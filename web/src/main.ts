@@ -1,14 +1,12 @@
-// The KubeLens console: namespace picker, pods and apps with live updates, pod and app log
-// views. Plain TypeScript; keycloak-js for sign-in, @tanstack/virtual-core for the log list.
-import { AnsiUp } from 'ansi_up';
-import { elementScroll, observeElementOffset, observeElementRect, Virtualizer } from '@tanstack/virtual-core';
-import { api, ApiError, renewStreamCredential, signIn, signOut, token } from './api';
+// The KubeLens console: namespace picker, pods and apps with live updates, the pod inspector,
+// routing. Plain TypeScript; keycloak-js for sign-in; the log view is in logview.ts.
+import { api, ApiError, renewStreamCredential, signIn, signOut } from './api';
 import { ArchivedList } from './archive';
-import { escapeHtml, h } from './dom';
-import { LineBuffer, levelOf, prettyJson, type LogLine } from './lines';
+import { h } from './dom';
+import { logView } from './logview';
 import { pinBar, pinButton, renderPins } from './pins';
-import { current, loadSession, onSessionChange, refHref, setActive, setPref, update, type ResourceRef } from './session';
-import { LogStream, type StreamState } from './stream';
+import { loadSession, onSessionChange, refHref, setActive, update } from './session';
+import { LogStream } from './stream';
 import { applyTheme, toggleTheme } from './theme';
 import { formatTime } from './time';
 import './style.css';
@@ -16,12 +14,8 @@ import './style.css';
 interface Pod { name: string; uid: string; phase?: string; reason?: string; ready: boolean; readyContainers: number; totalContainers: number; restarts: number; age: number; containers: { name: string }[]; initContainers: { name: string }[]; ownerApp?: { kind: string; name: string } }
 interface App { kind: string; name: string; replicasDesired: number; replicasReady: number; pods: number; podNames: string[] }
 interface Me { username: string; isAdmin: boolean }
-/** A stream's `status` event (docs/logs.md); `archived` carries the archive's times. */
-interface Status { state: string; reason?: string; terminatedAt?: string; expiresAt?: string }
 
 const app = document.getElementById('app')!;
-const ansi = new AnsiUp();
-ansi.use_classes = true; // classes, not inline styles: the CSP allows no inline style
 let me: Me;
 let cleanup: (() => void)[] = [];
 
@@ -111,189 +105,15 @@ async function inspect(ns: string, pod: string): Promise<void> {
     h('h3', {}, 'Environment'), env,
     h('h3', {}, 'Volumes'), h('ul', {}, ...d.volumes.map((v: any) => h('li', {}, `${v.name} (${v.kind}) ${v.source ?? ''}`))),
     h('h3', {}, 'Conditions'), h('ul', {}, ...d.conditions.map((c: any) => h('li', {}, `${c.type ?? c.kind ?? ''} ${c.status ?? ''}`))),
+    h('h3', {}, 'Events'), d.events.length === 0 ? h('p', { id: 'events' }, 'no events') : h('table', { id: 'events' },
+      h('thead', {}, h('tr', {}, ...['type', 'reason', 'message', 'count', 'last seen'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, ...d.events.map((e: any) => h('tr', { class: e.type === 'Warning' ? 'warn' : '' },
+        h('td', {}, e.type ?? ''), h('td', {}, e.reason ?? ''), h('td', {}, e.message ?? ''), h('td', {}, String(e.count ?? '')),
+        h('td', {}, e.lastSeen ? h('time', { datetime: e.lastSeen }, formatTime(e.lastSeen)) : ''))))),
     h('h3', {}, 'Metrics'), metrics));
   api<any>(`/api/v1/namespaces/${ns}/pods/${pod}/metrics`).then(({ body }) => {
     metrics.replaceChildren(...body.containers.map((c: any) => h('div', {}, `${c.name}: cpu ${c.cpuMillicores ?? '?'}m, memory ${c.memoryBytes ?? '?'} bytes`)));
   }).catch(() => metrics.replaceChildren('metrics unavailable'));
-}
-
-// ---- log view ----
-const POD_COLOURS = 8;
-async function logs(ns: string, kind: 'pod' | 'app', name: string, query: URLSearchParams): Promise<void> {
-  const buf = new LineBuffer();
-  const podIndex = new Map<string, number>();
-  let follow = true, unseen = 0;
-  const prefs = { wrap: current().uiPrefs.wrap === true };
-  const ref: ResourceRef = { kind, namespace: ns, name };
-  const pin = pinButton(ref);
-  // Shown when the pod is gone and its lines come from the archive (docs/retention.md).
-  const archivedNote = h('span', { id: 'archived-note', class: 'archived-note', hidden: '' });
-  const containers = h('select', { id: 'container', title: 'container' });
-  const previous = h('input', { type: 'checkbox', id: 'previous' });
-  const tail = h('input', { id: 'tail', type: 'number', min: '0', value: query.get('tailLines') ?? '500', title: 'tail lines' });
-  const since = h('input', { id: 'since', placeholder: 'since (s)', title: 'since seconds', value: query.get('sinceSeconds') ?? '' });
-  const grep = h('input', { id: 'grep', placeholder: 'grep (regex, server-side)', value: query.get('grep') ?? '' });
-  const exclude = h('input', { id: 'exclude', placeholder: 'exclude (regex)', value: query.get('grepExclude') ?? '' });
-  const wrap = h('input', { type: 'checkbox', id: 'wrap' }); wrap.checked = prefs.wrap;
-  const stamps = h('input', { type: 'checkbox', id: 'timestamps' });
-  const jsonPretty = h('input', { type: 'checkbox', id: 'json' });
-  const state = h('span', { id: 'stream-state', class: 'state connecting' }, 'connecting');
-  const badge = h('button', { id: 'new-lines', class: 'badge', hidden: '' }, '');
-  const pause = h('button', { id: 'follow', title: 'follow / pause (space)' }, 'pause');
-  const dl = h('button', { id: 'download', title: 'download the whole log' }, 'download');
-  const droppedMarker = h('div', { id: 'dropped', class: 'dropped', hidden: '' });
-  const scroller = h('div', { id: 'log', class: 'log', tabindex: '0' });
-  const inner = h('div', { class: 'log-inner' });
-  scroller.append(inner);
-  const count = h('span', { id: 'count' }, '0 lines');
-
-  if (kind === 'pod') {
-    try {
-      const { body: p } = await api<Pod>(`/api/v1/namespaces/${ns}/pods/${name}`);
-      for (const c of [...p.containers, ...p.initContainers]) containers.append(h('option', { value: c.name }, c.name));
-      if (query.get('container')) containers.value = query.get('container')!;
-    } catch { containers.append(h('option', { value: '' }, '(archived)')); }
-  } else containers.hidden = true;
-
-  const regex = () => { try { return grep.value ? new RegExp(grep.value, 'g') : null; } catch { return null; } };
-  let hl = regex();
-  const render = (l: LogLine): string => {
-    let text = l.line;
-    const pretty = jsonPretty.checked ? prettyJson(text) : null;
-    let html = pretty !== null ? escapeHtml(pretty) : ansi.ansi_to_html(text);
-    if (hl) html = html.replace(new RegExp(`(${hl.source.replace(/&/g, '&amp;')})(?![^<]*>)`, 'g'), '<mark>$1</mark>');
-    const ts = stamps.checked ? `<span class="ts">${escapeHtml(l.ts)}</span> ` : '';
-    const pod = kind === 'app' && l.pod ? `<span class="pod p${podIndex.get(l.pod) ?? 0}">${escapeHtml(l.pod)}</span> ` : '';
-    const trunc = l.truncated ? ' <span class="trunc">[truncated]</span>' : '';
-    return `<a class="link" href="#/ns/${ns}/${kind}/${name}?since=${encodeURIComponent(l.id)}" title="link to this line">#</a>${ts}${pod}<span class="text">${html}</span>${trunc}`;
-  };
-
-  const v = new Virtualizer<HTMLDivElement, HTMLDivElement>({
-    count: 0,
-    getScrollElement: () => scroller,
-    estimateSize: () => 18,
-    overscan: 20,
-    scrollToFn: elementScroll,
-    observeElementRect,
-    observeElementOffset,
-    measureElement: (el) => el.getBoundingClientRect().height,
-    onChange: () => draw(),
-  });
-  const rows = new Map<number, HTMLDivElement>();
-  let drawn = '';
-  function draw(): void {
-    const items = v.getVirtualItems();
-    inner.style.height = `${v.getTotalSize()}px`;
-    const key = `${items[0]?.index}:${items.length}:${buf.dropped}:${buf.length}`;
-    if (key === drawn && !wrap.checked) return;
-    drawn = key;
-    const keep = new Set<number>();
-    const frag: HTMLDivElement[] = [];
-    for (const it of items) {
-      const idx = it.index + buf.dropped; // absolute line number: stable across drops
-      keep.add(idx);
-      let row = rows.get(idx);
-      const l = buf.at(it.index);
-      if (!l) continue;
-      if (!row) {
-        row = h('div', { class: `line ${levelOf(l.line)}` });
-        row.dataset.seq = String(idx);
-        row.innerHTML = render(l);
-        rows.set(idx, row);
-        frag.push(row);
-      }
-      row.dataset.index = String(it.index);
-      row.style.transform = `translateY(${it.start}px)`;
-    }
-    for (const [idx, row] of rows) if (!keep.has(idx)) { row.remove(); rows.delete(idx); }
-    if (frag.length) inner.append(...frag);
-    if (wrap.checked) for (const row of inner.children) v.measureElement(row as HTMLDivElement);
-  }
-  const rerender = () => { for (const r of rows.values()) r.remove(); rows.clear(); drawn = ''; v.measure(); draw(); };
-  cleanup.push(v._didMount());
-  v._willUpdate();
-
-  let stream: LogStream | undefined;
-  const setState = (s: StreamState, reason: string) => {
-    state.className = `state ${s}`;
-    state.textContent = reason ? `${s} (${reason})` : s;
-  };
-  const onLines = (lines: LogLine[]) => {
-    for (const l of lines) if (l.pod && !podIndex.has(l.pod)) podIndex.set(l.pod, podIndex.size % POD_COLOURS);
-    buf.push(lines);
-    if (!follow) { unseen += lines.length; badge.hidden = false; badge.textContent = `${unseen} new lines`; }
-    droppedMarker.hidden = buf.dropped === 0;
-    droppedMarker.textContent = `${buf.dropped} older lines dropped (the page keeps the last ${buf.cap}); download for the whole log`;
-    count.textContent = `${buf.length} lines`;
-    v.setOptions({ ...v.options, count: buf.length });
-    v._willUpdate();
-    if (follow) v.scrollToIndex(buf.length - 1, { align: 'end' });
-    draw();
-  };
-  const params = (): URLSearchParams => {
-    const q = new URLSearchParams();
-    if (kind === 'pod' && containers.value) q.set('container', containers.value);
-    if (kind === 'app' && query.get('kind')) q.set('kind', query.get('kind')!);
-    if (previous.checked) q.set('previous', 'true');
-    if (query.get('since')) q.set('since', query.get('since')!);
-    else if (since.value) q.set('sinceSeconds', since.value);
-    else q.set('tailLines', tail.value || '500');
-    if (grep.value) q.set('grep', grep.value);
-    if (exclude.value) q.set('grepExclude', exclude.value);
-    return q;
-  };
-  const path = `/api/v1/namespaces/${ns}/${kind === 'pod' ? 'pods' : 'apps'}/${name}/logs`;
-  // Read-only view of the kept lines for the browser tests (the DOM holds only visible rows).
-  (window as unknown as { kubelensLines: () => { dropped: number; lines: string[] } }).kubelensLines = () => ({ dropped: buf.dropped, lines: buf.all().map((l) => l.line) });
-  const restart = () => {
-    stream?.stop();
-    buf.clear(); unseen = 0; badge.hidden = true; hl = regex(); rerender();
-    archivedNote.hidden = true;
-    stream = new LogStream(`${path}?${params()}`, { onLines, onState: setState, onEvent: (type, d) => { if (type === 'status') onStatus(d as Status); } });
-    stream.open();
-  };
-  const onStatus = (d: Status) => {
-    if (d.state !== 'archived') return;
-    const kids: (Node | string)[] = [`archived: pod ${d.reason === 'pod_deleted' ? 'deleted' : 'gone'}`];
-    if (d.terminatedAt) kids.push(' ', h('time', { class: 'terminated', datetime: d.terminatedAt }, formatTime(d.terminatedAt)));
-    if (d.expiresAt) kids.push(' · readable until ', h('time', { class: 'expires', datetime: d.expiresAt }, formatTime(d.expiresAt)));
-    archivedNote.replaceChildren(...kids);
-    archivedNote.hidden = false;
-  };
-  const setFollow = (on: boolean) => {
-    follow = on; pause.textContent = on ? 'pause' : 'follow';
-    if (on) { unseen = 0; badge.hidden = true; v.scrollToIndex(buf.length - 1, { align: 'end' }); }
-  };
-  pause.onclick = () => setFollow(!follow);
-  badge.onclick = () => setFollow(true);
-  scroller.addEventListener('wheel', (e) => { if (e.deltaY < 0 && follow) setFollow(false); });
-  for (const el of [containers, previous, tail, since, grep, exclude]) el.addEventListener('change', restart);
-  wrap.onchange = () => { scroller.classList.toggle('wrap', wrap.checked); rerender(); void update(setPref('wrap', wrap.checked)); };
-  stamps.onchange = rerender;
-  jsonPretty.onchange = rerender;
-  dl.onclick = async () => {
-    const q = params(); q.set('follow', 'false'); q.set('download', 'true'); q.delete('tailLines');
-    const res = await fetch(`${path}?${q}`, { headers: { Authorization: `Bearer ${await token()}` } });
-    const a = h('a', { href: URL.createObjectURL(await res.blob()), download: `${ns}-${name}.log` });
-    a.click();
-  };
-  const keys = (e: KeyboardEvent) => {
-    if ((e.target as HTMLElement).tagName === 'INPUT') return;
-    if (e.key === ' ') { e.preventDefault(); setFollow(!follow); }
-    else if (e.key === 'w') { wrap.checked = !wrap.checked; wrap.dispatchEvent(new Event('change')); }
-    else if (e.key === '/') { e.preventDefault(); grep.focus(); }
-    else if (e.key === 't') toggleTheme();
-    else if (e.key === 'p') pin.click();
-  };
-  document.addEventListener('keydown', keys);
-  cleanup.push(() => document.removeEventListener('keydown', keys), () => stream?.stop());
-  const label = (el: HTMLElement, text: string) => h('label', {}, el, text);
-  scroller.classList.toggle('wrap', wrap.checked);
-  app.replaceChildren(header(), h('main', { class: 'logview' },
-    h('nav', { class: 'crumbs' }, h('a', { href: `#/ns/${ns}` }, ns), ` / ${kind} ${name} `, pin, ' ', state, ' ', count, ' ', archivedNote),
-    h('div', { class: 'toolbar' }, containers, label(previous, 'previous'), tail, since, grep, exclude, label(wrap, 'wrap'), label(stamps, 'timestamps'), label(jsonPretty, 'JSON'), pause, dl, badge),
-    droppedMarker, scroller));
-  restart();
 }
 
 // ---- routing ----
@@ -303,8 +123,8 @@ async function route(): Promise<void> {
   const q = new URLSearchParams(qs ?? '');
   const parts = pathPart.split('/').filter(Boolean).map(decodeURIComponent);
   try {
-    if (parts[0] === 'ns' && parts[1] && parts[2] === 'pod' && parts[3]) await logs(parts[1], 'pod', parts[3], q);
-    else if (parts[0] === 'ns' && parts[1] && parts[2] === 'app' && parts[3]) await logs(parts[1], 'app', parts[3], q);
+    if (parts[0] === 'ns' && parts[1] && parts[2] === 'pod' && parts[3]) await logView(app, header, cleanup, parts[1], 'pod', parts[3], q);
+    else if (parts[0] === 'ns' && parts[1] && parts[2] === 'app' && parts[3]) await logView(app, header, cleanup, parts[1], 'app', parts[3], q);
     else if (parts[0] === 'ns' && parts[1] && parts[2] === 'inspect' && parts[3]) await inspect(parts[1], parts[3]);
     else if (parts[0] === 'ns' && parts[1]) await namespace(parts[1]);
     else await namespaces();

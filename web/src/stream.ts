@@ -3,7 +3,7 @@
 // with no gap and no duplicate and without any script action. Only when the browser gives
 // up (a non-200 answer, e.g. 401 after the cookie expired) do we renew the cookie and open a
 // new EventSource from the last id (lastEventId query parameter).
-import { renewStreamCredential } from './api';
+import { renewStreamCredential, token } from './api';
 import type { LogLine } from './lines';
 
 export type StreamState = 'connecting' | 'live' | 'reconnecting' | 'ended';
@@ -38,7 +38,7 @@ export class LogStream {
       const m = e as MessageEvent;
       this.lastId = m.lastEventId || this.lastId;
       const d = JSON.parse(m.data);
-      this.pending.push({ id: m.lastEventId, ts: d.ts, pod: d.pod, container: d.container, line: d.line, truncated: d.truncated });
+      this.pending.push({ id: m.lastEventId, ts: d.ts, pod: d.pod, container: d.container, line: d.line, truncated: d.truncated, level: d.level, fields: d.fields });
       this.schedule();
     });
     es.addEventListener('status', (e) => {
@@ -56,15 +56,22 @@ export class LogStream {
     es.onerror = () => {
       if (this.closed) return;
       if (es.readyState === EventSource.CONNECTING) { this.h.onState('reconnecting', 'connection lost'); return; }
-      // The browser gave up (non-200): renew the cookie, then reopen from the last id.
+      // The browser gave up (non-200). EventSource does not say why, so ask once with fetch:
+      // a request the server refuses for good (a bad query, a line that is gone: 4xx other
+      // than 401/429) ends the view with the server's reason; anything else (an expired
+      // cookie, overload, a restart) renews the cookie and reopens from the last id.
       es.close();
       this.failures++;
       this.h.onState('reconnecting', 'renewing credential');
       const delay = Math.min(30_000, 500 * 2 ** Math.min(this.failures, 6));
-      setTimeout(() => {
+      void refusal(u.toString()).then((r) => {
         if (this.closed) return;
-        renewStreamCredential().catch(() => undefined).finally(() => { if (!this.closed) this.open(); });
-      }, delay);
+        if (r) { this.flush(); this.stop(); this.h.onState('ended', `${r.code}: ${r.message}`); this.h.onEvent?.('refused', r); return; }
+        setTimeout(() => {
+          if (this.closed) return;
+          renewStreamCredential().catch(() => undefined).finally(() => { if (!this.closed) this.open(); });
+        }, delay);
+      });
     };
   }
 
@@ -86,5 +93,19 @@ export class LogStream {
   stop(): void {
     this.closed = true;
     this.es?.close();
+  }
+}
+
+/** Why the server refuses `url` for good (status 400–499 except 401 and 429), or null. */
+export async function refusal(url: string): Promise<{ status: number; code: string; message: string } | null> {
+  const abort = new AbortController();
+  try {
+    const res = await fetch(url, { headers: { Accept: 'text/event-stream', Authorization: `Bearer ${await token()}` }, signal: abort.signal });
+    if (res.status < 400 || res.status >= 500 || res.status === 401 || res.status === 429) { abort.abort(); return null; }
+    let code = String(res.status), message = res.statusText;
+    try { const e = await res.json(); code = e.error.code; message = e.error.message; } catch { /* not JSON */ }
+    return { status: res.status, code, message };
+  } catch {
+    return null;
   }
 }

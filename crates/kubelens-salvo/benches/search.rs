@@ -19,9 +19,11 @@
 //!   same bytes from the API server as kubelens does.
 //!
 //! Throughput = the log's text bytes (kubelens' `end.bytes`, i.e. what `kubectl logs` prints)
-//! divided by each peer's wall time. Every other peer over the same log is one more row of
-//! [`CASES`] (e.g. a `download=true` read vs `kubectl logs > file`: a [`Case`] with its own
-//! request and shell pipeline). Results: docs/benchmarks/search.md.
+//! divided by each peer's wall time. The download case reads `…/logs?download=true` into a file
+//! (bytes and lines counted as they arrive, RSS sampled the same way) against
+//! `kubectl logs -n team-a <pod> > file && wc -l < file`. Every case is one row of [`CASES`];
+//! `BENCH_SEARCH_CASES=download` (a comma list of case names) runs only those. Results:
+//! docs/benchmarks/search.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 #[path = "../tests/support/mod.rs"]
@@ -47,9 +49,24 @@ struct Case {
     name: &'static str,
     /// Our request (path and query after `/api/v1/namespaces/team-a/pods/<pod>/logs`).
     ours: &'static str,
-    /// The peer's shell pipeline after `kubectl logs -n team-a <pod>`; prints one number.
+    /// The peer's shell pipeline after `kubectl logs -n team-a <pod>`; prints one number: the
+    /// matches of a search, the lines of a download.
     peer: &'static str,
+    read: Read,
 }
+
+/// What our request answers, and so how it is read and what the peer must print.
+#[derive(Clone, Copy)]
+enum Read {
+    /// SSE to its `end` event; the number is the match count.
+    Search,
+    /// A `text/plain` body written to a file, as `kubectl logs > file` does; the number is its
+    /// line count.
+    Download,
+}
+
+/// Where both peers of the download case write the log (each run overwrites it).
+const DOWNLOAD_OURS: &str = "/tmp/kubelens-bench-download-kubelens.log";
 
 /// The search pattern is `seq=[0-9]*12345 ` (Rust regex and POSIX ERE alike): `seq` numbers
 /// ending in 12345, about one line in 100,000.
@@ -57,8 +74,16 @@ struct Case {
 /// more bytes from the API server than plain `kubectl logs`: the second case gives kubectl the
 /// same bytes to read.
 const CASES: &[Case] = &[
-    Case { name: "search", ours: "/search?q=seq%3D%5B0-9%5D*12345%20", peer: "| grep -cE 'seq=[0-9]*12345 '" },
-    Case { name: "search (kubectl --timestamps)", ours: "/search?q=seq%3D%5B0-9%5D*12345%20", peer: "--timestamps | grep -cE 'seq=[0-9]*12345 '" },
+    Case { name: "search", ours: "/search?q=seq%3D%5B0-9%5D*12345%20", peer: "| grep -cE 'seq=[0-9]*12345 '", read: Read::Search },
+    Case { name: "search (kubectl --timestamps)", ours: "/search?q=seq%3D%5B0-9%5D*12345%20", peer: "--timestamps | grep -cE 'seq=[0-9]*12345 '", read: Read::Search },
+    // The whole log to a file: `download=true` (no line cap; kubelens still reads with
+    // timestamps from the API server and writes the text without them, as kubectl does).
+    Case {
+        name: "download",
+        ours: "?download=true",
+        peer: "> /tmp/kubelens-bench-download-kubectl.log && wc -l < /tmp/kubelens-bench-download-kubectl.log",
+        read: Read::Download,
+    },
 ];
 
 fn main() {
@@ -146,7 +171,7 @@ struct Ours {
     cpu_seconds: f64,
 }
 
-async fn ours(url: &str, token: &str, pid: u32) -> Ours {
+async fn ours(url: &str, token: &str, pid: u32, read: Read) -> Ours {
     let rss_before_kb = status_kb(pid, "VmRSS");
     let (done, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(rss_before_kb)));
     let sampler = {
@@ -160,6 +185,23 @@ async fn ours(url: &str, token: &str, pid: u32) -> Ours {
     };
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
+    let mut out = match read {
+        Read::Search => search(url, token).await,
+        Read::Download => download(url, token).await,
+    };
+    out.seconds = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    out.cpu_seconds = cpu_seconds(pid) - cpu_before;
+    out.rss_peak_kb = peak.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    out.rss_after_kb = status_kb(pid, "VmRSS");
+    out.rss_before_kb = rss_before_kb;
+    out
+}
+
+/// A search read to its `end` event.
+async fn search(url: &str, token: &str) -> Ours {
     let resp = reqwest::Client::new().get(url).bearer_auth(token).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "{url}");
     let mut body = resp.bytes_stream();
@@ -185,15 +227,27 @@ async fn ours(url: &str, token: &str, pid: u32) -> Ours {
             }
         }
     }
-    out.seconds = started.elapsed().as_secs_f64();
     assert!(ended, "the search ended without an `end` event");
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    out.cpu_seconds = cpu_seconds(pid) - cpu_before;
-    out.rss_peak_kb = peak.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    out.rss_after_kb = status_kb(pid, "VmRSS");
-    out.rss_before_kb = rss_before_kb;
+    out
+}
+
+/// A download written to [`DOWNLOAD_OURS`]: `bytes` is the body, `lines` (and `matches`, the
+/// number the peer prints) its newlines.
+async fn download(url: &str, token: &str) -> Ours {
+    use std::io::Write as _;
+    let resp = reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{url}");
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(DOWNLOAD_OURS).unwrap());
+    let (mut body, mut out) = (resp.bytes_stream(), Ours::default());
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        out.bytes += chunk.len() as u64;
+        out.lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        file.write_all(&chunk).unwrap();
+    }
+    file.flush().unwrap();
+    out.matches = out.lines;
+    out.reason = "complete".into();
     out
 }
 
@@ -234,14 +288,20 @@ async fn run(env: &TestEnv, mb: u64) {
     println!();
     println!("| case | run | peer | wall s | MB/s | lines/s | matches | ratio vs kubectl | kubelens RSS before / peak / after (MB) | kubelens CPU s | progress events | loadavg |");
     println!("|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|");
-    for case in CASES {
+    let only = std::env::var("BENCH_SEARCH_CASES").ok();
+    let chosen = |case: &&Case| only.as_deref().is_none_or(|names| names.split(',').any(|n| n.trim() == case.name));
+    for case in CASES.iter().filter(chosen) {
         for run in 1..=runs {
-            let got = ours(&format!("{base}{}", case.ours), &token, pid).await;
+            let got = ours(&format!("{base}{}", case.ours), &token, pid, case.read).await;
+            let expected = match case.read {
+                Read::Search => expected_matches,
+                Read::Download => count,
+            };
             assert_eq!(got.reason, "complete", "{got:?}");
-            assert_eq!(got.matches, expected_matches, "{got:?}");
+            assert_eq!(got.matches, expected, "{got:?}");
             assert_eq!(got.lines, count, "{got:?}");
             let (peer_s, peer_out) = peer(env, &pod, case.peer);
-            assert_eq!(peer_out, expected_matches.to_string(), "kubectl | grep -c");
+            assert_eq!(peer_out, expected.to_string(), "kubectl logs {}", case.peer);
             let mbps = |s: f64| got.bytes as f64 / 1e6 / s;
             let mb = |kb: u64| kb as f64 / 1024.0;
             println!(
@@ -271,6 +331,8 @@ async fn run(env: &TestEnv, mb: u64) {
     }
     println!();
     println!("# kubelens VmHWM after all runs: {} kB; bytes scanned per search: {}", status_kb(pid, "VmHWM"), count * (LINE_TEXT + 1));
-    let _ = std::fs::remove_file(&path);
+    for file in [path.as_path(), DOWNLOAD_OURS.as_ref(), "/tmp/kubelens-bench-download-kubectl.log".as_ref()] {
+        let _ = std::fs::remove_file(file);
+    }
     let _ = env.kubectl(&["-n", NS, "delete", "pod", &pod, "--wait=false"]);
 }
