@@ -1,6 +1,8 @@
 // The lines a log view keeps: at most `cap` (100,000 by default); older ones are dropped
 // and counted, so the view can show "N older lines dropped" instead of silently losing them.
 
+import { escapeHtml } from './dom';
+
 export interface LogLine {
   id: string;
   ts: string;
@@ -125,6 +127,5 @@ export function prettyJson(text: string): string | null {
 /** HTML for a line's fields as `key=value` chips, escaped; '' when it has none. */
 export function fieldsHtml(fields: Record<string, string> | undefined): string {
   if (!fields) return '';
-  const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-  return Object.entries(fields).map(([k, v]) => `<span class="f"><span class="k">${esc(k)}</span>=<span class="v">${esc(v)}</span></span>`).join(' ');
+  return Object.entries(fields).map(([k, v]) => `<span class="f"><span class="k">${escapeHtml(k)}</span>=<span class="v">${escapeHtml(v)}</span></span>`).join(' ');
 }
