@@ -108,6 +108,18 @@ test('JSON lines show as fields, and the level filter runs on the server', async
   assert.equal((await kept()).lines.filter((l) => l.includes(marker)).length, 1);
 });
 
+test('grep matches are marked in the text the user sees, with <, & and ANSI colours intact', async () => {
+  const marker = `mark-e2e-${Date.now()}`;
+  appendLines(debugLog(), [`${marker} a<b> & c \x1b[31mred-word\x1b[0m end`]);
+  await open(`#/ns/team-a/pod/debug?grep=${encodeURIComponent(`${marker}|<b> &|red-word`)}`);
+  const row = page.locator(`#log .line:has-text("${marker}")`);
+  await row.waitFor({ timeout: 30_000 });
+  assert.equal(await row.locator('.text').textContent(), `${marker} a<b> & c red-word end`, 'the line reads as written');
+  assert.deepEqual(await row.locator('mark').allTextContents(), [marker, '<b> &', 'red-word']);
+  // The match inside an ANSI colour keeps its colour.
+  assert.ok(await row.locator('.text span[class*="ansi-red"] mark').count(), await row.locator('.text').innerHTML());
+});
+
 test('an app view switches a pod\'s lines off and on without re-reading', async () => {
   await open('#/ns/team-a/app/db?kind=StatefulSet');
   const marker = `toggle-e2e-${Date.now()}`;

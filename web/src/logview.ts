@@ -8,7 +8,7 @@ import { api, token } from './api';
 import { escapeHtml, h } from './dom';
 import { fieldsHtml, LineBuffer, lineLevel, PodFilter, prettyJson, type LogLine } from './lines';
 import { pinButton } from './pins';
-import { searchPanel, type Match } from './search';
+import { markText, searchPanel, type Match } from './search';
 import { current, setPref, update, type ResourceRef } from './session';
 import { LogStream, type StreamState } from './stream';
 import { toggleTheme } from './theme';
@@ -93,7 +93,6 @@ export async function logView(app: HTMLElement, header: () => HTMLElement, clean
       const pretty = json.value === 'pretty' ? prettyJson(l.line) : null;
       html = pretty !== null ? escapeHtml(pretty) : ansi.ansi_to_html(l.line);
     }
-    if (hl) html = html.replace(new RegExp(`(${hl.source.replace(/&/g, '&amp;')})(?![^<]*>)`, 'g'), '<mark>$1</mark>');
     const ts = stamps.checked ? `<span class="ts">${escapeHtml(l.ts)}</span> ` : '';
     const pod = kind === 'app' && l.pod ? `<span class="pod p${podIndex.get(l.pod) ?? 0}">${escapeHtml(l.pod)}</span> ` : '';
     const trunc = l.truncated ? ' <span class="trunc">[truncated]</span>' : '';
@@ -134,6 +133,7 @@ export async function logView(app: HTMLElement, header: () => HTMLElement, clean
         row.dataset.seq = String(idx);
         row.dataset.id = l.id;
         row.innerHTML = render(l);
+        markText(row.querySelector('.text')!, hl);
         rows.set(idx, row);
         frag.push(row);
       }

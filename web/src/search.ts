@@ -37,6 +37,26 @@ export function marked(line: string, re: RegExp | null): string {
   return html + escapeHtml(line.slice(at));
 }
 
+/**
+ * Marks every match of `re` in the text of `root` (a rendered log line: ANSI colour spans,
+ * field chips) with a <mark>, leaving its elements as they are. Matching runs on the text the
+ * user sees, so `<`, `&` and entities behave like any other character; a match that would cross
+ * an element boundary (a colour change) is not marked.
+ */
+export function markText(root: Element, re: RegExp | null): void {
+  if (!re) return;
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  const texts: Text[] = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) texts.push(n as Text);
+  for (const t of texts) {
+    const html = marked(t.data, re);
+    if (!html.includes('<mark>')) continue; // the text itself is escaped: only ours can appear
+    const tpl = document.createElement('template');
+    tpl.innerHTML = html;
+    t.replaceWith(tpl.content);
+  }
+}
+
 const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
 
 /** The search panel: a pattern box, progress, and the list of matches. */

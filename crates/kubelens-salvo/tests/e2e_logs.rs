@@ -1230,6 +1230,20 @@ async fn downloads_are_the_whole_log_for_pods_and_apps() {
     assert_eq!(stamped.lines().count(), 3000);
     let (status, _, body) = get_text(&format!("{base}?download=true&follow=true"), "viewer").await;
     assert_eq!(status, 400, "a download cannot follow: {body}");
+    // JSON, logfmt, plain and klog lines come out byte for byte; a level filter applies to the
+    // whole download as it does to a stream (the loggen lines have no level and drop out).
+    let structured: Vec<(String, &str, &str)> = (0..40).map(structured_line).collect();
+    let texts: Vec<String> = structured.iter().map(|(t, _, _)| t.clone()).collect();
+    kubelens_testenv::append_cri_lines(&path, &texts).unwrap();
+    let (status, _, text) = get_text(&format!("{base}?download=true"), "viewer").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text.lines().count(), 3040);
+    assert_eq!(text.lines().skip(3000).collect::<Vec<_>>(), texts.iter().map(String::as_str).collect::<Vec<_>>(), "structured lines verbatim");
+    let (status, _, errors) = get_text(&format!("{base}?download=true&level=error"), "viewer").await;
+    assert_eq!(status, 200, "{errors}");
+    let want: Vec<&str> = structured.iter().filter(|(_, level, _)| rank(level) >= rank("error")).map(|(t, _, _)| t.as_str()).collect();
+    assert!(!want.is_empty());
+    assert_eq!(errors.lines().collect::<Vec<_>>(), want, "error and fatal lines only");
     // An app: two pods, 1,500 lines each, merged.
     let app = unique("dlapp");
     let (_, pods) = create_app(env, "team-a", &app, 2);
