@@ -8,6 +8,8 @@
 // Run (builds nothing; needs `cargo build -p kubelens-salvo --bin kubelens` (or KUBELENS_BIN)
 // and `npm --prefix web run build`):
 //   testenv/run -- node web/bench/console.bench.mjs
+// BENCH_RATE, BENCH_SECONDS, BENCH_OUT (the JSON report) and BENCH_PROFILE (a .cpuprofile of
+// the following phase) change what it does.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -53,6 +55,9 @@ const t0 = Date.now();
 await page.goto(`${server.base}/#/ns/team-a/pod/debug?tailLines=0`);
 await page.waitForSelector('#log .line', { timeout: 30_000 });
 const firstLineMs = Date.now() - t0;
+// The page opened with tailLines=0 after loggen had started: its lines begin at this seq.
+const seqOf = (line) => Number(/\bseq=(\d+)\b/.exec(line)?.[1]);
+const firstSeq = await page.evaluate((tag) => window.kubelensLines().lines.find((l) => l.includes(tag)), src).then(seqOf);
 await page.check('#timestamps');
 // In the page: long tasks, frame times, and each row's (line timestamp → inserted) latency.
 await page.evaluate(() => {
@@ -62,6 +67,8 @@ await page.evaluate(() => {
   const frame = (t) => { b.frames.push([b.phase, t - last]); last = t; requestAnimationFrame(frame); };
   requestAnimationFrame(frame);
   new MutationObserver((muts) => {
+    // Only while following: rows drawn while scrolling back hold old lines.
+    if (b.phase !== 'follow') return;
     const now = Date.now();
     for (const m of muts) for (const n of m.addedNodes) {
       const ts = n.querySelector?.('.ts')?.textContent;
@@ -69,13 +76,20 @@ await page.evaluate(() => {
     }
   }).observe(document.querySelector('#log'), { childList: true, subtree: true });
 });
+// BENCH_PROFILE=file.cpuprofile: a CPU profile of the page's main thread while following
+// (open it in Chrome DevTools' Performance panel, or summarise it with web/bench/profile-top.mjs).
+const PROFILE = process.env.BENCH_PROFILE;
+if (PROFILE) { await cdp.send('Profiler.enable'); await cdp.send('Profiler.setSamplingInterval', { interval: 200 }); await cdp.send('Profiler.start'); }
 const heapSamples = [];
 const started = Date.now();
 while (Date.now() - started < SECONDS * 1000) {
   await new Promise((r) => setTimeout(r, 10_000));
   heapSamples.push([Math.round((Date.now() - started) / 1000), Math.round((await heap()) / 1048576)]);
-  console.log(`t=${heapSamples.at(-1)[0]}s heap ${heapSamples.at(-1)[1]} MiB, load ${loadavg()}`);
+  // Lines the page has taken in so far (kept + dropped), from what it shows the user.
+  const taken = await page.evaluate(() => parseInt(document.querySelector('#count').textContent, 10) + (parseInt(document.querySelector('#dropped').textContent, 10) || 0));
+  console.log(`t=${heapSamples.at(-1)[0]}s heap ${heapSamples.at(-1)[1]} MiB, page has taken in ${taken} lines, kubectl ${kubectlLat.length}, load ${loadavg()}`);
 }
+if (PROFILE) fs.writeFileSync(PROFILE, JSON.stringify((await cdp.send('Profiler.stop')).profile));
 // Scrolling: pause, then wheel up through the kept lines for 5 s.
 await page.evaluate(() => { window.kubelensBench.phase = 'scroll'; });
 // (a wheel up pauses following by itself)
@@ -84,20 +98,29 @@ const scrollEnd = Date.now() + 5000;
 while (Date.now() < scrollEnd) { await page.mouse.wheel(0, -600); await new Promise((r) => setTimeout(r, 16)); }
 await genDone;
 kc.kill('SIGTERM');
-// Let the page catch up (bounded), then count what it kept.
+// Let the page catch up to the last line (bounded), then count what it kept: from its first
+// line on it must hold every seq once (kept + dropped = last - first + 1, in order).
 const caughtUp = Date.now();
+const lastSeq = RATE * SECONDS;
 let view;
 while (true) {
-  view = await page.evaluate((tag) => { const v = window.kubelensLines(); return { kept: v.lines.length, dropped: v.dropped, mine: v.lines.filter((l) => l.includes(tag)).length }; }, src);
-  if (view.mine + view.dropped >= RATE * SECONDS || Date.now() - caughtUp > 60_000) break;
+  view = await page.evaluate((tag) => {
+    const v = window.kubelensLines();
+    const seqs = v.lines.filter((l) => l.includes(tag)).map((l) => Number(/\bseq=(\d+)\b/.exec(l)[1]));
+    const others = v.lines.filter((l) => !l.includes(tag));
+    return { kept: v.lines.length, dropped: v.dropped, others: others.length, otherSample: others.slice(0, 3), last: seqs.at(-1) ?? 0, inOrder: seqs.every((q, i) => i === 0 || q - seqs[i - 1] === 1) };
+  }, src);
+  if (view.last >= lastSeq || Date.now() - caughtUp > 60_000) break;
   await new Promise((r) => setTimeout(r, 500));
 }
 view.catchUpMs = Date.now() - caughtUp;
+view.exact = view.inOrder && view.last === lastSeq && view.kept + view.dropped - view.others === lastSeq - firstSeq + 1;
+if (view.others) console.log(`${view.others} kept lines are not loggen's, e.g. ${JSON.stringify(view.otherSample)}`);
 const b = await page.evaluate(() => window.kubelensBench);
 const frames = (phase) => b.frames.filter(([p]) => p === phase).map(([, d]) => d);
 const f = (xs) => `p50 ${pct(xs, 50).toFixed(1)} ms, p99 ${pct(xs, 99).toFixed(1)} ms, max ${Math.max(...xs).toFixed(1)} ms (${xs.length} frames)`;
 const report = {
-  rate: RATE, seconds: SECONDS, written: RATE * SECONDS, kept: view.kept, dropped: view.dropped, catchUpAfterEndMs: view.catchUpMs,
+  rate: RATE, seconds: SECONDS, written: RATE * SECONDS, firstSeqOnPage: firstSeq, kept: view.kept, dropped: view.dropped, everyLineOnceInOrder: view.exact, catchUpAfterEndMs: view.catchUpMs,
   heapMiB: heapSamples, longTasksOver50ms: b.longTasks.filter((d) => d > 50).length, longestTaskMs: Math.max(0, ...b.longTasks),
   framesFollow: f(frames('follow')), framesScroll: f(frames('scroll')), pageLoadToFirstLineMs: firstLineMs,
   latencyConsoleMs: { p50: pct(b.rowLat, 50), p99: pct(b.rowLat, 99), samples: b.rowLat.length },

@@ -176,9 +176,20 @@ export async function logView(app: HTMLElement, header: () => HTMLElement, clean
     v.setOptions({ ...v.options, count: shown.length });
     v._willUpdate();
     const target = around ? shown.lastIndexOf(around, lines.length) : -1;
-    if (target >= 0) { unseen = 0; badge.hidden = true; v.scrollToIndex(target, { align: 'center' }); }
-    else if (follow) v.scrollToIndex(shown.length - 1, { align: 'end' });
-    draw();
+    if (target >= 0) { unseen = 0; badge.hidden = true; v.scrollToIndex(target, { align: 'center' }); draw(); }
+    else if (follow) followEnd();
+    else draw();
+  };
+  // Keeps the newest line in view with a plain scrollTop write, not the virtualizer's
+  // scrollToIndex: that one re-reads the layout (scrollHeight) every frame until it settles,
+  // and with lines arriving every 30-100 ms it never does. The scroll event redraws (onChange);
+  // when the end did not move (at the cap the height stays while lines shift) we redraw here.
+  const followEnd = () => {
+    const total = v.getTotalSize();
+    inner.style.height = `${total}px`;
+    const before = v.scrollOffset;
+    scroller.scrollTop = Math.max(0, total - scroller.clientHeight);
+    if (scroller.scrollTop === before) draw();
   };
   const filters = (q: URLSearchParams) => {
     if (exclude.value) q.set('grepExclude', exclude.value);
@@ -199,6 +210,7 @@ export async function logView(app: HTMLElement, header: () => HTMLElement, clean
     else q.set('tailLines', tail.value || '500');
     if (grep.value) q.set('grep', grep.value);
     if (json.value === 'fields') q.set('fields', 'true');
+    q.set('batch', 'true'); // several lines per SSE event (stream.ts)
     return filters(q);
   };
   const path = `/api/v1/namespaces/${ns}/${kind === 'pod' ? 'pods' : 'apps'}/${name}/logs`;
@@ -221,7 +233,7 @@ export async function logView(app: HTMLElement, header: () => HTMLElement, clean
   };
   const setFollow = (on: boolean) => {
     follow = on; pause.textContent = on ? 'pause' : 'follow';
-    if (on) { unseen = 0; badge.hidden = true; v.scrollToIndex(pods.view().length - 1, { align: 'end' }); }
+    if (on) { unseen = 0; badge.hidden = true; followEnd(); }
   };
   pause.onclick = () => setFollow(!follow);
   badge.onclick = () => setFollow(true);

@@ -248,6 +248,7 @@ pub async fn pod_logs_from_archive(
         frames.push(crate::logs::status_frame(&pod_name, &container, &end));
     }
     SseBody::new(futures::stream::iter(frames).boxed(), logs.keepalive_interval, state.shutdown.clone(), shutdown_frames(pod_name, container))
+        .batch_lines(query.batch)
         .hold(viewer)
         .respond(res);
     Ok(())

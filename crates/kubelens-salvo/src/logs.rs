@@ -147,6 +147,9 @@ pub struct LogQuery {
     pub json: LineJsonOptions,
     /// `around=<id>`: open the log at a line (see [`AroundQuery`]).
     pub around: Option<AroundQuery>,
+    /// `batch=true`: an SSE response sends its lines as `logs` events, several lines each
+    /// ([`SseBody::batch_lines`]).
+    pub batch: bool,
 }
 
 /// `around=<id>&before=N&after=M`: the `N` lines before the line `<id>`, the line, and the `M`
@@ -373,6 +376,7 @@ impl LogQuery {
                 .with_fields(fields),
             json: LineJsonOptions { fields: parse_bool(req, "fields", false)? },
             around,
+            batch: parse_bool(req, "batch", false)?,
         })
     }
 }
@@ -533,7 +537,8 @@ pub(crate) fn shutdown_frames(pod: String, container: String) -> crate::sse::Shu
 
 /// Responds with a live log stream of `frames`: keepalives, the final status on shutdown or at
 /// the caller's token deadline, metrics, write coalescing, and the viewer's admission permit
-/// held for the life of the response. `pod`/`container` label the final status.
+/// held for the life of the response. `pod`/`container` label the final status; `batch`
+/// sends the lines as `logs` events (`batch=true`).
 pub(crate) fn respond_log_stream(
     res: &mut Response,
     app_state: &AppState,
@@ -541,6 +546,7 @@ pub(crate) fn respond_log_stream(
     frames: BoxStream<'static, SseFrame>,
     (pod, container): (String, String),
     viewer: ViewerPermit,
+    batch: bool,
 ) {
     let logs = &app_state.config.logs;
     let deadline = stream_deadline(who, app_state.config.auth.stream_token_grace);
@@ -548,6 +554,7 @@ pub(crate) fn respond_log_stream(
         .end_at(deadline, final_status_frames(pod, container, StatusReason::TokenExpired))
         .metrics(&app_state.metrics)
         .coalesce(logs.sse_write_coalesce)
+        .batch_lines(batch)
         .hold(viewer)
         .respond(res);
 }
@@ -631,11 +638,11 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 futures::future::ready(frame)
             })
             .boxed();
-        respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
+        respond_log_stream(res, &app_state, &who, frames, (name, container), viewer, query.batch);
         return Ok(());
     }
     let frames = hub_frames(&app_state, &service, &pod, key, resume_point(query.start), &query)?;
-    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer);
+    respond_log_stream(res, &app_state, &who, frames, (name, container), viewer, query.batch);
     Ok(())
 }
 
@@ -812,7 +819,7 @@ pub(crate) async fn respond_around(
             futures::stream::iter(head).chain(after).chain(futures::stream::once(futures::future::ready(end))).boxed()
         }
     };
-    respond_log_stream(res, app_state, who, frames, (answer.pod.to_owned(), answer.container.to_owned()), viewer);
+    respond_log_stream(res, app_state, who, frames, (answer.pod.to_owned(), answer.container.to_owned()), viewer, query.batch);
     Ok(())
 }
 
@@ -1160,7 +1167,7 @@ pub async fn app_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         respond_app_download(res, &ns_app_filename(&app, format), events, &query, format, viewer);
         return Ok(());
     }
-    respond_log_stream(res, &app_state, &who, app_frames(events, &query), (app, String::new()), viewer);
+    respond_log_stream(res, &app_state, &who, app_frames(events, &query), (app, String::new()), viewer, query.batch);
     Ok(())
 }
 
@@ -1386,7 +1393,7 @@ async fn app_around(
         let after = take_lines(found.rest, usize::try_from(around.after).unwrap_or(usize::MAX)).filter_map(move |e| futures::future::ready(frame(e)));
         futures::stream::iter(head).chain(after).chain(futures::stream::once(futures::future::ready(end))).boxed()
     };
-    respond_log_stream(res, app_state, who, frames, (app.to_owned(), String::new()), viewer);
+    respond_log_stream(res, app_state, who, frames, (app.to_owned(), String::new()), viewer, query.batch);
     Ok(())
 }
 
@@ -1658,6 +1665,7 @@ mod tests {
             filter: LineFilter::new(None, None).unwrap(),
             json: LineJsonOptions::default(),
             around: None,
+            batch: false,
         }
     }
 

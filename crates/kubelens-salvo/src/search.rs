@@ -262,7 +262,7 @@ fn respond(
             frame(&event, started)
         })
         .boxed();
-    respond_log_stream(res, app_state, who, frames, label, viewer);
+    respond_log_stream(res, app_state, who, frames, label, viewer, false);
 }
 
 fn opener(app_state: &AppState, upstream: &PodLogUpstream) -> Opener {

@@ -268,13 +268,15 @@ fn seq_of(line: &str) -> (u64, String) {
     (seq.unwrap_or_else(|| panic!("no seq in {line:?}")), src.unwrap_or_default())
 }
 
-/// Reads the stream, dropping the connection after a random number of lines and resuming
-/// with the last id, until every source reached `total`; asserts consecutive sequence
-/// numbers per source (no duplicate, no gap). Returns the number of drops.
-async fn drop_and_resume(url_first: &str, url_resume: &str, sources: &[String], total: u64, max_per_connection: u32) -> u32 {
+/// Reads the stream, dropping the connection after a random number of events (`log`, or
+/// `logs` with `batch=true`) and resuming with the last id, until every source reached
+/// `total`; asserts consecutive sequence numbers per source (no duplicate, no gap). Returns
+/// the number of drops and of `logs` events.
+async fn drop_and_resume(url_first: &str, url_resume: &str, sources: &[String], total: u64, max_per_connection: u32) -> (u32, u32) {
     let mut next: BTreeMap<String, u64> = sources.iter().map(|s| (s.clone(), 1)).collect();
     let mut last_id: Option<String> = None;
     let mut drops = 0;
+    let mut batches = 0;
     let deadline = Instant::now() + Duration::from_secs(150);
     while next.values().any(|n| *n <= total) {
         assert!(Instant::now() < deadline, "resume test did not finish: {next:?} after {drops} drops");
@@ -284,24 +286,33 @@ async fn drop_and_resume(url_first: &str, url_resume: &str, sources: &[String], 
         let mut got = 0;
         while got < budget && next.values().any(|n| *n <= total) {
             let Some(event) = sse.next(Duration::from_secs(20)).await else { break };
-            match event.event.as_str() {
-                "log" => {
-                    let (seq, src) = seq_of(event.data["line"].as_str().unwrap());
-                    let expected = next.get_mut(&src).unwrap_or_else(|| panic!("unexpected source {src}"));
-                    assert_eq!(seq, *expected, "source {src}: got seq {seq}, expected {expected} (id {:?}, after {drops} drops)", event.id);
-                    *expected += 1;
-                    last_id = Some(event.id.clone().expect("log events carry an id"));
-                    got += 1;
+            let lines = match event.event.as_str() {
+                "log" => vec![(event.data.clone(), event.id.clone().expect("log events carry an id"))],
+                "logs" => {
+                    let lines: Vec<_> = event.data.as_array().expect("a logs event is an array").iter().map(|l| (l.clone(), l["id"].as_str().expect("each line has its id").to_owned())).collect();
+                    assert!(!lines.is_empty(), "an empty logs event");
+                    assert_eq!(event.id.as_ref(), lines.last().map(|(_, id)| id), "a logs event's id is its last line's");
+                    batches += 1;
+                    lines
                 }
                 "lagged" => break,
-                _ => {}
+                _ => continue,
+            };
+            for (line, id) in lines {
+                let (seq, src) = seq_of(line["line"].as_str().unwrap());
+                let expected = next.get_mut(&src).unwrap_or_else(|| panic!("unexpected source {src}"));
+                assert_eq!(seq, *expected, "source {src}: got seq {seq}, expected {expected} (id {id:?}, after {drops} drops)");
+                *expected += 1;
+                last_id = Some(id);
             }
+            got += 1;
         }
         drop(sse);
         drops += 1;
     }
-    drops
+    (drops, batches)
 }
+
 
 // ---- tests ---------------------------------------------------------------------------------
 
@@ -320,11 +331,42 @@ async fn pod_stream_resumes_exactly_across_200_random_drops() {
         let mut gen_ = loggen(env, &path, &pod, total, 5_000, &[]);
         let base = format!("{}/namespaces/team-a/pods/{pod}/logs", server.base);
         let first = format!("{base}?since={since}");
-        let drops = drop_and_resume(&first, &base, std::slice::from_ref(&pod), total, max_per_connection).await;
+        let (drops, _) = drop_and_resume(&first, &base, std::slice::from_ref(&pod), total, max_per_connection).await;
         assert!(drops >= min_drops, "only {drops} drops");
         gen_.wait().unwrap();
         eprintln!("ring {ring}: {total} lines, {drops} drops, upstream requests: {}", server.logs.hub.upstreams_opened());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_pod_and_app_streams_resume_exactly_across_random_drops() {
+    let Some(env) = TestEnv::e2e() else { return };
+    // `batch=true` (what the console asks for): lines arrive as `logs` events of many lines;
+    // a connection cut after one or two events resumes from the last event's id. (A resume
+    // that reads backlog gets big events, so the number of cuts varies: 17-38 seen here.)
+    let server = start_server(env, |_| {}).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let pod = unique("batch");
+    let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
+    let app = unique("batchapp");
+    let (_, pods) = create_app(env, "team-a", &app, 2);
+    let total = 6_000;
+    let mut gens = vec![loggen(env, &path, &pod, total, 3_000, &[])];
+    gens.extend(pods.iter().map(|(p, path)| loggen(env, path, p, total, 1_500, &[])));
+    let pod_base = format!("{}/namespaces/team-a/pods/{pod}/logs?batch=true", server.base);
+    let (drops, batches) = drop_and_resume(&format!("{pod_base}&since={since}"), &pod_base, std::slice::from_ref(&pod), total, 2).await;
+    assert!(drops >= 10, "pod: only {drops} drops");
+    // The lines came in `logs` events, several to an event.
+    assert!(batches > 0 && u64::from(batches) < total, "pod: {batches} logs events for {total} lines");
+    let app_base = format!("{}/namespaces/team-a/apps/{app}/logs?batch=true", server.base);
+    let sources: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
+    let (app_drops, app_batches) = drop_and_resume(&format!("{app_base}&since={since}"), &app_base, &sources, total, 2).await;
+    assert!(app_drops >= 10, "app: only {app_drops} drops");
+    assert!(app_batches > 0 && u64::from(app_batches) < 2 * total, "app: {app_batches} logs events for {} lines", 2 * total);
+    for g in &mut gens {
+        g.wait().unwrap();
+    }
+    eprintln!("batched: pod {total} lines in {drops} connections, app 2 × {total} in {app_drops}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,7 +607,7 @@ async fn app_stream_resumes_exactly_across_200_random_drops_in_timestamp_order()
     let base = format!("{}/namespaces/team-a/apps/{app}/logs", server.base);
     let first = format!("{base}?since={since}");
     let sources: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
-    let drops = drop_and_resume(&first, &base, &sources, total, 200).await;
+    let (drops, _) = drop_and_resume(&first, &base, &sources, total, 200).await;
     assert!(drops >= 200, "only {drops} drops");
     for g in &mut gens {
         g.wait().unwrap();
