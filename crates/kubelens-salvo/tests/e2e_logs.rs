@@ -342,22 +342,27 @@ async fn pod_stream_resumes_exactly_across_200_random_drops() {
 async fn batched_pod_and_app_streams_resume_exactly_across_random_drops() {
     let Some(env) = TestEnv::e2e() else { return };
     // `batch=true` (what the console asks for): lines arrive as `logs` events of many lines;
-    // a connection cut after one or two events resumes from the last event's id. (A resume
-    // that reads backlog gets big events, so the number of cuts varies: 17-38 seen here.)
+    // a connection cut after one or two events resumes from the last event's id. Each source
+    // writes while it is read, so events stay small and there are many cuts (a read of a
+    // finished backlog gets 256 KiB events: a handful for the whole log).
     let server = start_server(env, |_| {}).await;
-    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let pod = unique("batch");
     let path = create_pod(env, "team-a", &pod, &["app"], None).remove(0);
     let app = unique("batchapp");
     let (_, pods) = create_app(env, "team-a", &app, 2);
     let total = 6_000;
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+
+    let since = now();
     let mut gens = vec![loggen(env, &path, &pod, total, 3_000, &[])];
-    gens.extend(pods.iter().map(|(p, path)| loggen(env, path, p, total, 1_500, &[])));
     let pod_base = format!("{}/namespaces/team-a/pods/{pod}/logs?batch=true", server.base);
     let (drops, batches) = drop_and_resume(&format!("{pod_base}&since={since}"), &pod_base, std::slice::from_ref(&pod), total, 2).await;
     assert!(drops >= 10, "pod: only {drops} drops");
     // The lines came in `logs` events, several to an event.
     assert!(batches > 0 && u64::from(batches) < total, "pod: {batches} logs events for {total} lines");
+
+    let since = now();
+    gens.extend(pods.iter().map(|(p, path)| loggen(env, path, p, total, 1_500, &[])));
     let app_base = format!("{}/namespaces/team-a/apps/{app}/logs?batch=true", server.base);
     let sources: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
     let (app_drops, app_batches) = drop_and_resume(&format!("{app_base}&since={since}"), &app_base, &sources, total, 2).await;
