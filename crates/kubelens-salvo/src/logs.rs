@@ -506,13 +506,9 @@ fn json_of(line: &LogLine, json: LineJsonOptions) -> Vec<u8> {
     data
 }
 
-/// The `data:` JSON inside an [`encode_pod_line`] frame.
+/// The `data:` JSON inside an [`encode_pod_line`] frame (a slice of it: no copy).
 fn encoded_data(frame: &Bytes) -> Option<Bytes> {
-    const MARK: &[u8] = b"\nevent: log\ndata: ";
-    // The id line comes first and never contains a newline, so the first mark is the one.
-    let start = frame.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
-    let end = frame.len().checked_sub(2).filter(|&end| end >= start && frame.ends_with(b"\n\n"))?;
-    Some(frame.slice(start..end))
+    crate::sse::encoded_log_parts(frame).map(|(_, data)| frame.slice_ref(data))
 }
 
 #[derive(Serialize)]
