@@ -15,10 +15,12 @@ export interface StreamHandlers {
 }
 
 /**
- * Lines are handed to the view together, every FLUSH_MS; once a hand-over carries BUSY_BATCH
- * lines or more (≥ ~6,000 lines/s at 30 ms) every BUSY_FLUSH_MS. Each hand-over redraws the
- * visible rows, so a chatty stream costs 10 redraws a second instead of 33 — still faster than
- * anyone reads — and the main thread stays free for scrolling (docs/benchmarks/console.md).
+ * Lines are handed to the view together, every FLUSH_MS; after a hand-over of BUSY_BATCH lines
+ * or more, the next one waits BUSY_FLUSH_MS. A stream enters that pace from ~6,700 lines/s (or
+ * when a late timer makes one hand-over that big) and keeps it while it stays above 2,000 lines/s.
+ * Each hand-over redraws the visible rows, so a chatty stream costs 10 redraws a second instead
+ * of 33 — still faster than anyone reads. A slower pace was worse: bigger hand-overs are
+ * bigger tasks (docs/benchmarks/console.md).
  */
 const FLUSH_MS = 30, BUSY_FLUSH_MS = 100, BUSY_BATCH = 200;
 
