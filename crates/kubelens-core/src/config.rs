@@ -255,6 +255,65 @@ pub struct AuthConfig {
     /// How long a stream may outlive the expiry of the token that opened it.
     #[serde(with = "humantime_serde")]
     pub stream_token_grace: Duration,
+    /// Optional per-user authorization by the cluster's own RBAC, on top of the allowlist.
+    pub kubernetes_authorization: KubernetesAuthorizationConfig,
+}
+
+/// Who decides what a signed-in user may see, besides the namespace allowlist and groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubernetesAuthorizationMode {
+    /// KubeLens alone: every allowed user sees every allowlisted namespace (the default).
+    #[default]
+    None,
+    /// The API server, per user: a SubjectAccessReview asks whether the user may
+    /// `list pods` / `get pods` / `get pods/log` in the namespace (see `docs/auth.md`).
+    SubjectAccessReview,
+}
+
+/// Which token claim names the user to the API server (its `--oidc-username-claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubernetesUsernameClaim {
+    /// `preferred_username` (falling back to `sub` when the token has none).
+    #[default]
+    PreferredUsername,
+    /// `sub`, the API server's default `--oidc-username-claim`.
+    Sub,
+}
+
+/// `auth.kubernetes_authorization`: per-user RBAC through SubjectAccessReviews.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesAuthorizationConfig {
+    /// `none` (default) or `subject_access_review`.
+    pub mode: KubernetesAuthorizationMode,
+    /// The claim the API server takes the username from.
+    pub username_claim: KubernetesUsernameClaim,
+    /// Put before the username, as the API server's `--oidc-username-prefix` does
+    /// (e.g. `oidc:`). Empty by default.
+    pub username_prefix: String,
+    /// Put before every group, as the API server's `--oidc-groups-prefix` does. Empty by default.
+    pub groups_prefix: String,
+    /// How long an answer (allowed or denied) is reused: a revoked RoleBinding takes effect
+    /// for new requests within this time (1s–5m).
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Memory the cached answers may hold, in bytes (keys are weighed by their size; 64 KiB–256 MiB).
+    pub cache_max_bytes: u64,
+}
+
+impl Default for KubernetesAuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            mode: KubernetesAuthorizationMode::None,
+            username_claim: KubernetesUsernameClaim::PreferredUsername,
+            username_prefix: String::new(),
+            groups_prefix: String::new(),
+            cache_ttl: Duration::from_secs(10),
+            cache_max_bytes: 4 << 20,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -279,6 +338,7 @@ impl Default for AuthConfig {
             stream_ticket_ttl: Duration::from_secs(30),
             max_stream_tickets_per_user: 32,
             stream_token_grace: Duration::from_secs(5 * 60),
+            kubernetes_authorization: KubernetesAuthorizationConfig::default(),
         }
     }
 }
@@ -761,6 +821,18 @@ impl Config {
         }
         if auth.max_stream_tickets_per_user == 0 || auth.max_stream_tickets_per_user > 1_000 {
             problem("auth.max_stream_tickets_per_user", "must be between 1 and 1000".to_owned());
+        }
+        let authz = &auth.kubernetes_authorization;
+        if authz.cache_ttl < Duration::from_secs(1) || authz.cache_ttl > Duration::from_secs(300) {
+            problem("auth.kubernetes_authorization.cache_ttl", "must be between 1s and 5m".to_owned());
+        }
+        if !((64 << 10)..=(256 << 20)).contains(&authz.cache_max_bytes) {
+            problem("auth.kubernetes_authorization.cache_max_bytes", "must be between 64 KiB (65536) and 256 MiB (268435456)".to_owned());
+        }
+        for (key, prefix) in [("username_prefix", &authz.username_prefix), ("groups_prefix", &authz.groups_prefix)] {
+            if prefix.len() > 64 || prefix.chars().any(char::is_control) {
+                problem(&format!("auth.kubernetes_authorization.{key}"), "must be at most 64 bytes without control characters".to_owned());
+            }
         }
 
         if self.namespaces.allowed.is_empty() {

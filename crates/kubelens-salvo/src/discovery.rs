@@ -120,7 +120,18 @@ pub(crate) fn namespace(policy: &AccessPolicy, req: &Request) -> Result<AllowedN
 pub async fn list_namespaces(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     strict_query(req, &[])?;
     let state = state(depot)?;
-    let namespaces = cluster(state)?.namespaces(&state.policy)?;
+    let mut namespaces = cluster(state)?.namespaces(&state.policy)?;
+    // Per-user RBAC: only the namespaces whose pods this user may list (one cached review
+    // each, sent concurrently).
+    let principal = crate::auth::principal(depot)?;
+    let visible = futures::future::join_all(
+        namespaces.iter().map(|ns| crate::authz::check(state, principal, &ns.name, kubelens_core::authz::Permission::ListPods)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<bool>, ApiError>>()?;
+    let mut visible = visible.into_iter();
+    namespaces.retain(|_| visible.next().unwrap_or(false));
     res.render(Json(namespaces));
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod authz;
 pub mod body_limit;
 pub mod console;
 pub mod cors;
@@ -47,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .push(
             Router::with_path("api/v1")
                 .hoop(auth::authenticate)
+                // Per-user RBAC (`auth.kubernetes_authorization`) on namespaced routes.
+                .hoop(authz::authorize)
                 .push(auth::routes())
                 .push(stream_credential::routes())
                 .push(discovery::routes())

@@ -1546,11 +1546,6 @@ pub fn routes() -> Vec<Router> {
     ]
 }
 
-/// Read timeout of the log-stream client: an idle follow stream sends nothing, so the
-/// general request timeout would cut it every few seconds. A dead connection is still
-/// noticed within this bound (and the stream reconnects losslessly).
-pub const LOG_STREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
-
 impl LogService {
     /// Counts upstream streams, reconnects and lines received in `metrics`.
     pub fn with_metrics(mut self, metrics: &kubelens_core::Metrics) -> Self {
@@ -1558,20 +1553,20 @@ impl LogService {
         self
     }
 
-    /// The log service over a Kubernetes client configuration and the discovery cache: its
-    /// own client for log streams (long read timeout), pod/app lookups and liveness checks from
-    /// `cluster` under `policy` (no API request per check; hidden pods are 404 and end their
-    /// streams as `hidden`), and the caps from `config`.
+    /// The log service over the discovery cache: log streams through `cluster`'s
+    /// (rate-limited) client, pod/app lookups and liveness checks from `cluster` under
+    /// `policy` (no API request per check; hidden pods are 404 and end their streams as
+    /// `hidden`), and the caps from `config`.
     pub fn new(
-        mut kube_config: kube::Config,
         config: &kubelens_core::Config,
         cluster: kubelens_core::cluster::Cluster,
         policy: Arc<kubelens_core::policy::AccessPolicy>,
-    ) -> Result<Self, kube::Error> {
-        kube_config.read_timeout = Some(LOG_STREAM_READ_TIMEOUT);
-        let client = kube::Client::try_from(kube_config)?;
+    ) -> Self {
+        // The cluster's client: log requests share the `kubernetes.qps` limiter with every
+        // other API call. A dead connection is noticed by the upstream's `stall_timeout`.
+        let client = cluster.client();
         let lookup = Arc::new(kubelens_core::logs::upstream::CachedContainerLookup::new(cluster.clone(), Arc::clone(&policy)));
-        Ok(Self {
+        Self {
             upstream: PodLogUpstream::new(client, lookup),
             admission: StreamAdmission::from_config(&config.logs),
             targets: LogTargets::new(cluster, policy),
@@ -1582,7 +1577,7 @@ impl LogService {
                     tokio::spawn(task);
                 }),
             ),
-        })
+        }
     }
 }
 

@@ -107,47 +107,45 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let readiness = Readiness::new();
     readiness.register("config", "loaded").ready("loaded");
-    // "kubernetes_config": a client configuration is obtainable (in-cluster or kubeconfig).
+    // "kubernetes_config": a client configuration is obtainable (in-cluster or kubeconfig),
+    // resolved once. From it, ONE client: rate-limited by `kubernetes.qps`/`burst`, without a
+    // socket read timeout (quiet watches and log streams are normal). Discovery, log streams,
+    // retention watches, the inspector and the RBAC reviews all send through it.
     // Reachability and cache sync are reported by the discovery subsystem's own check.
     let kube_check = readiness.register("kubernetes_config", "resolving client configuration");
-    let mut log_kube_config = None;
-    let mut retention_client = None;
-    match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
-        Ok((kube_config, source)) => {
-            kube_check.ready(&format!("client configuration from {source:?}"));
-            // Rate-limited, and without the socket read timeout that cut quiet watches every
-            // `request_timeout` (replaced by the discovery cache's client when that starts).
-            match kubelens_core::cluster::build_client(kube_config.clone(), &config.kubernetes, Default::default()) {
-                Ok(client) => retention_client = Some(client),
-                Err(err) => tracing::warn!(error = %err, "cannot build the retention watch client"),
-            }
-            log_kube_config = Some(kube_config);
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "no Kubernetes client configuration");
-            kube_check.not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
-        }
-    }
     let authenticator = kubelens_core::auth::Authenticator::new(&config.auth)?;
     // Loads discovery + JWKS in the background (retrying while Keycloak is down) and refreshes
     // the keys periodically; the guard stops it when serving ends.
     let _key_refresh = authenticator.spawn_key_refresh(readiness.register("oidc", "loading OIDC discovery"));
     let policy = kubelens_core::policy::AccessPolicy::from_config(&config)?;
-    // The caches register the `kubernetes` readiness check and flip it once synced. Without a
-    // client configuration the process still serves (healthz, a 503 readyz saying why).
-    let cluster = match kubelens_core::cluster::Cluster::start(&config.kubernetes, &policy, &readiness).await {
-        Ok((cluster, source)) => {
-            tracing::info!(source = ?source, namespaces = config.namespaces.allowed.len(), "Kubernetes caches starting");
-            Some(cluster)
+    let cluster = match kubelens_core::kubeclient::client_config(&config.kubernetes).await {
+        Ok((kube_config, source)) => {
+            kube_check.ready(&format!("client configuration from {source:?}"));
+            let stats = kubelens_core::cluster::ApiRequestStats::default();
+            match kubelens_core::cluster::build_client(kube_config, &config.kubernetes, stats.clone()) {
+                Ok(client) => {
+                    tracing::info!(source = ?source, namespaces = config.namespaces.allowed.len(), "Kubernetes caches starting");
+                    // The caches register the `kubernetes` readiness check and flip it once synced.
+                    Some(kubelens_core::cluster::Cluster::with_client(client, stats, &policy, &readiness))
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot build the Kubernetes client");
+                    None
+                }
+            }
         }
         Err(err) => {
-            tracing::warn!(error = %err, "no Kubernetes client");
-            readiness
-                .register(kubelens_core::cluster::READINESS_CHECK, "no Kubernetes client")
-                .not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
+            tracing::warn!(error = %err, "no Kubernetes client configuration");
+            kube_check.not_ready("no Kubernetes client configuration (not in a cluster, no kubeconfig)");
             None
         }
     };
+    if cluster.is_none() {
+        // Without a client the process still serves (healthz, a 503 readyz saying why).
+        readiness
+            .register(kubelens_core::cluster::READINESS_CHECK, "no Kubernetes client")
+            .not_ready("no Kubernetes client (see the kubernetes_config check)");
+    }
     // Storage opens in the background (with backoff) so /healthz answers and log streaming
     // works while the database is still unreachable; the session API answers 503 until then.
     let storage_check = readiness.register("storage", "connecting");
@@ -178,27 +176,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     state.storage = Some(instrumented);
     if let Some(cluster) = cluster {
-        // One client for discovery and the retention watches: one rate limit for both.
-        retention_client = Some(cluster.client());
         // Log lookups and liveness checks come from the watch cache, under the full policy;
         // without the cache there is no log service (503), never a partial policy.
-        if let Some(kube_config) = log_kube_config {
-            match kubelens_salvo::logs::LogService::new(kube_config, &state.config, cluster.clone(), state.policy.clone()) {
-                Ok(service) => state.logs = Some(std::sync::Arc::new(service)),
-                Err(err) => tracing::warn!(error = %err, "cannot build the log streaming client"),
-            }
+        let service = kubelens_salvo::logs::LogService::new(&state.config, cluster.clone(), state.policy.clone())
+            // Count upstream streams, reconnects and lines received.
+            .with_metrics(&state.metrics);
+        state.logs = Some(std::sync::Arc::new(service));
+        state = state.with_cluster(cluster.clone());
+        // Terminated pods' log archive, in the same (background-opened) storage: archive calls
+        // fail fast until it is open, and captures count those failures as missed.
+        if let (Some(service), Some(stores)) = (state.logs.clone(), state.storage.clone()) {
+            state.retention = Some(kubelens_salvo::archive::Retention::start_with_watches(
+                &state,
+                stores.archive,
+                cluster.client(),
+                service.upstream.clone(),
+            ));
         }
-        state = state.with_cluster(cluster);
-    }
-    // Count upstream streams, reconnects and lines received.
-    let metrics = state.metrics.clone();
-    state.logs = state.logs.map(|service| std::sync::Arc::new((*service).clone().with_metrics(&metrics)));
-    // Terminated pods' log archive, in the same (background-opened) storage: archive calls
-    // fail fast until it is open, and captures count those failures as missed.
-    if let (Some(client), Some(service), Some(stores)) = (retention_client, state.logs.clone(), state.storage.clone()) {
-        let archive = stores.archive;
-        state.retention =
-            Some(kubelens_salvo::archive::Retention::start_with_watches(&state, archive, client, service.upstream.clone()));
     }
     kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
         .await?;

@@ -45,6 +45,10 @@ pub struct AppState {
     pub pod_events: Option<PodEventsReader>,
     /// Session store and log archive (`None` when not wired: the session API answers 503).
     pub storage: Option<kubelens_storage::Stores>,
+    /// Per-user RBAC through SubjectAccessReviews (`auth.kubernetes_authorization.mode:
+    /// subject_access_review`); `None` in mode `none`, or when no Kubernetes client could be
+    /// built (namespaced routes then answer 503 in that mode: they fail closed).
+    pub authorizer: Option<kubelens_core::authz::KubernetesAuthorizer>,
     /// Terminated pods' log archive (`None`: no storage, nothing is archived or served).
     pub retention: Option<Arc<crate::archive::Retention>>,
 }
@@ -78,6 +82,7 @@ impl AppState {
             tickets,
             stream_credentials: StreamCredentials::new(),
             retention: None,
+            authorizer: None,
         }
     }
 
@@ -88,10 +93,15 @@ impl AppState {
         self
     }
 
-    /// Attaches the Kubernetes caches.
+    /// Attaches the Kubernetes caches (and, in SubjectAccessReview mode, the authorizer that
+    /// sends its reviews through the same rate-limited client).
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
         self.pod_metrics = Some(Arc::new(PodMetricsReader::new(cluster.client())));
         self.pod_events = Some(PodEventsReader::new(cluster.client()));
+        if self.config.auth.kubernetes_authorization.mode != kubelens_core::config::KubernetesAuthorizationMode::None {
+            self.authorizer =
+                Some(kubelens_core::authz::KubernetesAuthorizer::new(cluster.client(), &self.config.auth.kubernetes_authorization));
+        }
         self.cluster = Some(cluster);
         self
     }

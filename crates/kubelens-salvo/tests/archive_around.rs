@@ -69,8 +69,7 @@ async fn service() -> salvo::Service {
         ..FakeObjects::default()
     };
     let fake = FakeCluster::new(&state.policy, objects);
-    let kube_config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-    let logs = LogService::new(kube_config, &state.config, fake.cluster(), Arc::clone(&state.policy)).unwrap();
+    let logs = LogService::new(&state.config, fake.cluster(), Arc::clone(&state.policy));
     state.logs = Some(Arc::new(logs));
     let opener: LogOpener = Arc::new(|_, _| futures::stream::empty().boxed());
     let recorder = ArchiveRecorder::new(archive, opener, RecorderConfig::from_logs(&state.config.logs), state.metrics.clone());

@@ -136,8 +136,7 @@ fn server(filters: &str, archive: Arc<dyn LogArchive>, with_web: bool) -> (salvo
     config.auth = issuer().config();
     let mut state = AppState::new(config, Readiness::new()).with_auth(issuer().authenticator());
     let fake = FakeCluster::new(&state.policy, objects(with_web));
-    let kube_config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-    let logs = LogService::new(kube_config, &state.config, fake.cluster(), Arc::clone(&state.policy)).unwrap();
+    let logs = LogService::new(&state.config, fake.cluster(), Arc::clone(&state.policy));
     state.logs = Some(Arc::new(logs));
     let opener: LogOpener = Arc::new(|_, _| futures::stream::empty().boxed());
     let recorder = ArchiveRecorder::new(archive, opener, RecorderConfig::from_logs(&state.config.logs), state.metrics.clone());

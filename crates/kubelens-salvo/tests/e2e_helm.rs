@@ -21,7 +21,7 @@ use std::time::Duration;
 use kubelens_testenv::TestEnv;
 use serde::Deserialize;
 use serde_json::Value;
-use support::Kubelens;
+use support::{Kubelens, helm, kubeconfig_with_token};
 
 /// Every documented values combination: `deploy/helm/kubelens/ci/<name>-values.yaml`.
 const COMBINATIONS: [&str; 5] = ["sqlite", "postgres", "redis", "exposed", "sidecar"];
@@ -40,31 +40,6 @@ fn chart() -> PathBuf {
 
 fn values_file(combination: &str) -> PathBuf {
     chart().join(format!("ci/{combination}-values.yaml"))
-}
-
-/// The helm binary; panics (never skips) when there is none.
-fn helm() -> PathBuf {
-    for var in ["KUBELENS_HELM", "TESTENV_HELM"] {
-        if let Some(path) = std::env::var_os(var).map(PathBuf::from)
-            && path.is_file()
-        {
-            return path;
-        }
-    }
-    let versions = std::fs::read_to_string(repo_root().join("testenv/versions.env")).unwrap();
-    let k8s = versions.lines().find_map(|l| l.strip_prefix("KUBERNETES_VERSION=")).unwrap();
-    let cache = std::env::var_os("KUBELENS_TESTENV_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kubelens-testenv"));
-    let cached = cache.join(k8s).join("bin/helm");
-    if cached.is_file() {
-        return cached;
-    }
-    let on_path = Command::new("helm").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    if on_path.is_ok_and(|s| s.success()) {
-        return PathBuf::from("helm");
-    }
-    panic!("helm not found ($KUBELENS_HELM, $TESTENV_HELM, {}, PATH): run scripts/ci-prereqs", cached.display());
 }
 
 /// `helm template RELEASE chart -n NS -f ci/COMBINATION-values.yaml ARGS...`: stdout, or stderr.
@@ -396,20 +371,6 @@ fn apply_chart(env: &TestEnv) -> String {
     let configmap: Value =
         serde_json::from_str(&env.kubectl(&["-n", "helm-serve", "get", "configmap", "kubelens-serve-config", "-o", "json"]).unwrap()).unwrap();
     configmap["data"]["config.yaml"].as_str().unwrap().to_owned()
-}
-
-fn kubeconfig_with_token(env: &TestEnv, dir: &Path, token: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: {token}\n",
-            env.apiserver_url,
-            env.apiserver_ca.display()
-        ),
-    )
-    .unwrap();
-    path
 }
 
 async fn call(client: &reqwest::Client, method: reqwest::Method, url: &str, token: Option<&str>) -> (u16, String) {

@@ -59,7 +59,7 @@ async fn test_config(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> (Config,
 async fn app_state(env: &TestEnv, config: Config, auth: kubelens_core::auth::Authenticator) -> (AppState, Arc<LogService>) {
     let mut state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(auth);
     let cluster = support::sa_cluster(env, &state.policy).await;
-    let logs = Arc::new(LogService::new(support::sa_kube_config(env).await, &state.config, cluster.clone(), Arc::clone(&state.policy)).unwrap());
+    let logs = Arc::new(LogService::new(&state.config, cluster.clone(), Arc::clone(&state.policy)));
     state.logs = Some(Arc::clone(&logs));
     (state.with_cluster(cluster), logs)
 }

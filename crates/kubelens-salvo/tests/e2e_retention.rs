@@ -143,13 +143,13 @@ async fn replica(env: &TestEnv, issuer: &TestIssuer, archive: Arc<dyn LogArchive
     config.filters.exclude_labels = [("kubelens.io/hide".to_owned(), "true".to_owned())].into();
     config.auth = issuer.config();
     config.storage.backend = StorageBackend::Memory;
-    let kube_config = support::sa_kube_config(env).await;
     let state = AppState::new(config, kubelens_core::Readiness::new()).with_auth(issuer.authenticator());
     let cluster = support::sa_cluster(env, &state.policy).await;
-    let logs = Arc::new(LogService::new(kube_config.clone(), &state.config, cluster.clone(), Arc::clone(&state.policy)).unwrap());
+    let logs = Arc::new(LogService::new(&state.config, cluster.clone(), Arc::clone(&state.policy)));
+    // As the binary wires it: one client (the cluster's) for the watches and the log reads.
+    let client = cluster.client();
     let mut state = state.with_cluster(cluster);
     state.logs = Some(Arc::clone(&logs));
-    let client = kube::Client::try_from(kube_config).unwrap();
     state.retention = Some(Retention::start_with_watches(&state, archive, client, logs.upstream.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();

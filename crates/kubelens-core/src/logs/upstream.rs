@@ -122,7 +122,16 @@ pub struct UpstreamOptions {
     /// (and its first byte may never come for an empty log). With the watch-fed lookup this
     /// is free; with [`ApiContainerLookup`] it is one GET per interval. `None` disables it.
     pub liveness_interval: Option<Duration>,
+    /// An open request that delivers no byte for this long is treated as dropped and opened
+    /// again from the cursor (nothing lost). This is what notices a dead connection (a peer
+    /// that vanished without closing it); the client itself has no socket read timeout, since
+    /// that would also cut its quiet watches. A quiet container is re-requested once per
+    /// interval, which costs one request.
+    pub stall_timeout: Duration,
 }
+
+/// Default [`UpstreamOptions::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Default for UpstreamOptions {
     fn default() -> Self {
@@ -134,6 +143,7 @@ impl Default for UpstreamOptions {
             max_backoff: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             liveness_interval: Some(Duration::from_secs(5)),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -522,6 +532,8 @@ struct Run {
     from_instance_start: bool,
     /// Last liveness check of the open request.
     checked_at: tokio::time::Instant,
+    /// When the open request last delivered bytes (or opened): see `stall_timeout`.
+    last_bytes_at: tokio::time::Instant,
     /// When the first request of a `tailLines` start was opened (see `connect`).
     reconnect_floor: Option<DateTime<Utc>>,
     /// The instance being followed.
@@ -576,6 +588,7 @@ impl Run {
             from_instance_start: false,
             reconnect_floor: None,
             checked_at: tokio::time::Instant::now(),
+            last_bytes_at: tokio::time::Instant::now(),
             instance: None,
             reading_history,
             switching_to_follow: false,
@@ -706,6 +719,7 @@ impl Run {
             }
         };
         let continuing = std::mem::take(&mut self.switching_to_follow);
+        self.last_bytes_at = tokio::time::Instant::now();
         match opened {
             Ok(reader) if continuing => {
                 // The follow request after the history read: a continuation, not a new
@@ -778,13 +792,20 @@ impl Run {
         }
         let mut buf = std::mem::take(&mut self.read_buf);
         buf.resize(READ_CHUNK, 0);
-        let result = match self.liveness_due() {
-            None => Some(reader.read(&mut buf).await),
-            // Reading is cancel-safe: a read that times out consumed nothing.
-            Some(due) => tokio::time::timeout_at(due, reader.read(&mut buf)).await.ok(),
-        };
+        let stalled_at = self.last_bytes_at + self.options.stall_timeout;
+        let due = self.liveness_due().map_or(stalled_at, |due| due.min(stalled_at));
+        // Reading is cancel-safe: a read that times out consumed nothing.
+        let result = tokio::time::timeout_at(due, reader.read(&mut buf)).await.ok();
         self.read_buf = buf;
         let Some(result) = result else {
+            if tokio::time::Instant::now() >= stalled_at {
+                // Nothing for `stall_timeout`: open it again from the cursor (a dead
+                // connection never ends by itself). A partial line is re-read whole.
+                tracing::debug!(source = %self.key, after = ?self.options.stall_timeout, "log stream stalled; reopening");
+                self.splitter.reset();
+                self.phase = Phase::Probe;
+                return;
+            }
             // Quiet stream: check the pod at the top of the next read.
             self.phase = Phase::Read(reader);
             return;
@@ -814,6 +835,7 @@ impl Run {
                 self.phase = Phase::Probe;
             }
             Ok(n) => {
+                self.last_bytes_at = tokio::time::Instant::now();
                 let mut lines = Vec::new();
                 // One copy per read chunk; lines are zero-copy slices of it.
                 let chunk = bytes::Bytes::copy_from_slice(self.read_buf.get(..n).unwrap_or_default());
@@ -1059,6 +1081,77 @@ mod tests {
                 "{ns}/{name}"
             );
         }
+    }
+
+    /// A log request that stays open but delivers nothing (a dead peer) is reopened after
+    /// `stall_timeout` from the cursor: the client has no socket read timeout, so this is
+    /// the only thing that notices. Each connection of the fake API server sends the whole
+    /// log so far and then goes silent; every line arrives once.
+    #[tokio::test]
+    async fn a_stalled_request_is_reopened_from_the_cursor() {
+        use crate::cluster::testing::{FakeCluster, FakeObjects};
+        use crate::config::{FiltersConfig, NamespacesConfig};
+        use crate::policy::AccessPolicy;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let served = Arc::clone(&connections);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let mut head = vec![0u8; 4096];
+                let _ = socket.read(&mut head).await;
+                let mut body = String::new();
+                for i in 1..=n.min(3) {
+                    body.push_str(&format!("2026-01-01T00:00:0{i}.000000000Z line {i}\n"));
+                }
+                let response = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n", body.len());
+                let _ = socket.write_all(response.as_bytes()).await;
+                // Silent from here on, the connection left open.
+                held.push(socket);
+            }
+        });
+
+        let objects = FakeObjects {
+            namespaces: vec![serde_json::from_value(serde_json::json!({"metadata": {"name": "team-a"}})).unwrap()],
+            pods: vec![serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "team-a", "uid": "u-p"},
+                "spec": {"containers": [{"name": "app"}]},
+                "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "containerID": "containerd://a", "state": {"running": {}}}]}
+            }))
+            .unwrap()],
+            ..FakeObjects::default()
+        };
+        let policy = AccessPolicy::new(&NamespacesConfig { allowed: vec!["team-a".into()] }, &FiltersConfig::default()).unwrap();
+        let fake = FakeCluster::new(&policy, objects);
+        let lookup = Arc::new(CachedContainerLookup::new(fake.cluster(), Arc::new(policy)));
+        let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap())).unwrap();
+        let upstream = PodLogUpstream::new(client, lookup);
+        let key = SourceKey { namespace: "team-a".into(), pod: "p".into(), container: "app".into(), previous: false };
+        let options = UpstreamOptions {
+            start: StartAt::Beginning,
+            stall_timeout: Duration::from_millis(300),
+            initial_backoff: Duration::from_millis(10),
+            ..UpstreamOptions::default()
+        };
+        let mut stream = upstream.stream(key, options, None);
+        let mut lines = Vec::new();
+        let read = async {
+            while lines.len() < 3 {
+                match stream.next().await {
+                    Some(UpstreamEvent::Line(line)) => lines.push(line.text),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read).await.expect("the stalled request was never reopened");
+        assert_eq!(lines, ["line 1", "line 2", "line 3"], "every line once, in order");
+        assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 3, "reopened after each stall");
     }
 
     #[test]

@@ -37,6 +37,46 @@ pub fn sa_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
     path
 }
 
+/// A kubeconfig for the testenv API server that authenticates with `token`.
+pub fn kubeconfig_with_token(env: &TestEnv, dir: &Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: {token}\n",
+            env.apiserver_url,
+            env.apiserver_ca.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The helm binary; panics (never skips) when there is none.
+pub fn helm() -> PathBuf {
+    for var in ["KUBELENS_HELM", "TESTENV_HELM"] {
+        if let Some(path) = std::env::var_os(var).map(PathBuf::from)
+            && path.is_file()
+        {
+            return path;
+        }
+    }
+    let versions = std::fs::read_to_string(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("testenv/versions.env")).unwrap();
+    let k8s = versions.lines().find_map(|l| l.strip_prefix("KUBERNETES_VERSION=")).unwrap();
+    let cache = std::env::var_os("KUBELENS_TESTENV_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kubelens-testenv"));
+    let cached = cache.join(k8s).join("bin/helm");
+    if cached.is_file() {
+        return cached;
+    }
+    let on_path = Command::new("helm").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if on_path.is_ok_and(|s| s.success()) {
+        return PathBuf::from("helm");
+    }
+    panic!("helm not found ($KUBELENS_HELM, $TESTENV_HELM, {}, PATH): run scripts/ci-prereqs", cached.display());
+}
+
 /// A kube client configuration authenticating as the backend's ServiceAccount (for tests
 /// that run the router in-process instead of the binary).
 pub async fn sa_kube_config(env: &TestEnv) -> kube::Config {

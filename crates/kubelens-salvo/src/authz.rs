@@ -1,0 +1,112 @@
+//! Per-user RBAC (`auth.kubernetes_authorization.mode: subject_access_review`): the hoop in
+//! front of every `/api/v1/namespaces/{ns}/…` route, and the filter of the namespace list.
+//!
+//! The permission a route needs is read from its path ([`required_permission`]); a path this
+//! file does not know needs the strictest one (`get pods/log`), so a new route is never
+//! open by omission. Namespaces outside the allowlist are left to the handlers (they answer
+//! 404 without asking the API server), so reviews are only sent for allowlisted namespaces.
+//! A denial answers 404 like a namespace or pod that does not exist, so what a user may not
+//! see is not revealed; a review that cannot be answered answers 503.
+
+use kubelens_core::auth::Principal;
+use kubelens_core::authz::Permission;
+use kubelens_core::config::KubernetesAuthorizationMode;
+use salvo::prelude::*;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `(namespace, permission, what a denial calls "not found")` for an `/api/v1` path, or
+/// `None` for a path outside `namespaces/{ns}/…`.
+pub fn required_permission(path: &str) -> Option<(&str, Permission, &'static str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let mut segments = rest.split('/');
+    let ns = segments.next().filter(|ns| !ns.is_empty())?;
+    let tail: Vec<&str> = segments.collect();
+    let needs = match tail.as_slice() {
+        ["pods" | "apps" | "archived-pods"] | ["pods", "watch"] | ["apps", _] => (Permission::ListPods, "namespace"),
+        ["pods", _] | ["pods", _, "details" | "metrics"] => (Permission::GetPods, "pod"),
+        [kind, _, "logs", ..] => (Permission::GetPodLogs, if *kind == "apps" { "app" } else { "pod" }),
+        // Unknown shapes (and future routes) need the strictest permission.
+        _ => (Permission::GetPodLogs, "object"),
+    };
+    Some((ns, needs.0, needs.1))
+}
+
+/// Whether `principal` passes the cluster's RBAC for `permission` in `namespace`: always in
+/// mode `none`; 503 when the mode is on but no authorizer could be built or the review
+/// failed.
+pub async fn check(state: &AppState, principal: &Principal, namespace: &str, permission: Permission) -> Result<bool, ApiError> {
+    if state.config.auth.kubernetes_authorization.mode == KubernetesAuthorizationMode::None {
+        return Ok(true);
+    }
+    let Some(authorizer) = &state.authorizer else {
+        return Err(unavailable());
+    };
+    authorizer.allows(principal, namespace, permission).await.map_err(|err| {
+        tracing::warn!(error = %err, namespace, "SubjectAccessReview failed; refusing the request");
+        unavailable()
+    })
+}
+
+fn unavailable() -> ApiError {
+    ApiError::unavailable("authorization_unavailable", "the Kubernetes authorization check is not available; retry shortly")
+}
+
+/// Hoop (after the auth hoop): applies [`required_permission`] to namespaced routes.
+#[handler]
+pub async fn authorize(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let (Ok(state), Ok(principal)) = (depot.get_typed::<AppState>(), depot.get_typed::<Principal>()) else {
+        // The auth hoop answered already (or a routing mistake): nothing to authorize.
+        return;
+    };
+    let Some((ns, permission, what)) = required_permission(req.uri().path()) else { return };
+    if state.config.auth.kubernetes_authorization.mode == KubernetesAuthorizationMode::None || state.policy.namespace(ns).is_err() {
+        return;
+    }
+    let outcome = match check(state, principal, ns, permission).await {
+        Ok(true) => return,
+        Ok(false) => {
+            tracing::info!(user = %principal.username, namespace = ns, permission = ?permission, "request refused by the cluster's RBAC");
+            ApiError::not_found(what)
+        }
+        Err(err) => err,
+    };
+    outcome.write_to(res);
+    ctrl.skip_rest();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_namespaced_route_needs_its_permission() {
+        let cases = [
+            ("/api/v1/namespaces/team-a/pods", Some(("team-a", Permission::ListPods, "namespace"))),
+            ("/api/v1/namespaces/team-a/pods/watch", Some(("team-a", Permission::ListPods, "namespace"))),
+            ("/api/v1/namespaces/team-a/apps", Some(("team-a", Permission::ListPods, "namespace"))),
+            ("/api/v1/namespaces/team-a/apps/web", Some(("team-a", Permission::ListPods, "namespace"))),
+            ("/api/v1/namespaces/team-a/archived-pods", Some(("team-a", Permission::ListPods, "namespace"))),
+            ("/api/v1/namespaces/team-a/pods/web-1", Some(("team-a", Permission::GetPods, "pod"))),
+            ("/api/v1/namespaces/team-a/pods/web-1/details", Some(("team-a", Permission::GetPods, "pod"))),
+            ("/api/v1/namespaces/team-a/pods/web-1/metrics", Some(("team-a", Permission::GetPods, "pod"))),
+            ("/api/v1/namespaces/team-a/pods/web-1/logs", Some(("team-a", Permission::GetPodLogs, "pod"))),
+            ("/api/v1/namespaces/team-a/pods/web-1/logs/search", Some(("team-a", Permission::GetPodLogs, "pod"))),
+            ("/api/v1/namespaces/team-a/apps/web/logs", Some(("team-a", Permission::GetPodLogs, "app"))),
+            ("/api/v1/namespaces/team-a/apps/web/logs/search", Some(("team-a", Permission::GetPodLogs, "app"))),
+            // Unknown shapes fail towards the strictest permission.
+            ("/api/v1/namespaces/team-a", Some(("team-a", Permission::GetPodLogs, "object"))),
+            ("/api/v1/namespaces/team-a/secrets/x/y", Some(("team-a", Permission::GetPodLogs, "object"))),
+            ("/api/v1/namespaces/team-a/pods/web-1/exec", Some(("team-a", Permission::GetPodLogs, "object"))),
+            // Not namespaced.
+            ("/api/v1/namespaces", None),
+            ("/api/v1/namespaces/", None),
+            ("/api/v1/me", None),
+            ("/api/v1/session", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(required_permission(path), want, "{path}");
+        }
+    }
+}
