@@ -68,6 +68,7 @@ pub async fn authorize(req: &mut Request, depot: &mut Depot, res: &mut Response,
         Ok(true) => return,
         Ok(false) => {
             tracing::info!(user = %principal.username, namespace = ns, permission = ?permission, "request refused by the cluster's RBAC");
+            kubelens_core::audit::denied("rbac", req.uri().path(), Some((principal, ns)));
             ApiError::not_found(what)
         }
         Err(err) => err,

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod body_limit;
@@ -50,6 +51,8 @@ pub fn router(state: AppState) -> Router {
                 .hoop(auth::authenticate)
                 // Per-user RBAC (`auth.kubernetes_authorization`) on namespaced routes.
                 .hoop(authz::authorize)
+                // The audit trail of log reads (`logs_opened` / `logs_closed` / `logs_refused`).
+                .hoop(audit::log_access)
                 .push(auth::routes())
                 .push(stream_credential::routes())
                 .push(discovery::routes())

@@ -552,6 +552,7 @@ pub(crate) fn respond_log_stream(
         .coalesce(logs.sse_write_coalesce)
         .batch_lines(batch)
         .hold(viewer)
+        .audit(crate::audit::take(res))
         .respond(res);
 }
 
@@ -917,6 +918,10 @@ struct OneShotBody {
     /// The caller's stream slot (and, inside `upstream`, the upstream slot): held exactly as
     /// long as the body.
     _viewer: ViewerPermit,
+    /// The audit record of this read: `logs_closed` with what was sent when the body drops.
+    audit: Option<kubelens_core::audit::LogAccessGuard>,
+    /// Its lines-and-bytes counter.
+    sent_counter: Option<kubelens_core::audit::SentCounter>,
 }
 
 impl OneShotBody {
@@ -962,6 +967,7 @@ impl OneShotBody {
             return None;
         }
         let mut out = Vec::with_capacity(ONE_SHOT_CHUNK_BYTES.min(16 * 1024));
+        let sent_before = self.sent;
         if let Some(line) = self.first.take() {
             self.sent += 1;
             self.write_line(&line, &mut out);
@@ -1005,6 +1011,10 @@ impl OneShotBody {
         if self.done {
             // Drop the upstream (and its slot) now, not when hyper drops the body.
             self.upstream = futures::stream::empty().boxed();
+        }
+        if let Some(counter) = &self.sent_counter {
+            counter.lines((self.sent - sent_before) as u64);
+            counter.bytes(out.len() as u64);
         }
         Some(Bytes::from(out))
     }
@@ -1052,7 +1062,7 @@ pub(crate) async fn one_shot(
             UpstreamEvent::Status(_) | UpstreamEvent::CaughtUp => {}
         }
     }
-    let body = OneShotBody {
+    let mut body = OneShotBody {
         upstream: if ended { futures::stream::empty().boxed() } else { upstream },
         first,
         pod: pod.to_owned(),
@@ -1067,7 +1077,13 @@ pub(crate) async fn one_shot(
         done: false,
         cut_short: None,
         _viewer: viewer,
+        sent_counter: None,
+        audit: None,
     };
+    if let Some(guard) = crate::audit::take(res) {
+        body.sent_counter = Some(guard.counter());
+        body.audit = Some(guard.opened());
+    }
     let head = if query.download {
         res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         let filename = format!("attachment; filename=\"{ns}_{pod}_{container}.log\"");
@@ -1091,6 +1107,9 @@ pub(crate) async fn one_shot(
         head.extend_from_slice(b",\"lines\":[");
         head
     };
+    if let Some(counter) = &body.sent_counter {
+        counter.bytes(head.len() as u64);
+    }
     let chunks = futures::stream::once(futures::future::ready(Ok(Bytes::from(head))))
         .chain(futures::stream::unfold(Some(body), |body| async move {
             let mut body = body?;
@@ -1501,38 +1520,55 @@ fn respond_app_download(
     if let Ok(value) = HeaderValue::from_str(disposition) {
         res.headers_mut().insert(CONTENT_DISPOSITION, value);
     }
-    /// Where the download body is: reading, or about to fail after the lines already sent.
+    /// Where the download body is: reading (with the caller's slot and the audit record,
+    /// both held as long as it reads), or about to fail after the lines already sent.
     enum Body {
-        Reading(BoxStream<'static, AppEvent>, ViewerPermit),
+        Reading(BoxStream<'static, AppEvent>, ViewerPermit, Option<kubelens_core::audit::LogAccessGuard>),
         Failing(StatusReason),
     }
     let query = query.clone();
+    let audit = crate::audit::take(res).map(kubelens_core::audit::LogAccessGuard::opened);
+    let sent = audit.as_ref().map(kubelens_core::audit::LogAccessGuard::counter);
     // Fused: a batch ends on "nothing ready", which may have been the end; the next batch's
     // read must then see the end again, not poll a finished stream.
     let events = events.fuse().boxed();
-    let chunks = futures::stream::unfold(Some(Body::Reading(events, viewer)), move |body| {
-        let query = query.clone();
+    let chunks = futures::stream::unfold(Some(Body::Reading(events, viewer, audit)), move |body| {
+        let (query, sent) = (query.clone(), sent.clone());
         async move {
-            let (mut events, viewer) = match body? {
-                Body::Reading(events, viewer) => (events, viewer),
+            let (mut events, viewer, audit) = match body? {
+                Body::Reading(events, viewer, audit) => (events, viewer, audit),
                 Body::Failing(reason) => {
                     tracing::warn!(reason = ?reason, "app download cut short: aborting the response");
                     return Some((Err(std::io::Error::other(format!("a source of the app ended early ({reason:?})"))), None));
                 }
             };
             let mut out = Vec::with_capacity(16 * 1024);
+            let mut lines = 0u64;
+            let count = |out: &Vec<u8>, lines: u64| {
+                if let Some(sent) = &sent {
+                    sent.lines(lines);
+                    sent.bytes(out.len() as u64);
+                }
+            };
             while out.len() < ONE_SHOT_CHUNK_BYTES {
                 let event = if out.is_empty() { events.next().await } else { events.next().now_or_never().flatten() };
                 let Some(event) = event else { break };
-                if let Some(reason) = write_app_download_item(&event, &query, format, &mut out) {
+                let before = out.len();
+                let cut = write_app_download_item(&event, &query, format, &mut out);
+                if matches!(event, AppEvent::Line { .. }) && out.len() > before {
+                    lines += 1;
+                }
+                if let Some(reason) = cut {
                     // What was read goes out first; the error follows on the next poll.
+                    count(&out, lines);
                     return Some((Ok(Bytes::from(out)), Some(Body::Failing(reason))));
                 }
             }
+            count(&out, lines);
             if out.is_empty() {
                 return None;
             }
-            Some((Ok(Bytes::from(out)), Some(Body::Reading(events, viewer))))
+            Some((Ok(Bytes::from(out)), Some(Body::Reading(events, viewer, audit))))
         }
     });
     res.stream(chunks);

@@ -161,6 +161,8 @@ pub struct SseBody {
     hold: Vec<Box<dyn Any + Send>>,
     /// Counts `log` events sent (`log_lines_sent`) when set.
     metrics: Option<kubelens_core::Metrics>,
+    /// Lines and bytes this body sent, for its audit record ([`SseBody::audit`]).
+    sent: Option<kubelens_core::audit::SentCounter>,
     /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame);
     /// empty, with no allocation, between batches ([`take_batch`]).
     out: BytesMut,
@@ -201,6 +203,7 @@ impl SseBody {
             done: false,
             hold: Vec::new(),
             metrics: None,
+            sent: None,
             out: BytesMut::new(),
             batch_lines: false,
             open_lines: None,
@@ -259,6 +262,16 @@ impl SseBody {
         self
     }
 
+    /// Records the stream in the audit trail: `logs_opened` now, `logs_closed` with the lines
+    /// and bytes sent when the body is dropped (`None`: not audited).
+    pub fn audit(mut self, guard: Option<kubelens_core::audit::LogAccessGuard>) -> Self {
+        if let Some(guard) = guard {
+            self.sent = Some(guard.counter());
+            self.hold.push(Box::new(guard.opened()));
+        }
+        self
+    }
+
     /// Keeps `value` alive until the body is dropped (the client disconnected or the stream
     /// ended): used for admission permits.
     pub fn hold(mut self, value: impl Any + Send) -> Self {
@@ -296,6 +309,17 @@ fn take_batch(out: &mut BytesMut) -> Bytes {
     std::mem::take(out).freeze()
 }
 
+impl SseBody {
+    /// The encoded batch for hyper ([`take_batch`]), counted for the audit record.
+    fn emit(&mut self) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let batch = take_batch(&mut self.out);
+        if let Some(sent) = &self.sent {
+            sent.bytes(batch.len() as u64);
+        }
+        Poll::Ready(Some(Ok(batch)))
+    }
+}
+
 impl Stream for SseBody {
     type Item = Result<Bytes, Infallible>;
 
@@ -316,7 +340,7 @@ impl Stream for SseBody {
                     frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
+            return this.emit();
         }
         if let Some((sleep, _)) = this.deadline.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
@@ -328,7 +352,7 @@ impl Stream for SseBody {
                     frame.encode(&mut this.out);
                 }
             }
-            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
+            return this.emit();
         }
         // A partial batch waiting for its coalescing window does not look at new frames until
         // the window ends: polling them would register this task's waker with the viewer's
@@ -345,10 +369,13 @@ impl Stream for SseBody {
         while this.out.len() < MAX_BATCH_BYTES {
             match this.frames.as_mut().poll_next(cx) {
                 Poll::Ready(Some(frame)) => {
-                    if let Some(m) = &this.metrics
-                        && frame.is_log()
-                    {
-                        m.log_lines_sent.inc();
+                    if frame.is_log() {
+                        if let Some(m) = &this.metrics {
+                            m.log_lines_sent.inc();
+                        }
+                        if let Some(sent) = &this.sent {
+                            sent.lines(1);
+                        }
                     }
                     if this.batch_lines {
                         if let Some((id, data)) = frame.log_parts() {
@@ -385,7 +412,7 @@ impl Stream for SseBody {
             this.close_lines();
             let next = Instant::now() + this.keepalive_every;
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
+            return this.emit();
         }
         if ended {
             return Poll::Ready(None);
@@ -396,7 +423,7 @@ impl Stream for SseBody {
             SseFrame::Comment("keepalive").encode(&mut this.out);
             // Register the new deadline with the waker.
             let _ = this.keepalive.as_mut().poll(cx);
-            return Poll::Ready(Some(Ok(take_batch(&mut this.out))));
+            return this.emit();
         }
         Poll::Pending
     }

@@ -165,6 +165,17 @@ async fn the_clusters_rbac_decides_per_user_revocations_apply_within_the_ttl_and
         assert_eq!(status(&http, &format!("{base}/api/v1/namespaces/team-b/{path}"), &viewer).await, 404, "viewer: team-b/{path}");
     }
     assert_eq!(status(&http, &format!("{b_logs}?follow=false&download=true"), &viewer).await, 404);
+    // Each denial is one audit event naming the user and the namespace.
+    let denials: Vec<Value> = server
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["target"] == "kubelens::audit" && e["audit"] == "denied" && e["reason"] == "rbac")
+        .collect();
+    assert!(
+        denials.iter().any(|e| e["user"] == "viewer" && e["namespace"] == "team-b" && e["path"] == format!("/api/v1/namespaces/team-b/pods/{pod_b}")),
+        "{denials:#?}"
+    );
     // admin (by group): both.
     assert_eq!(namespaces(&http, &base, &admin).await, ["team-a", "team-b"]);
     assert_eq!(status(&http, &format!("{b_logs}?follow=false"), &admin).await, 200);
