@@ -22,6 +22,7 @@ use kubelens_core::auth::Principal;
 use kubelens_core::config::LogsConfig;
 use kubelens_core::logs::admission::{AdmissionError, StreamAdmission, ViewerPermit};
 use kubelens_core::logs::grep::LineFilter;
+use kubelens_core::logs::LogTimestamp;
 pub use kubelens_core::logs::app::AppPod;
 use kubelens_core::logs::around::{AroundError, AroundPlan, AroundStart, DEFAULT_AROUND_CONTEXT, MAX_AROUND_CONTEXT, open_around, take_lines};
 use kubelens_core::logs::app::{AppEvent, AppLogStream, AppStreamOptions, DEFAULT_MEMBER_POLL_INTERVAL, UpstreamTap, subscribe_shared};
@@ -612,7 +613,18 @@ pub async fn pod_logs(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     if !query.follow && (query.download || !accept.contains("text/event-stream")) {
         // A one-shot holds the caller's stream slot while it runs, like a stream.
         let permit = service.admission.try_upstream().map_err(|e| admission_error(&e, &app_state.metrics))?;
-        let upstream = service.upstream.stream(key, upstream_options(logs, &query), Some(permit));
+        // A text download without timestamps needs no line positions: it reads what `kubectl
+        // logs` reads (no `timestamps=true`, a fifth fewer bytes from the kubelet), unless
+        // its start needs positions (`since`, a resume id).
+        let plain_tail = match query.start {
+            StartAt::Beginning => Some(None),
+            StartAt::Tail(n) => Some(Some(n)),
+            StartAt::Since(_) | StartAt::After(_) => None,
+        };
+        let upstream = match plain_tail.filter(|_| query.download && !query.timestamps) {
+            Some(tail) => service.upstream.plain_read(key, tail, logs.max_line_length, Some(permit)),
+            None => service.upstream.stream(key, upstream_options(logs, &query), Some(permit)),
+        };
         return one_shot(upstream, &ns, (&name, &container), &query, logs.max_tail_lines, viewer, res).await;
     }
     if !query.follow {
@@ -926,10 +938,9 @@ struct OneShotBody {
 
 impl OneShotBody {
     fn write_line(&mut self, line: &kubelens_core::logs::upstream::RawLine, out: &mut Vec<u8>) {
-        let ts = line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true);
         if self.download {
             if self.timestamps {
-                out.extend_from_slice(ts.as_bytes());
+                LogTimestamp::from(line.position.ts).write_rfc3339(out);
                 out.push(b' ');
             }
             out.extend_from_slice(line.text.as_bytes());
@@ -942,7 +953,7 @@ impl OneShotBody {
         self.wrote_line = true;
         let item = OneShotLine {
             id: line_id(&line.position),
-            ts,
+            ts: line.position.ts.to_rfc3339_opts(SecondsFormat::Nanos, true),
             pod: &self.pod,
             container: &self.container,
             line: &line.text,

@@ -1266,6 +1266,13 @@ async fn downloads_are_the_whole_log_for_pods_and_apps() {
     assert!(headers["content-disposition"].to_str().unwrap().contains(&format!("team-a_{pod}_app.log")));
     let seqs: Vec<u64> = text.lines().map(|l| seq_of(l).0).collect();
     assert_eq!(seqs, (1..=3000).collect::<Vec<_>>(), "every line once, in order");
+    // Without timestamps a download reads what `kubectl logs` reads (a plain read, no
+    // `timestamps=true`): the same bytes, and a tail is the same tail.
+    let kubectl = env.kubectl(&["-n", "team-a", "logs", &pod, "-c", "app"]).unwrap();
+    assert_eq!(text.trim_end(), kubectl.trim_end(), "byte for byte what kubectl logs prints");
+    let (status, _, tail) = get_text(&format!("{base}?download=true&tailLines=5"), "viewer").await;
+    assert_eq!(status, 200, "{tail}");
+    assert_eq!(tail.lines().map(|l| seq_of(l).0).collect::<Vec<_>>(), (2996..=3000).collect::<Vec<_>>());
     let (_, _, stamped) = get_text(&format!("{base}?download=true&timestamps=true"), "viewer").await;
     let mut last = String::new();
     for line in stamped.lines() {

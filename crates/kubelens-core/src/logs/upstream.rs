@@ -57,6 +57,9 @@ use serde::Serialize;
 
 use super::admission::UpstreamPermit;
 
+mod plain;
+pub use plain::NO_POSITION;
+
 /// One upstream source: a container of a pod, current or previous instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
