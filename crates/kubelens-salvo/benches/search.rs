@@ -76,12 +76,19 @@ const DOWNLOAD_OURS: &str = "/tmp/kubelens-bench-download-kubelens.log";
 const CASES: &[Case] = &[
     Case { name: "search", ours: "/search?q=seq%3D%5B0-9%5D*12345%20", peer: "| grep -cE 'seq=[0-9]*12345 '", read: Read::Search },
     Case { name: "search (kubectl --timestamps)", ours: "/search?q=seq%3D%5B0-9%5D*12345%20", peer: "--timestamps | grep -cE 'seq=[0-9]*12345 '", read: Read::Search },
-    // The whole log to a file: `download=true` (no line cap; kubelens still reads with
-    // timestamps from the API server and writes the text without them, as kubectl does).
+    // The whole log to a file: `download=true` (no line cap; without timestamps kubelens
+    // makes the same request as kubectl: a plain read, no `timestamps=true`).
     Case {
         name: "download",
         ours: "?download=true",
         peer: "> /tmp/kubelens-bench-download-kubectl.log && wc -l < /tmp/kubelens-bench-download-kubectl.log",
+        read: Read::Download,
+    },
+    // With timestamps both sides read `timestamps=true` (kubelens's positioned read).
+    Case {
+        name: "download (timestamps)",
+        ours: "?download=true&timestamps=true",
+        peer: "--timestamps > /tmp/kubelens-bench-download-kubectl.log && wc -l < /tmp/kubelens-bench-download-kubectl.log",
         read: Read::Download,
     },
 ];
