@@ -63,6 +63,20 @@ impl Retention {
         Arc::new(Self { recorder, tasks: Vec::new() })
     }
 
+    /// Shutdown: stops taking pod changes (no new capture starts) and waits until the
+    /// captures already running have written what they read, or until `deadline`. Returns
+    /// how many were still running then (their pods' remaining lines are not archived by
+    /// this process; another replica, if any, captures them too).
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        for task in &self.tasks {
+            task.abort();
+        }
+        while self.recorder.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.recorder.in_flight()
+    }
+
     /// Starts retention: captures driven by `signals` (the pod change streams of the
     /// allowlisted namespaces, merged), reading through `opener`, writing to `archive`, and
     /// the periodic purge of expired sources.

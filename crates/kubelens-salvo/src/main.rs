@@ -194,7 +194,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ));
         }
     }
-    kubelens_salvo::server::serve(state, listen, kubelens_salvo::server::termination_signal(), |_| {})
-        .await?;
+    // Shutdown: the HTTP side drains within `server.shutdown_grace` of the signal; captures of
+    // terminated pods that are still being written get what is left of that same budget, so
+    // a SIGTERM does not lose the logs of a pod that just finished.
+    let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
+    let signal = {
+        let signalled = std::sync::Arc::clone(&signalled);
+        async move {
+            kubelens_salvo::server::termination_signal().await;
+            let _ = signalled.set(tokio::time::Instant::now());
+        }
+    };
+    let (retention, grace) = (state.retention.clone(), state.config.server.shutdown_grace);
+    kubelens_salvo::server::serve(state, listen, signal, |_| {}).await?;
+    if let Some(retention) = retention {
+        let running = retention.recorder.in_flight();
+        let deadline = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
+        match retention.drain(deadline).await {
+            0 if running > 0 => tracing::info!(captures = running, "log captures finished before exit"),
+            0 => {}
+            left => tracing::warn!(captures = left, "exiting with log captures still running: the rest of their logs is not archived"),
+        }
+    }
     Ok(())
 }
