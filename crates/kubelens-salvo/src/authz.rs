@@ -8,13 +8,92 @@
 //! A denial answers 404 like a namespace or pod that does not exist, so what a user may not
 //! see is not revealed; a review that cannot be answered answers 503.
 
+use std::pin::Pin;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use kubelens_core::auth::Principal;
-use kubelens_core::authz::Permission;
+use kubelens_core::authz::{KubernetesAuthorizer, Permission};
 use kubelens_core::config::KubernetesAuthorizationMode;
 use salvo::prelude::*;
 
 use crate::error::ApiError;
+use crate::sse::{ShutdownFrames, SseFrame};
 use crate::state::AppState;
+
+/// What the hoop allowed this request after a review, for streams that re-check it.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthorizedScope {
+    namespace: String,
+    permission: Permission,
+    /// The request's path, for the audit event of a revocation.
+    path: String,
+}
+
+/// A stream's frames, re-authorized every `cache_ttl` while it is open: when the cluster's
+/// RBAC no longer allows the caller, the stream ends with `revoked()`'s frames (`ended` /
+/// `revoked`). A review that fails keeps the stream (it was allowed; the next tick asks
+/// again) — unlike a new request, which fails closed. Frames pass through unchanged when the
+/// request was not reviewed (mode `none`).
+pub(crate) fn recheck_while_open(
+    frames: BoxStream<'static, SseFrame>,
+    state: &AppState,
+    who: &Principal,
+    res: &Response,
+    revoked: ShutdownFrames,
+) -> BoxStream<'static, SseFrame> {
+    let (Some(scope), Some(authorizer)) = (res.extensions.get::<AuthorizedScope>().cloned(), state.authorizer.clone()) else {
+        return frames;
+    };
+    let every = state.config.auth.kubernetes_authorization.cache_ttl;
+    struct Recheck {
+        frames: BoxStream<'static, SseFrame>,
+        authorizer: KubernetesAuthorizer,
+        who: Principal,
+        scope: AuthorizedScope,
+        every: std::time::Duration,
+        tick: Pin<Box<tokio::time::Sleep>>,
+        revoked: Option<ShutdownFrames>,
+        tail: std::collections::VecDeque<SseFrame>,
+    }
+    let recheck = Recheck {
+        frames,
+        authorizer,
+        who: who.clone(),
+        scope,
+        every,
+        tick: Box::pin(tokio::time::sleep(every)),
+        revoked: Some(revoked),
+        tail: std::collections::VecDeque::new(),
+    };
+    futures::stream::unfold(recheck, |mut r| async move {
+        loop {
+            if let Some(frame) = r.tail.pop_front() {
+                return Some((frame, r));
+            }
+            // Ended (`revoked` sent): nothing more.
+            r.revoked.as_ref()?;
+            tokio::select! {
+                frame = r.frames.next() => return frame.map(|f| (f, r)),
+                () = &mut r.tick => {
+                    let next = tokio::time::Instant::now() + r.every;
+                    r.tick.as_mut().reset(next);
+                    let allowed = r.authorizer.allows(&r.who, &r.scope.namespace, r.scope.permission).await;
+                    if let Ok(false) = allowed {
+                        tracing::info!(user = %r.who.username, namespace = %r.scope.namespace, "stream ended: the cluster's RBAC no longer allows it");
+                        kubelens_core::audit::denied("rbac_revoked", &r.scope.path, Some((&r.who, &r.scope.namespace)));
+                        if let Some(frames) = r.revoked.take() {
+                            r.tail.extend(frames());
+                        }
+                    } else if let Err(err) = allowed {
+                        tracing::warn!(error = %err, "re-checking an open stream's access failed; it stays open until the next check");
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
 
 /// `(namespace, permission, what a denial calls "not found")` for an `/api/v1` path, or
 /// `None` for a path outside `namespaces/{ns}/…`.
@@ -65,7 +144,11 @@ pub async fn authorize(req: &mut Request, depot: &mut Depot, res: &mut Response,
         return;
     }
     let outcome = match check(state, principal, ns, permission).await {
-        Ok(true) => return,
+        Ok(true) => {
+            // Long streams re-check it while they are open (`recheck_while_open`).
+            res.extensions.insert(AuthorizedScope { namespace: ns.to_owned(), permission, path: req.uri().path().to_owned() });
+            return;
+        }
         Ok(false) => {
             tracing::info!(user = %principal.username, namespace = ns, permission = ?permission, "request refused by the cluster's RBAC");
             kubelens_core::audit::denied("rbac", req.uri().path(), Some((principal, ns)));

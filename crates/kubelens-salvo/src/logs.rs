@@ -547,6 +547,8 @@ pub(crate) fn respond_log_stream(
 ) {
     let logs = &app_state.config.logs;
     let deadline = stream_deadline(who, app_state.config.auth.stream_token_grace);
+    let revoked = final_status_frames(pod.clone(), container.clone(), StatusReason::Revoked);
+    let frames = crate::authz::recheck_while_open(frames, app_state, who, res, revoked);
     SseBody::new(frames, logs.keepalive_interval, app_state.shutdown.clone(), shutdown_frames(pod.clone(), container.clone()))
         .end_at(deadline, final_status_frames(pod, container, StatusReason::TokenExpired))
         .metrics(&app_state.metrics)
@@ -1534,12 +1536,12 @@ fn respond_app_download(
     /// Where the download body is: reading (with the caller's slot and the audit record,
     /// both held as long as it reads), or about to fail after the lines already sent.
     enum Body {
-        Reading(BoxStream<'static, AppEvent>, ViewerPermit, Option<kubelens_core::audit::LogAccessGuard>),
+        Reading(BoxStream<'static, AppEvent>, ViewerPermit, Option<Box<kubelens_core::audit::LogAccessGuard>>),
         Failing(StatusReason),
     }
     let query = query.clone();
-    let audit = crate::audit::take(res).map(kubelens_core::audit::LogAccessGuard::opened);
-    let sent = audit.as_ref().map(kubelens_core::audit::LogAccessGuard::counter);
+    let audit = crate::audit::take(res).map(|guard| Box::new(guard.opened()));
+    let sent = audit.as_ref().map(|guard| guard.counter());
     // Fused: a batch ends on "nothing ready", which may have been the end; the next batch's
     // read must then see the end again, not poll a finished stream.
     let events = events.fuse().boxed();

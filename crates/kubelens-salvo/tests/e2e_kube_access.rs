@@ -195,9 +195,22 @@ async fn the_clusters_rbac_decides_per_user_revocations_apply_within_the_ttl_and
     assert_eq!(after - before, 1.0, "two users following one pod share one upstream request");
     drop(streams);
 
-    // Revoking the viewer's RoleBinding takes effect for new requests within the cache TTL.
+    // Revoking the viewer's RoleBinding takes effect within the cache TTL: for new requests,
+    // and for the viewer's stream that is open meanwhile (it ends `revoked`).
+    let mut open = http.get(format!("{a_logs}?tailLines=1")).bearer_auth(&viewer).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(open.status().as_u16(), 200);
+    read_logs(&mut open, 1).await;
     env.kubectl(&["-n", "team-a", "delete", "rolebinding", "e2e-rbac-viewer"]).unwrap();
     let revoked = Instant::now();
+    let mut text = String::new();
+    while !text.contains("\"reason\":\"revoked\"") {
+        let left = (TTL * 2 + Duration::from_secs(3)).saturating_sub(revoked.elapsed());
+        match tokio::time::timeout(left, open.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("the open stream was not ended as revoked ({other:?}):\n{text}"),
+        }
+    }
+    assert!(text.contains("\"state\":\"ended\""), "{text}");
     while status(&http, &format!("{a_logs}?follow=false"), &viewer).await != 404 {
         assert!(revoked.elapsed() < TTL + Duration::from_secs(3), "still allowed {:?} after the revocation", revoked.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;

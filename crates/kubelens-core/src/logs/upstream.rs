@@ -219,6 +219,9 @@ pub enum StatusReason {
     /// The viewer's token expired (plus `auth.stream_token_grace`): the stream ends; the client
     /// reconnects with a fresh token and its last id.
     TokenExpired,
+    /// The viewer may no longer read this source: per-user RBAC
+    /// (`auth.kubernetes_authorization`), re-checked while the stream is open, now denies it.
+    Revoked,
     /// In an app stream: this source sent no history within `logs.merge_history_timeout`;
     /// the merge goes on without waiting for it, and its lines may arrive out of order.
     Late,
