@@ -15,13 +15,14 @@ use salvo::prelude::*;
 #[derive(Clone)]
 struct PendingLogAccess(Arc<Mutex<Option<LogAccessGuard>>>);
 
-/// `(namespace, resource, name, search)` of a log route path.
-fn log_route(path: &str) -> Option<(&str, &'static str, &str, bool)> {
-    let rest = path.strip_prefix("/api/v1/namespaces/")?;
-    let segments: Vec<&str> = rest.split('/').collect();
+/// `(namespace, resource, name, search)` of a log route path, read as salvo routes it
+/// ([`crate::authz::path_segments`]).
+fn log_route(path: &str) -> Option<(String, &'static str, String, bool)> {
+    let segments = crate::authz::path_segments(path);
+    let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
     let (ns, kind, name, search) = match segments.as_slice() {
-        [ns, kind, name, "logs"] => (*ns, *kind, *name, false),
-        [ns, kind, name, "logs", "search"] => (*ns, *kind, *name, true),
+        ["api", "v1", "namespaces", ns, kind, name, "logs"] => (*ns, *kind, *name, false),
+        ["api", "v1", "namespaces", ns, kind, name, "logs", "search"] => (*ns, *kind, *name, true),
         _ => return None,
     };
     let resource = match kind {
@@ -29,7 +30,7 @@ fn log_route(path: &str) -> Option<(&str, &'static str, &str, bool)> {
         "apps" => "app",
         _ => return None,
     };
-    Some((ns, resource, name, search))
+    Some((ns.to_owned(), resource, name.to_owned(), search))
 }
 
 /// The pending guard, for the body about to stream: the body marks it opened (`None` when
@@ -54,8 +55,7 @@ pub async fn log_access(req: &mut Request, depot: &mut Depot, res: &mut Response
     } else {
         "stream"
     };
-    // Percent-decoded names are what the handlers use; the raw path segment is what was asked.
-    let access = LogAccess::new(principal, ns, resource, name, mode, req.uri().query().unwrap_or(""));
+    let access = LogAccess::new(principal, &ns, resource, &name, mode, req.uri().query().unwrap_or(""));
     let pending = PendingLogAccess(Arc::new(Mutex::new(Some(LogAccessGuard::new(access)))));
     res.extensions.insert(pending.clone());
     ctrl.call_next(req, depot, res).await;
@@ -71,8 +71,10 @@ mod tests {
 
     #[test]
     fn log_routes_are_recognised() {
-        assert_eq!(log_route("/api/v1/namespaces/team-a/pods/web-1/logs"), Some(("team-a", "pod", "web-1", false)));
-        assert_eq!(log_route("/api/v1/namespaces/team-a/apps/web/logs/search"), Some(("team-a", "app", "web", true)));
+        let route = |path| log_route(path).map(|(ns, r, name, search)| (ns, r, name, search));
+        assert_eq!(route("/api/v1/namespaces/team-a/pods/web-1/logs"), Some(("team-a".into(), "pod", "web-1".into(), false)));
+        assert_eq!(route("/api/v1/namespaces/team-a/apps/web/logs/search"), Some(("team-a".into(), "app", "web".into(), true)));
+        assert_eq!(route("/api/v1//namespaces/team%2Da/pods/web-1/logs"), Some(("team-a".into(), "pod", "web-1".into(), false)));
         assert_eq!(log_route("/api/v1/namespaces/team-a/pods/web-1"), None);
         assert_eq!(log_route("/api/v1/namespaces/team-a/secrets/x/logs"), None);
         assert_eq!(log_route("/api/v1/me"), None);

@@ -95,21 +95,28 @@ pub(crate) fn recheck_while_open(
     .boxed()
 }
 
+/// The segments of a request path exactly as salvo routes them: split on `/`, empty segments
+/// skipped (`//` collapses), each percent-decoded. Decisions about a route must read the path
+/// this way: on the raw path, `team%2Db` or `namespaces//team-b` would name another namespace
+/// than the one the handler serves.
+pub(crate) fn path_segments(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    path.split('/').filter(|s| !s.is_empty()).map(salvo::routing::decode_url_path).collect()
+}
+
 /// `(namespace, permission, what a denial calls "not found")` for an `/api/v1` path, or
 /// `None` for a path outside `namespaces/{ns}/…`.
-pub fn required_permission(path: &str) -> Option<(&str, Permission, &'static str)> {
-    let rest = path.strip_prefix("/api/v1/namespaces/")?;
-    let mut segments = rest.split('/');
-    let ns = segments.next().filter(|ns| !ns.is_empty())?;
-    let tail: Vec<&str> = segments.collect();
-    let needs = match tail.as_slice() {
+pub fn required_permission(path: &str) -> Option<(String, Permission, &'static str)> {
+    let segments = path_segments(path);
+    let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
+    let ["api", "v1", "namespaces", ns, tail @ ..] = segments.as_slice() else { return None };
+    let needs = match tail {
         ["pods" | "apps" | "archived-pods"] | ["pods", "watch"] | ["apps", _] => (Permission::ListPods, "namespace"),
         ["pods", _] | ["pods", _, "details" | "metrics"] => (Permission::GetPods, "pod"),
         [kind, _, "logs", ..] => (Permission::GetPodLogs, if *kind == "apps" { "app" } else { "pod" }),
         // Unknown shapes (and future routes) need the strictest permission.
         _ => (Permission::GetPodLogs, "object"),
     };
-    Some((ns, needs.0, needs.1))
+    Some(((*ns).to_owned(), needs.0, needs.1))
 }
 
 /// Whether `principal` passes the cluster's RBAC for `permission` in `namespace`: always in
@@ -140,6 +147,7 @@ pub async fn authorize(req: &mut Request, depot: &mut Depot, res: &mut Response,
         return;
     };
     let Some((ns, permission, what)) = required_permission(req.uri().path()) else { return };
+    let ns = ns.as_str();
     if state.config.auth.kubernetes_authorization.mode == KubernetesAuthorizationMode::None || state.policy.namespace(ns).is_err() {
         return;
     }
@@ -179,6 +187,11 @@ mod tests {
             ("/api/v1/namespaces/team-a/pods/web-1/logs/search", Some(("team-a", Permission::GetPodLogs, "pod"))),
             ("/api/v1/namespaces/team-a/apps/web/logs", Some(("team-a", Permission::GetPodLogs, "app"))),
             ("/api/v1/namespaces/team-a/apps/web/logs/search", Some(("team-a", Permission::GetPodLogs, "app"))),
+            // As salvo routes them: percent-decoded segments, empty segments skipped.
+            ("/api/v1/namespaces/team%2Db/pods", Some(("team-b", Permission::ListPods, "namespace"))),
+            ("/api/v1//namespaces//team-b/pods/x/logs", Some(("team-b", Permission::GetPodLogs, "pod"))),
+            ("/api/v1/namespaces/team-b/pods/x/%6Cogs", Some(("team-b", Permission::GetPodLogs, "pod"))),
+            ("/api/%761/namespaces/team-b/pods", Some(("team-b", Permission::ListPods, "namespace"))),
             // Unknown shapes fail towards the strictest permission.
             ("/api/v1/namespaces/team-a", Some(("team-a", Permission::GetPodLogs, "object"))),
             ("/api/v1/namespaces/team-a/secrets/x/y", Some(("team-a", Permission::GetPodLogs, "object"))),
@@ -190,7 +203,8 @@ mod tests {
             ("/api/v1/session", None),
         ];
         for (path, want) in cases {
-            assert_eq!(required_permission(path), want, "{path}");
+            let got = required_permission(path);
+            assert_eq!(got.as_ref().map(|(ns, p, w)| (ns.as_str(), *p, *w)), want, "{path}");
         }
     }
 }

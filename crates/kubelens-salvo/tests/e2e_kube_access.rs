@@ -165,6 +165,15 @@ async fn the_clusters_rbac_decides_per_user_revocations_apply_within_the_ttl_and
         assert_eq!(status(&http, &format!("{base}/api/v1/namespaces/team-b/{path}"), &viewer).await, 404, "viewer: team-b/{path}");
     }
     assert_eq!(status(&http, &format!("{b_logs}?follow=false&download=true"), &viewer).await, 404);
+    // The same routes spelled the ways salvo also routes them (a percent-encoded namespace,
+    // empty segments): still reviewed, still 404.
+    for path in [
+        "/api/v1/namespaces/team%2Db/pods".to_owned(),
+        format!("/api/v1//namespaces//team-b/pods/{pod_b}/logs?follow=false"),
+        format!("/api/v1/namespaces/%74eam-b/pods/{pod_b}/%6Cogs?follow=false"),
+    ] {
+        assert_eq!(status(&http, &format!("{base}{path}"), &viewer).await, 404, "viewer: {path}");
+    }
     // Each denial is one audit event naming the user and the namespace.
     let denials: Vec<Value> = server
         .log()
