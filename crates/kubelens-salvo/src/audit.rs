@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn log_routes_are_recognised() {
-        let route = |path| log_route(path).map(|(ns, r, name, search)| (ns, r, name, search));
+        let route = log_route;
         assert_eq!(route("/api/v1/namespaces/team-a/pods/web-1/logs"), Some(("team-a".into(), "pod", "web-1".into(), false)));
         assert_eq!(route("/api/v1/namespaces/team-a/apps/web/logs/search"), Some(("team-a".into(), "app", "web".into(), true)));
         assert_eq!(route("/api/v1//namespaces/team%2Da/pods/web-1/logs"), Some(("team-a".into(), "pod", "web-1".into(), false)));
