@@ -164,36 +164,122 @@ pub fn detect_level(text: &str) -> Option<Level> {
 
 /// `Ok(level)` when `text` reads as a JSON object up to its level key (or its end, or the key
 /// bound); `Err` when it is not JSON.
+///
+/// The same reading as [`JsonFields`] (which stays the reference: the tests compare the two),
+/// written straight over the bytes: this runs for every JSON line that leaves the server, and
+/// the iterator's per-member values and checks cost about as much again.
 fn json_level(text: &str) -> Result<Option<Level>, ()> {
-    let mut fields = JsonFields::new(text);
-    for _ in 0..MAX_KEYS_SCANNED {
-        match fields.next() {
-            None => return Ok(None),
-            Some(Err(())) => return Err(()),
-            Some(Ok((key, value))) => {
-                if !is_json_level_key(key.raw.as_bytes()) {
-                    continue;
+    let b = text.as_bytes();
+    let ws = |mut i: usize| {
+        while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    };
+    let mut pos = ws(0);
+    if b.get(pos) != Some(&b'{') {
+        return Err(());
+    }
+    pos = ws(pos + 1);
+    if b.get(pos) == Some(&b'}') {
+        return if ws(pos + 1) == b.len() { Ok(None) } else { Err(()) };
+    }
+    for n in 1..=MAX_KEYS_SCANNED {
+        if b.get(pos) != Some(&b'"') {
+            return Err(());
+        }
+        let (key_end, _) = json_string_end(b, pos + 1)?;
+        let key = &b[pos + 1..key_end];
+        pos = ws(key_end + 1);
+        if b.get(pos) != Some(&b':') {
+            return Err(());
+        }
+        pos = ws(pos + 1);
+        let value_start = pos;
+        let level_key = is_json_level_key(key);
+        match *b.get(pos).ok_or(())? {
+            b'"' => {
+                let (end, escaped) = json_string_end(b, pos + 1)?;
+                pos = end + 1;
+                if level_key {
+                    let raw = text.get(value_start + 1..end).ok_or(())?;
+                    let level = if escaped { level_word(unescape(raw, true).as_bytes()) } else { level_word(raw.as_bytes()) };
+                    if level.is_some() {
+                        return Ok(level);
+                    }
                 }
-                let level = match value {
-                    Value::Str(s) if !s.escaped => level_word(s.raw.as_bytes()),
-                    Value::Str(s) => level_word(s.decode().as_bytes()),
-                    Value::Raw(n) => match n {
-                        "10" => Some(Level::Trace),
-                        "20" => Some(Level::Debug),
-                        "30" => Some(Level::Info),
-                        "40" => Some(Level::Warn),
-                        "50" => Some(Level::Error),
-                        "60" => Some(Level::Fatal),
-                        _ => None,
-                    },
+            }
+            b'{' | b'[' => {
+                let mut skip = JsonFields { b, s: text, pos, started: true, done: false };
+                skip.nested()?;
+                pos = skip.pos;
+                if matches!(b.get(pos), Some(c) if c.is_ascii_alphanumeric()) {
+                    return Err(());
+                }
+            }
+            c => {
+                let len = match c {
+                    b't' => b[pos..].starts_with(b"true").then_some(4),
+                    b'f' => b[pos..].starts_with(b"false").then_some(5),
+                    b'n' => b[pos..].starts_with(b"null").then_some(4),
+                    b'-' | b'0'..=b'9' => {
+                        let len = b[pos..].iter().take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')).count();
+                        b[pos..pos + len].iter().any(u8::is_ascii_digit).then_some(len)
+                    }
+                    _ => None,
                 };
-                if level.is_some() {
-                    return Ok(level);
+                pos += len.ok_or(())?;
+                if matches!(b.get(pos), Some(c) if c.is_ascii_alphanumeric()) {
+                    return Err(());
+                }
+                if level_key {
+                    let level = match &b[value_start..pos] {
+                        b"10" => Some(Level::Trace),
+                        b"20" => Some(Level::Debug),
+                        b"30" => Some(Level::Info),
+                        b"40" => Some(Level::Warn),
+                        b"50" => Some(Level::Error),
+                        b"60" => Some(Level::Fatal),
+                        _ => None,
+                    };
+                    if level.is_some() {
+                        return Ok(level);
+                    }
                 }
             }
         }
+        if n == MAX_KEYS_SCANNED {
+            // The key bound: what follows the last member looked at is not read.
+            break;
+        }
+        pos = ws(pos);
+        match b.get(pos) {
+            Some(b',') => pos = ws(pos + 1),
+            Some(b'}') => return if ws(pos + 1) == b.len() { Ok(None) } else { Err(()) },
+            _ => return Err(()),
+        }
     }
     Ok(None)
+}
+
+/// The index of the closing quote of the JSON string whose text starts at `start`, and whether
+/// it has escapes; `Err` for a malformed or unterminated string (as [`JsonFields::string`]).
+#[inline]
+fn json_string_end(b: &[u8], start: usize) -> Result<(usize, bool), ()> {
+    let mut i = start;
+    let mut escaped = false;
+    loop {
+        i += quote_or_backslash(b.get(i..).ok_or(())?).ok_or(())?;
+        if b[i] == b'"' {
+            return Ok((i, escaped));
+        }
+        escaped = true;
+        match b.get(i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+            Some(b'u') if hex4(b.get(i + 2..).unwrap_or_default()).is_some() => i += 6,
+            _ => return Err(()),
+        }
+    }
 }
 
 fn klog_level(b: &[u8]) -> Option<Level> {
@@ -852,6 +938,71 @@ mod tests {
         assert_eq!(detect_level(r#"{"level":"error","msg":"xxxxx … [truncated 9 bytes]"#), Some(Level::Error));
         // Not JSON: plain rules.
         assert_eq!(detect_level("{oops} ERROR here"), Some(Level::Error));
+    }
+
+    /// The reference reading of a JSON line's level: [`JsonFields`], member by member.
+    fn json_level_reference(text: &str) -> Result<Option<Level>, ()> {
+        let mut fields = JsonFields::new(text);
+        for _ in 0..MAX_KEYS_SCANNED {
+            match fields.next() {
+                None => return Ok(None),
+                Some(Err(())) => return Err(()),
+                Some(Ok((key, value))) if is_json_level_key(key.raw.as_bytes()) => {
+                    let level = match value {
+                        Value::Str(s) => level_word(s.decode().as_bytes()),
+                        Value::Raw(n) => match n {
+                            "10" => Some(Level::Trace),
+                            "20" => Some(Level::Debug),
+                            "30" => Some(Level::Info),
+                            "40" => Some(Level::Warn),
+                            "50" => Some(Level::Error),
+                            "60" => Some(Level::Fatal),
+                            _ => None,
+                        },
+                    };
+                    if level.is_some() {
+                        return Ok(level);
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn the_byte_reader_reads_json_levels_as_the_field_iterator_does() {
+        let mut cases: Vec<String> = [
+            r#"{"level":"warn","msg":"x"}"#, r#"  {"msg":"ERROR in text","lvl":"ERR"}"#, r#"{"severity":"CRITICAL"}"#,
+            r#"{"Level":"Information"}"#, r#"{"level":30,"msg":"pino"}"#, r#"{"level":"\u0077arn"}"#,
+            r#"{"a":{"level":"error"},"level":"info"}"#, r#"{"msg":"ERROR something"}"#, r#"{"level":"verbose-ish"}"#,
+            r#"{"level":"error","msg":"xxxxx … [truncated 9 bytes]"#, "{oops} ERROR here", "{}", "{ } x", "{}  ", r#"{"a":1}x"#,
+            r#"{"a":[1,{"b":"}"}],"lvl":"debug"}"#, r#"{"a":{}x,"level":"info"}"#, r#"{"a":tru,"level":"info"}"#,
+            r#"{"a":-,"level":"info"}"#, r#"{"a":1e5,"level":"60"}"#, r#"{"a":1,"level":60}"#, r#"{"a":1,"level":61}"#,
+            r#"{"a" : "b" , "level" : "warn" }"#, r#"{"a":"\x"}"#, r#"{"a":"\u12"}"#, r#"{"a":"b""#, r#"{"a":"b"  "#,
+            r#"{"a":"b",}"#, r#"{"\u006cevel":"error"}"#, r#"{"level":"err\"or"}"#, r#"{"level":null,"lvl":"warn"}"#,
+            r#"{"level":true}x"#, "{\"a\":\"é\",\"level\":\"info\"}", "{", "{\"", r#"{"a""#, r#"{"a":"#,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // The key bound: the level as the 64th and the 65th key, and garbage after the 64th.
+        let keys = |n: usize| (0..n).map(|i| format!("\"k{i}\":{i}")).collect::<Vec<_>>().join(",");
+        cases.push(format!("{{{},\"level\":\"warn\"}}", keys(63)));
+        cases.push(format!("{{{},\"level\":\"warn\"}}", keys(64)));
+        cases.push(format!("{{{} garbage", keys(64)));
+        cases.push(format!("{{{}}} garbage", keys(64)));
+        // Every prefix of a few lines: truncation anywhere.
+        for line in [r#"{"ts":"2026-01-30T10:00:00.123Z","logger":"http","level":"info","msg":"GET /x 200","n":[1,2]}"#, r#" { "a" : { "b" : [ "c" , 1 ] } , "severity" : 40 } "#] {
+            for end in 0..=line.len() {
+                if let Some(prefix) = line.get(..end) {
+                    cases.push(prefix.to_owned());
+                }
+            }
+        }
+        for case in &cases {
+            assert_eq!(json_level(case), json_level_reference(case), "{case}");
+        }
     }
 
     #[test]
