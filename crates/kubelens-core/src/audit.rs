@@ -15,6 +15,8 @@
 //! Never the token, a ticket or log content: `query` is the request's query string without
 //! `ticket` (and at most [`MAX_QUERY_BYTES`] of it).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::auth::Principal;
@@ -24,6 +26,27 @@ pub const TARGET: &str = "kubelens::audit";
 
 /// Longest `query` recorded; a longer one is cut on a character boundary and ends in `…`.
 pub const MAX_QUERY_BYTES: usize = 1024;
+
+/// Lines and bytes a response sent, counted by its body while it streams.
+#[derive(Debug, Clone, Default)]
+pub struct SentCounter(Arc<[AtomicU64; 2]>);
+
+impl SentCounter {
+    /// Counts `lines` log lines.
+    pub fn lines(&self, lines: u64) {
+        self.0[0].fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` bytes handed to the connection.
+    pub fn bytes(&self, bytes: u64) {
+        self.0[1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `(lines, bytes)` so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.0[0].load(Ordering::Relaxed), self.0[1].load(Ordering::Relaxed))
+    }
+}
 
 /// What a log request reads.
 #[derive(Debug, Clone)]
@@ -78,13 +101,11 @@ fn cut(text: &str, max: usize) -> &str {
 
 /// An open log response: emits `logs_opened` when the body starts ([`LogAccessGuard::opened`])
 /// and `logs_closed` with what was sent when it is dropped; or `logs_refused` instead
-/// ([`LogAccessGuard::refused`]). The body that streams the answer owns it and counts into it
-/// ([`LogAccessGuard::count`]).
+/// ([`LogAccessGuard::refused`]).
 #[derive(Debug)]
 pub struct LogAccessGuard {
     access: LogAccess,
-    lines: u64,
-    bytes: u64,
+    sent: SentCounter,
     started: Instant,
     open: bool,
 }
@@ -92,13 +113,12 @@ pub struct LogAccessGuard {
 impl LogAccessGuard {
     /// A guard for `access`; nothing is recorded yet.
     pub fn new(access: LogAccess) -> Self {
-        Self { access, lines: 0, bytes: 0, started: Instant::now(), open: false }
+        Self { access, sent: SentCounter::default(), started: Instant::now(), open: false }
     }
 
-    /// Counts `lines` log lines and `bytes` bytes handed to the connection.
-    pub fn count(&mut self, lines: u64, bytes: u64) {
-        self.lines += lines;
-        self.bytes += bytes;
+    /// The counter the body updates.
+    pub fn counter(&self) -> SentCounter {
+        self.sent.clone()
     }
 
     /// The body starts: records `logs_opened`; `logs_closed` follows on drop.
@@ -125,7 +145,7 @@ impl Drop for LogAccessGuard {
             return;
         }
         let a = &self.access;
-        let (lines, bytes) = (self.lines, self.bytes);
+        let (lines, bytes) = self.sent.snapshot();
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(target: TARGET, audit = "logs_closed", user = %a.user, subject = %a.subject, namespace = %a.namespace,
             resource = a.resource, name = %a.name, mode = a.mode, query = %a.query, lines, bytes, duration_ms, "audit");
@@ -170,11 +190,11 @@ mod tests {
     }
 
     #[test]
-    fn the_guard_adds_up_what_was_sent() {
-        let principal = Principal { subject: "s".into(), username: "u".into(), groups: vec![], is_admin: false, expires_at: 0 };
-        let mut guard = LogAccessGuard::new(LogAccess::new(&principal, "ns", "pod", "p", "stream", ""));
-        guard.count(3, 10);
-        guard.count(1, 0);
-        assert_eq!((guard.lines, guard.bytes), (4, 10));
+    fn the_counter_adds_up() {
+        let counter = SentCounter::default();
+        counter.lines(3);
+        counter.bytes(10);
+        counter.clone().lines(1);
+        assert_eq!(counter.snapshot(), (4, 10));
     }
 }

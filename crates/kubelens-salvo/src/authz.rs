@@ -146,12 +146,9 @@ pub async fn authorize(req: &mut Request, depot: &mut Depot, res: &mut Response,
         // The auth hoop answered already (or a routing mistake): nothing to authorize.
         return;
     };
-    if state.config.auth.kubernetes_authorization.mode == KubernetesAuthorizationMode::None {
-        return;
-    }
     let Some((ns, permission, what)) = required_permission(req.uri().path()) else { return };
     let ns = ns.as_str();
-    if state.policy.namespace(ns).is_err() {
+    if state.config.auth.kubernetes_authorization.mode == KubernetesAuthorizationMode::None || state.policy.namespace(ns).is_err() {
         return;
     }
     let outcome = match check(state, principal, ns, permission).await {

@@ -932,8 +932,10 @@ struct OneShotBody {
     /// The caller's stream slot (and, inside `upstream`, the upstream slot): held exactly as
     /// long as the body.
     _viewer: ViewerPermit,
-    /// The audit record of this read, counting what it sends: `logs_closed` when the body drops.
+    /// The audit record of this read: `logs_closed` with what was sent when the body drops.
     audit: Option<kubelens_core::audit::LogAccessGuard>,
+    /// Its lines-and-bytes counter.
+    sent_counter: Option<kubelens_core::audit::SentCounter>,
 }
 
 impl OneShotBody {
@@ -1023,8 +1025,9 @@ impl OneShotBody {
             // Drop the upstream (and its slot) now, not when hyper drops the body.
             self.upstream = futures::stream::empty().boxed();
         }
-        if let Some(audit) = &mut self.audit {
-            audit.count((self.sent - sent_before) as u64, out.len() as u64);
+        if let Some(counter) = &self.sent_counter {
+            counter.lines((self.sent - sent_before) as u64);
+            counter.bytes(out.len() as u64);
         }
         Some(Bytes::from(out))
     }
@@ -1087,8 +1090,13 @@ pub(crate) async fn one_shot(
         done: false,
         cut_short: None,
         _viewer: viewer,
-        audit: crate::audit::take(res).map(kubelens_core::audit::LogAccessGuard::opened),
+        sent_counter: None,
+        audit: None,
     };
+    if let Some(guard) = crate::audit::take(res) {
+        body.sent_counter = Some(guard.counter());
+        body.audit = Some(guard.opened());
+    }
     let head = if query.download {
         res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         let filename = format!("attachment; filename=\"{ns}_{pod}_{container}.log\"");
@@ -1112,8 +1120,8 @@ pub(crate) async fn one_shot(
         head.extend_from_slice(b",\"lines\":[");
         head
     };
-    if let Some(audit) = &mut body.audit {
-        audit.count(0, head.len() as u64);
+    if let Some(counter) = &body.sent_counter {
+        counter.bytes(head.len() as u64);
     }
     let chunks = futures::stream::once(futures::future::ready(Ok(Bytes::from(head))))
         .chain(futures::stream::unfold(Some(body), |body| async move {
@@ -1533,13 +1541,14 @@ fn respond_app_download(
     }
     let query = query.clone();
     let audit = crate::audit::take(res).map(|guard| Box::new(guard.opened()));
+    let sent = audit.as_ref().map(|guard| guard.counter());
     // Fused: a batch ends on "nothing ready", which may have been the end; the next batch's
     // read must then see the end again, not poll a finished stream.
     let events = events.fuse().boxed();
     let chunks = futures::stream::unfold(Some(Body::Reading(events, viewer, audit)), move |body| {
-        let query = query.clone();
+        let (query, sent) = (query.clone(), sent.clone());
         async move {
-            let (mut events, viewer, mut audit) = match body? {
+            let (mut events, viewer, audit) = match body? {
                 Body::Reading(events, viewer, audit) => (events, viewer, audit),
                 Body::Failing(reason) => {
                     tracing::warn!(reason = ?reason, "app download cut short: aborting the response");
@@ -1548,9 +1557,10 @@ fn respond_app_download(
             };
             let mut out = Vec::with_capacity(16 * 1024);
             let mut lines = 0u64;
-            let mut count = |out: &Vec<u8>, lines: u64| {
-                if let Some(audit) = &mut audit {
-                    audit.count(lines, out.len() as u64);
+            let count = |out: &Vec<u8>, lines: u64| {
+                if let Some(sent) = &sent {
+                    sent.lines(lines);
+                    sent.bytes(out.len() as u64);
                 }
             };
             while out.len() < ONE_SHOT_CHUNK_BYTES {

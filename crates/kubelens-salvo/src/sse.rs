@@ -161,8 +161,8 @@ pub struct SseBody {
     hold: Vec<Box<dyn Any + Send>>,
     /// Counts `log` events sent (`log_lines_sent`) when set.
     metrics: Option<kubelens_core::Metrics>,
-    /// The audit record of this stream, counting what it sends ([`SseBody::audit`]).
-    audit: Option<kubelens_core::audit::LogAccessGuard>,
+    /// Lines and bytes this body sent, for its audit record ([`SseBody::audit`]).
+    sent: Option<kubelens_core::audit::SentCounter>,
     /// Encoded frames not yet handed to hyper (bounded by [`MAX_BATCH_BYTES`] + one frame);
     /// empty, with no allocation, between batches ([`take_batch`]).
     out: BytesMut,
@@ -203,7 +203,7 @@ impl SseBody {
             done: false,
             hold: Vec::new(),
             metrics: None,
-            audit: None,
+            sent: None,
             out: BytesMut::new(),
             batch_lines: false,
             open_lines: None,
@@ -265,7 +265,10 @@ impl SseBody {
     /// Records the stream in the audit trail: `logs_opened` now, `logs_closed` with the lines
     /// and bytes sent when the body is dropped (`None`: not audited).
     pub fn audit(mut self, guard: Option<kubelens_core::audit::LogAccessGuard>) -> Self {
-        self.audit = guard.map(kubelens_core::audit::LogAccessGuard::opened);
+        if let Some(guard) = guard {
+            self.sent = Some(guard.counter());
+            self.hold.push(Box::new(guard.opened()));
+        }
         self
     }
 
@@ -310,8 +313,8 @@ impl SseBody {
     /// The encoded batch for hyper ([`take_batch`]), counted for the audit record.
     fn emit(&mut self) -> Poll<Option<Result<Bytes, Infallible>>> {
         let batch = take_batch(&mut self.out);
-        if let Some(audit) = &mut self.audit {
-            audit.count(0, batch.len() as u64);
+        if let Some(sent) = &self.sent {
+            sent.bytes(batch.len() as u64);
         }
         Poll::Ready(Some(Ok(batch)))
     }
@@ -370,8 +373,8 @@ impl Stream for SseBody {
                         if let Some(m) = &this.metrics {
                             m.log_lines_sent.inc();
                         }
-                        if let Some(audit) = &mut this.audit {
-                            audit.count(1, 0);
+                        if let Some(sent) = &this.sent {
+                            sent.lines(1);
                         }
                     }
                     if this.batch_lines {
