@@ -32,6 +32,10 @@ pub fn principal(depot: &Depot) -> Result<&Principal, ApiError> {
 pub fn api_error(err: &AuthError) -> ApiError {
     match err.kind() {
         AuthFailureKind::Forbidden => ApiError::forbidden("not a member of a group allowed to use KubeLens"),
+        AuthFailureKind::Unavailable if *err == AuthError::CredentialStoreUnavailable => ApiError::unavailable(
+            "auth_unavailable",
+            "the store shared by the replicas cannot be reached to check this ticket; retry shortly",
+        ),
         AuthFailureKind::Unavailable => ApiError::unavailable(
             "auth_unavailable",
             "token signing keys are not loaded yet; retry shortly",
@@ -72,6 +76,21 @@ fn bearer_token(req: &Request) -> Result<Option<&str>, AuthError> {
     if token.is_empty() { Err(AuthError::Missing) } else { Ok(Some(token)) }
 }
 
+/// A ticket or stream credential lookup as an auth outcome: unknown is 401, a shared store
+/// that cannot be asked is 503 (the client retries rather than giving up on its stream).
+fn granted(
+    lookup: Result<Option<Principal>, kubelens_core::storage::StorageError>,
+) -> Result<Principal, AuthError> {
+    match lookup {
+        Ok(Some(principal)) => Ok(principal),
+        Ok(None) => Err(AuthError::Ticket),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot check a stream ticket or credential in the shared store");
+            Err(AuthError::CredentialStoreUnavailable)
+        }
+    }
+}
+
 /// Hoop: authenticates the request and inserts the [`Principal`] into the depot, or answers
 /// 401/403/503 and stops the chain.
 #[handler]
@@ -86,8 +105,8 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
         Ok(Some(token)) => state.auth.authenticate(token).await,
         Ok(None) if accepts_ticket(req.method(), req.uri().path()) => {
             match (req.query::<String>(TICKET_PARAM), crate::stream_credential::request_credential(req)) {
-                (Some(ticket), _) => state.tickets.redeem(&ticket).ok_or(AuthError::Ticket),
-                (None, Some(credential)) => state.stream_credentials.resolve(credential).ok_or(AuthError::Ticket),
+                (Some(ticket), _) => granted(state.tickets.redeem(&ticket).await),
+                (None, Some(credential)) => granted(state.stream_credentials.resolve(credential).await),
                 (None, None) => Err(AuthError::Missing),
             }
         }
@@ -133,7 +152,7 @@ pub struct StreamTicketResponse {
 pub async fn create_stream_ticket(depot: &mut Depot, res: &mut Response) -> Result<Json<StreamTicketResponse>, ApiError> {
     let principal = principal(depot)?.clone();
     let state = depot.get_typed::<AppState>().map_err(|_| ApiError::internal())?;
-    let ticket = state.tickets.issue(&principal);
+    let ticket = state.tickets.issue(&principal).await;
     res.status_code(StatusCode::CREATED);
     Ok(Json(StreamTicketResponse { ticket, expires_in: state.tickets.ttl().as_secs() }))
 }

@@ -172,8 +172,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let instrumented = kubelens_storage::Stores {
         sessions: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.sessions, state.metrics.clone())),
         archive: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.archive, state.metrics.clone())),
+        credentials: stores.credentials,
         backend: stores.backend,
     };
+    // Several replicas share PostgreSQL or Redis: stream tickets and credentials go there too,
+    // so any replica redeems what another issued (no session affinity needed).
+    if instrumented.is_shared() {
+        state.tickets = state.tickets.clone().with_shared_store(instrumented.credentials.clone());
+        state.stream_credentials = state.stream_credentials.clone().with_shared_store(instrumented.credentials.clone());
+    }
     state.storage = Some(instrumented);
     if let Some(cluster) = cluster {
         // Log lookups and liveness checks come from the watch cache, under the full policy;

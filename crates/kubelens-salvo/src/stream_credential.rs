@@ -64,6 +64,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     let issued = state
         .stream_credentials
         .issue(&principal, request_credential(req))
+        .await
         .ok_or_else(|| ApiError::unauthorized("token expired"))?;
     res.headers_mut().append(SET_COOKIE, cookie(&issued.value, issued.expires_in, secure_request(req))?);
     res.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
@@ -77,7 +78,7 @@ pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     principal(depot)?;
     let state = depot.get_typed::<AppState>().map_err(|_| ApiError::internal())?;
     if let Some(value) = request_credential(req) {
-        state.stream_credentials.revoke(value);
+        state.stream_credentials.revoke(value).await;
     }
     res.headers_mut().append(SET_COOKIE, cookie("", 0, secure_request(req))?);
     res.status_code(StatusCode::NO_CONTENT);

@@ -3,13 +3,13 @@
 //! Core's [`SessionStore`] and [`LogArchive`] return boxed futures so they can be used as
 //! `Arc<dyn …>`. Writing those boxes by hand in every backend repeats the same eleven
 //! forwarders; instead a backend implements [`Backend`] with ordinary async methods, and
-//! [`StoreAdapter`] boxes each future once, here.
+//! [`StoreAdapter`] boxes each future once, here. The same adapter serves [`CredentialStore`].
 
 use std::future::Future;
 use std::time::Duration;
 
 use kubelens_core::storage::{
-    AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
+    AppendOutcome, ArchivedLine, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
     StorageError, StoreFuture, StoredSession, Version,
 };
 
@@ -59,6 +59,17 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StorageError>> + Send;
     /// [`LogArchive::purge_expired`].
     fn archive_purge(&self) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// [`CredentialStore::put`].
+    fn credential_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// [`CredentialStore::get`] (`take: false`) and [`CredentialStore::take`] (`take: true`).
+    fn credential_get(&self, key: &str, take: bool) -> impl Future<Output = Result<Option<Vec<u8>>, StorageError>> + Send;
+    /// [`CredentialStore::purge_expired`].
+    fn credential_purge(&self) -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// [`SessionStore::ping`] and [`LogArchive::ping`].
     fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
@@ -127,5 +138,23 @@ impl<B: Backend> LogArchive for StoreAdapter<B> {
     }
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.0.ping())
+    }
+}
+
+impl<B: Backend> CredentialStore for StoreAdapter<B> {
+    fn put<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(self.0.credential_put(key, value, ttl))
+    }
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(self.0.credential_get(key, false))
+    }
+    fn take<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(self.0.credential_get(key, true))
+    }
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.0.credential_get(key, true).await.map(|v| v.is_some()) })
+    }
+    fn purge_expired(&self) -> StoreFuture<'_, u64> {
+        Box::pin(self.0.credential_purge())
     }
 }

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use kubelens_core::storage::{
-    ArchivedLine, LineQuery, MAX_POSITION, PodMeta, Precondition, SourceKey, StorageError, StoreLimits, Version,
+    ArchivedLine, LineQuery, MAX_CREDENTIAL_KEY_BYTES, MAX_CREDENTIAL_TTL, MAX_CREDENTIAL_VALUE_BYTES, MAX_POSITION, PodMeta, Precondition, SourceKey, StorageError, StoreLimits, Version,
     now_ms,
 };
 
@@ -62,6 +62,10 @@ pub const CHECKS: &[&str] = &[
     "archive_line_bytes_and_timestamps",
     "archive_list_terminate_and_expire",
     "archive_invalid_input",
+    "credential_get_take_remove",
+    "credential_ttl_expiry",
+    "credential_concurrent_takers",
+    "credential_invalid_input",
     "ping",
 ];
 
@@ -106,6 +110,10 @@ async fn run_check(name: &str, s: Stores) -> CheckResult {
         "archive_line_bytes_and_timestamps" => archive_bytes(s).await,
         "archive_list_terminate_and_expire" => archive_terminate(s).await,
         "archive_invalid_input" => archive_invalid(s).await,
+        "credential_get_take_remove" => credential_get_take_remove(s).await,
+        "credential_ttl_expiry" => credential_ttl(s).await,
+        "credential_concurrent_takers" => credential_concurrent(s).await,
+        "credential_invalid_input" => credential_invalid(s).await,
         "ping" => ping(s).await,
         other => Err(format!("unknown check {other}")),
     }
@@ -537,6 +545,80 @@ async fn archive_invalid(s: Stores) -> CheckResult {
     let r = a.append(&good, &huge, &[line(0, T0, "x")]).await;
     ensure!(matches!(r, Err(StorageError::TooLarge { .. })), "metadata over the limit: {r:?}");
     ensure!(t!(a.list_sources("team-a")).is_empty(), "nothing written by refused calls");
+    Ok(())
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+async fn credential_get_take_remove(s: Stores) -> CheckResult {
+    let c = &s.credentials;
+    ensure!(t!(c.get("ticket:a")).is_none(), "a new store has no credential");
+    t!(c.put("ticket:a", b"alice", MINUTE));
+    t!(c.put("stream:a", b"other kind", MINUTE));
+    for _ in 0..2 {
+        ensure!(t!(c.get("ticket:a")).as_deref() == Some(&b"alice"[..]), "get is repeatable");
+    }
+    ensure!(t!(c.take("ticket:a")).as_deref() == Some(&b"alice"[..]), "take returns the value");
+    ensure!(t!(c.take("ticket:a")).is_none(), "take works once");
+    ensure!(t!(c.get("ticket:a")).is_none(), "taken is gone");
+    ensure!(t!(c.get("stream:a")).as_deref() == Some(&b"other kind"[..]), "keys are independent");
+    t!(c.put("stream:a", &[0, 255, 10], MINUTE));
+    ensure!(t!(c.get("stream:a")).as_deref() == Some(&[0u8, 255, 10][..]), "put replaces; bytes are binary-safe");
+    ensure!(t!(c.remove("stream:a")), "remove reports a live entry");
+    ensure!(!t!(c.remove("stream:a")), "remove of a missing entry is false");
+    Ok(())
+}
+
+async fn credential_ttl(s: Stores) -> CheckResult {
+    let c = &s.credentials;
+    t!(c.put("ticket:short", b"x", SHORT_TTL));
+    t!(c.put("ticket:short2", b"y", SHORT_TTL));
+    t!(c.put("ticket:long", b"z", MINUTE));
+    tokio::time::sleep(AFTER_TTL).await;
+    ensure!(t!(c.get("ticket:short")).is_none(), "expired credentials are not read");
+    ensure!(t!(c.take("ticket:short2")).is_none(), "expired credentials are not taken");
+    t!(c.purge_expired());
+    ensure!(t!(c.get("ticket:short")).is_none(), "purged stays gone");
+    ensure!(t!(c.get("ticket:long")).is_some(), "purge keeps live credentials");
+    Ok(())
+}
+
+async fn credential_concurrent(s: Stores) -> CheckResult {
+    for round in 0..3 {
+        let key = format!("ticket:race{round}");
+        t!(s.credentials.put(&key, b"once", MINUTE));
+        let takes = (0..12).map(|_| {
+            let (c, key) = (s.credentials.clone(), key.clone());
+            async move { c.take(&key).await }
+        });
+        let results = futures::future::join_all(takes).await;
+        let mut won = 0;
+        for r in results {
+            won += usize::from(r.map_err(|e| format!("line {}: take failed: {e}", line!()))?.is_some());
+        }
+        ensure!(won == 1, "round {round}: {won} concurrent takers got the value, expected exactly one");
+    }
+    Ok(())
+}
+
+async fn credential_invalid(s: Stores) -> CheckResult {
+    let c = &s.credentials;
+    let long_key = "k".repeat(MAX_CREDENTIAL_KEY_BYTES + 1);
+    for bad in ["", "with space", "new\nline", "ticket:ü", long_key.as_str()] {
+        ensure!(matches!(c.put(bad, b"v", MINUTE).await, Err(StorageError::Invalid(_))), "put accepted key {bad:?}");
+        ensure!(matches!(c.get(bad).await, Err(StorageError::Invalid(_))), "get accepted key {bad:?}");
+        ensure!(matches!(c.take(bad).await, Err(StorageError::Invalid(_))), "take accepted key {bad:?}");
+    }
+    let big = vec![b'x'; MAX_CREDENTIAL_VALUE_BYTES + 1];
+    ensure!(matches!(c.put("ticket:big", &big, MINUTE).await, Err(StorageError::TooLarge { .. })), "oversized value");
+    for ttl in [Duration::ZERO, MAX_CREDENTIAL_TTL + Duration::from_secs(1)] {
+        ensure!(matches!(c.put("ticket:ttl", b"v", ttl).await, Err(StorageError::Invalid(_))), "ttl {ttl:?} accepted");
+    }
+    ensure!(t!(c.get("ticket:big")).is_none() && t!(c.get("ticket:ttl")).is_none(), "refused writes stored nothing");
+    let max_key = "k".repeat(MAX_CREDENTIAL_KEY_BYTES);
+    let max_value = vec![7u8; MAX_CREDENTIAL_VALUE_BYTES];
+    t!(c.put(&max_key, &max_value, MINUTE));
+    ensure!(t!(c.get(&max_key)).map(|v| v.len()) == Some(MAX_CREDENTIAL_VALUE_BYTES), "limits are inclusive");
     Ok(())
 }
 

@@ -47,7 +47,7 @@ impl DeferredStores {
     /// The trait objects handlers use; they delegate to the slot.
     pub fn as_stores(&self, backend: StorageBackend) -> Stores {
         let this = Arc::new(StoreAdapter::new(self.clone()));
-        Stores { sessions: this.clone(), archive: this, backend }
+        Stores { sessions: this.clone(), archive: this.clone(), credentials: this, backend }
     }
 
     /// Spawns a task that calls [`crate::open`] with capped exponential backoff until it
@@ -122,6 +122,16 @@ impl Backend for DeferredStores {
     }
     async fn archive_purge(&self) -> Result<u64, StorageError> {
         self.stores()?.archive.purge_expired().await
+    }
+    async fn credential_put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+        self.stores()?.credentials.put(key, value, ttl).await
+    }
+    async fn credential_get(&self, key: &str, take: bool) -> Result<Option<Vec<u8>>, StorageError> {
+        let credentials = &self.stores()?.credentials;
+        if take { credentials.take(key).await } else { credentials.get(key).await }
+    }
+    async fn credential_purge(&self) -> Result<u64, StorageError> {
+        self.stores()?.credentials.purge_expired().await
     }
     async fn ping(&self) -> Result<(), StorageError> {
         let stores = self.stores()?;

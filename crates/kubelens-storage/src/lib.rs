@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use kubelens_core::config::{StorageBackend, StorageConfig};
 use kubelens_core::storage::memory::MemoryStore;
-pub use kubelens_core::storage::{LogArchive, SessionStore, StorageError, StoreLimits};
+pub use kubelens_core::storage::{CredentialStore, LogArchive, SessionStore, StorageError, StoreLimits};
 
 pub use deferred::DeferredStores;
 
@@ -46,15 +46,24 @@ pub struct Stores {
     pub sessions: Arc<dyn SessionStore>,
     /// Archived log lines.
     pub archive: Arc<dyn LogArchive>,
+    /// Stream tickets and credentials (used only when several replicas share this backend:
+    /// see [`Stores::is_shared`]).
+    pub credentials: Arc<dyn CredentialStore>,
     /// Which backend these are (for logs and readiness details).
     pub backend: StorageBackend,
 }
 
 impl Stores {
     /// Both traits served by one value (every backend implements both on one handle).
-    pub fn from_one<T: SessionStore + LogArchive + 'static>(store: T, backend: StorageBackend) -> Self {
+    pub fn from_one<T: SessionStore + LogArchive + CredentialStore + 'static>(store: T, backend: StorageBackend) -> Self {
         let store = Arc::new(store);
-        Self { sessions: store.clone(), archive: store, backend }
+        Self { sessions: store.clone(), archive: store.clone(), credentials: store, backend }
+    }
+
+    /// Whether several replicas can share this backend (PostgreSQL, Redis), so stream
+    /// tickets and credentials belong in it; memory and sqlite serve one process.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, StorageBackend::Postgres | StorageBackend::Redis)
     }
 
     /// In-memory stores (tests, demos, the `memory` backend).
@@ -128,11 +137,14 @@ pub async fn watch_health(
                 if purge_every > 0 && tick.is_multiple_of(purge_every) {
                     let sessions = stores.sessions.purge_expired().await;
                     let sources = stores.archive.purge_expired().await;
-                    match (sessions, sources) {
-                        (Ok(s), Ok(a)) if s + a > 0 => {
-                            tracing::debug!(sessions = s, sources = a, "purged expired storage entries");
+                    let credentials = stores.credentials.purge_expired().await;
+                    match (sessions, sources, credentials) {
+                        (Ok(s), Ok(a), Ok(c)) if s + a + c > 0 => {
+                            tracing::debug!(sessions = s, sources = a, credentials = c, "purged expired storage entries");
                         }
-                        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "storage purge failed"),
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                            tracing::warn!(error = %e, "storage purge failed");
+                        }
                         _ => {}
                     }
                 }

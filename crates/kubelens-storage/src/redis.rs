@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use kubelens_core::config::RedisConfig;
 use kubelens_core::storage::{
-    AppendOutcome, ArchivedLine, LineQuery, PodMeta, Precondition, SourceInfo, SourceKey, StorageError, StoreLimits, StoredSession, Version, now_ms, validate_append, validate_query,
-    validate_session_put, validate_subject,
+    AppendOutcome, ArchivedLine, LineQuery, PodMeta, Precondition, SourceInfo, SourceKey, StorageError, StoreLimits, StoredSession, Version, now_ms, validate_append, validate_credential_key,
+    validate_credential_put, validate_query, validate_session_put, validate_subject,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
@@ -267,6 +267,10 @@ impl RedisBackend {
             )));
         }
         Ok(())
+    }
+
+    fn credential_key(&self, key: &str) -> String {
+        format!("{}cred:{key}", self.prefix)
     }
 
     fn session_key(&self, subject: &str) -> String {
@@ -526,6 +530,35 @@ impl Backend for RedisBackend {
     }
 
     async fn session_purge(&self) -> Result<u64, StorageError> {
+        // Native TTL: nothing to do.
+        Ok(0)
+    }
+
+    async fn credential_put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+        validate_credential_put(key, value, ttl)?;
+        let mut conn = self.conn.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = redis::cmd("SET")
+            .arg(self.credential_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn credential_get(&self, key: &str, take: bool) -> Result<Option<Vec<u8>>, StorageError> {
+        validate_credential_key(key)?;
+        let mut conn = self.conn.clone();
+        // GETDEL (Redis 6.2+) reads and deletes in one atomic command: of concurrent takers on
+        // any replica exactly one gets the value.
+        let command = if take { "GETDEL" } else { "GET" };
+        redis::cmd(command).arg(self.credential_key(key)).query_async(&mut conn).await.map_err(redis_error)
+    }
+
+    async fn credential_purge(&self) -> Result<u64, StorageError> {
         // Native TTL: nothing to do.
         Ok(0)
     }

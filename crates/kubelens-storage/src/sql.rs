@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use kubelens_core::storage::{
     AppendOutcome, ArchivedLine, LineQuery, PodMeta, Precondition, SourceInfo, SourceKey, StorageError, StoreLimits,
-    StoredSession, Version, expiry_ms, lines_within_caps, now_ms, validate_append, validate_query,
-    validate_session_put, validate_subject,
+    StoredSession, Version, expiry_ms, lines_within_caps, now_ms, validate_append, validate_credential_key,
+    validate_credential_put, validate_query, validate_session_put, validate_subject,
 };
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
@@ -225,6 +225,46 @@ where
     async fn session_purge(&self) -> Result<u64, StorageError> {
         let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
         sqlx::query("DELETE FROM kubelens_sessions WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1")
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await
+            .map_err(sqlx_error)
+            .map(|r| DB::rows_affected(&r))
+    }
+
+    async fn credential_put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+        validate_credential_put(key, value, ttl)?;
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        sqlx::query(
+            "INSERT INTO kubelens_credentials (id, value, expires_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET value = excluded.value, expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(expiry_ms(now_ms(), ttl))
+        .execute(&mut *conn)
+        .await
+        .map_err(sqlx_error)?;
+        Ok(())
+    }
+
+    async fn credential_get(&self, key: &str, take: bool) -> Result<Option<Vec<u8>>, StorageError> {
+        validate_credential_key(key)?;
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        // `DELETE … RETURNING` is one atomic statement: of concurrent takers on any replica
+        // exactly one gets the row. An expired row is deleted too but yields nothing.
+        let sql = if take {
+            "DELETE FROM kubelens_credentials WHERE id = $1 RETURNING value, expires_at_ms > $2"
+        } else {
+            "SELECT value, expires_at_ms > $2 FROM kubelens_credentials WHERE id = $1"
+        };
+        let row = sqlx::query(sql).bind(key).bind(now_ms()).fetch_optional(&mut *conn).await.map_err(sqlx_error)?;
+        Ok(row.filter(|r| r.get::<bool, _>(1)).map(|r| r.get::<Vec<u8>, _>(0)))
+    }
+
+    async fn credential_purge(&self) -> Result<u64, StorageError> {
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        sqlx::query("DELETE FROM kubelens_credentials WHERE expires_at_ms <= $1")
             .bind(now_ms())
             .execute(&mut *conn)
             .await

@@ -69,6 +69,10 @@ pub enum AuthError {
     /// The token is valid but the caller is in none of the allowed groups.
     #[error("not a member of an allowed group")]
     NoAllowedGroup,
+    /// The shared store that holds stream tickets and credentials of several replicas cannot
+    /// be reached, so a ticket or credential from another replica cannot be checked.
+    #[error("stream credential store unavailable")]
+    CredentialStoreUnavailable,
 }
 
 impl AuthError {
@@ -90,6 +94,7 @@ impl AuthError {
             Self::TokenType => "token_type",
             Self::Ticket => "ticket",
             Self::NoAllowedGroup => "no_allowed_group",
+            Self::CredentialStoreUnavailable => "credential_store_unavailable",
         }
     }
 
@@ -97,7 +102,7 @@ impl AuthError {
     pub fn kind(&self) -> AuthFailureKind {
         match self {
             Self::NoAllowedGroup => AuthFailureKind::Forbidden,
-            Self::KeysUnavailable => AuthFailureKind::Unavailable,
+            Self::KeysUnavailable | Self::CredentialStoreUnavailable => AuthFailureKind::Unavailable,
             _ => AuthFailureKind::Unauthenticated,
         }
     }

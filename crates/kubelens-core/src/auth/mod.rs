@@ -16,6 +16,7 @@ mod error;
 mod groups;
 mod keys;
 mod principal;
+mod shared_grant;
 mod source;
 mod stream_credentials;
 #[cfg(any(test, feature = "test-util"))]

@@ -1,11 +1,12 @@
 //! The authenticated caller, as handlers see it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Who is calling, after the token was validated and the group policy passed.
 ///
-/// Only what handlers need: no raw token, no e-mail or other personal claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Only what handlers need: no raw token, no e-mail or other personal claims. `Deserialize`
+/// serves only the shared credential store (`shared_grant`), never request input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Principal {
     /// The token's `sub`: the stable key for sessions and per-user limits.

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo,
+    AppendOutcome, ArchivedLine, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo,
     SourceKey, StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps,
-    now_ms, validate_append, validate_query, validate_session_put, validate_subject,
+    now_ms, validate_append, validate_credential_key, validate_credential_put, validate_query, validate_session_put,
+    validate_subject,
 };
 
 #[derive(Debug)]
@@ -42,6 +43,8 @@ impl Source {
 struct Inner {
     sessions: HashMap<String, Session>,
     sources: BTreeMap<SourceKey, Source>,
+    /// Credential values with their expiry (ms since the epoch).
+    credentials: HashMap<String, (Vec<u8>, i64)>,
 }
 
 /// Sessions and archive in process memory; cheap to clone (shared state).
@@ -56,6 +59,8 @@ impl MemoryStore {
     pub const MAX_SESSIONS: usize = 100_000;
     /// Most archive sources held at once.
     pub const MAX_SOURCES: usize = 10_000;
+    /// Most credentials held at once.
+    pub const MAX_CREDENTIALS: usize = 100_000;
 
     /// An empty store enforcing `limits`.
     pub fn new(limits: StoreLimits) -> Self {
@@ -236,6 +241,37 @@ impl MemoryStore {
         (before - inner.sessions.len()) as u64
     }
 
+    fn credential_put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+        validate_credential_put(key, value, ttl)?;
+        let now = now_ms();
+        let mut inner = self.lock();
+        if inner.credentials.len() >= Self::MAX_CREDENTIALS && !inner.credentials.contains_key(key) {
+            inner.credentials.retain(|_, (_, at)| *at > now);
+            if inner.credentials.len() >= Self::MAX_CREDENTIALS {
+                return Err(StorageError::TooLarge { what: "credential count", limit: Self::MAX_CREDENTIALS as u64 });
+            }
+        }
+        inner.credentials.insert(key.to_owned(), (value.to_vec(), expiry_ms(now, ttl)));
+        Ok(())
+    }
+
+    /// The live value under `key`; removed when `take`.
+    fn credential_get(&self, key: &str, take: bool) -> Result<Option<Vec<u8>>, StorageError> {
+        validate_credential_key(key)?;
+        let now = now_ms();
+        let mut inner = self.lock();
+        let entry = if take { inner.credentials.remove(key) } else { inner.credentials.get(key).cloned() };
+        Ok(entry.filter(|(_, at)| *at > now).map(|(value, _)| value))
+    }
+
+    fn purge_credentials(&self) -> u64 {
+        let now = now_ms();
+        let mut inner = self.lock();
+        let before = inner.credentials.len();
+        inner.credentials.retain(|_, (_, at)| *at > now);
+        (before - inner.credentials.len()) as u64
+    }
+
     fn purge_sources(&self) -> u64 {
         let now = now_ms();
         let mut inner = self.lock();
@@ -306,5 +342,27 @@ impl LogArchive for MemoryStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move { Ok(()) })
+    }
+}
+
+impl CredentialStore for MemoryStore {
+    fn put<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.credential_put(key, value, ttl) })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.credential_get(key, false) })
+    }
+
+    fn take<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.credential_get(key, true) })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.credential_get(key, true).map(|v| v.is_some()) })
+    }
+
+    fn purge_expired(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move { Ok(self.purge_credentials()) })
     }
 }

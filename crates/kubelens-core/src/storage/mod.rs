@@ -401,6 +401,65 @@ pub trait LogArchive: fmt::Debug + Send + Sync {
     fn ping(&self) -> StoreFuture<'_, ()>;
 }
 
+/// Longest key of a [`CredentialStore`] entry (a kind prefix plus a hex digest).
+pub const MAX_CREDENTIAL_KEY_BYTES: usize = 128;
+/// Largest value of a [`CredentialStore`] entry: one serialized principal. Tokens are capped
+/// far below this (`auth.max_token_bytes`), so a principal taken from one always fits.
+pub const MAX_CREDENTIAL_VALUE_BYTES: usize = 64 * 1024;
+/// Longest lifetime of a [`CredentialStore`] entry.
+pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Short-lived secrets that every replica must be able to redeem: stream tickets (once) and
+/// stream credentials (until they expire). Shared through PostgreSQL or Redis when several
+/// replicas run; see `kubelens_core::auth::tickets`.
+///
+/// Keys are digests of the secret, never the secret itself, so whoever can read the store
+/// cannot redeem what is in it. Values are opaque bytes (a serialized principal).
+pub trait CredentialStore: fmt::Debug + Send + Sync {
+    /// Stores `value` under `key` for `ttl` (replacing an entry with that key).
+    /// Errors: `TooLarge` beyond the value cap, `Invalid` for a bad key or ttl.
+    fn put<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()>;
+
+    /// The value under `key` while it has not expired.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+
+    /// Removes and returns the value under `key` in one atomic step: of concurrent callers
+    /// (on any replica) at most one gets it. Expired entries are removed and yield `None`.
+    fn take<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+
+    /// Removes the entry under `key`; returns whether a live one existed.
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Removes expired entries (backends without native TTL); returns how many.
+    fn purge_expired(&self) -> StoreFuture<'_, u64>;
+}
+
+/// Shared validation of a credential write, so every backend refuses the same inputs.
+pub fn validate_credential_put(key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+    validate_credential_key(key)?;
+    if value.len() > MAX_CREDENTIAL_VALUE_BYTES {
+        return Err(StorageError::TooLarge { what: "credential", limit: MAX_CREDENTIAL_VALUE_BYTES as u64 });
+    }
+    if ttl.is_zero() || ttl > MAX_CREDENTIAL_TTL {
+        return Err(StorageError::Invalid(format!("credential ttl must be within 1 ms..={MAX_CREDENTIAL_TTL:?}")));
+    }
+    Ok(())
+}
+
+/// Validates a credential key: 1..=[`MAX_CREDENTIAL_KEY_BYTES`] of `[A-Za-z0-9:_-]`.
+pub fn validate_credential_key(key: &str) -> Result<(), StorageError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_CREDENTIAL_KEY_BYTES
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Invalid(format!(
+            "credential key must be 1..={MAX_CREDENTIAL_KEY_BYTES} bytes of [A-Za-z0-9:_-]"
+        )))
+    }
+}
+
 /// Shared validation of an append batch, so every backend refuses the same inputs.
 pub fn validate_append(
     source: &SourceKey,
