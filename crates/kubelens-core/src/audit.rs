@@ -17,15 +17,263 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
+use crate::storage::AuditStore;
 
 /// The `tracing` target of every audit event.
 pub const TARGET: &str = "kubelens::audit";
 
 /// Longest `query` recorded; a longer one is cut on a character boundary and ends in `…`.
 pub const MAX_QUERY_BYTES: usize = 1024;
+
+/// Longest `path` recorded (then cut like `query`).
+pub const MAX_PATH_BYTES: usize = 512;
+
+/// One audit event, as the process log writes it and the store keeps it. Fields that do not
+/// apply to an event are absent (not `null`) in both. The schema is stable: `docs/audit.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When it happened (milliseconds since the Unix epoch).
+    pub time_ms: i64,
+    /// Which event: `logs_opened`, `logs_closed`, `logs_refused`, `details_viewed`,
+    /// `session_changed`, `denied`.
+    pub audit: String,
+    /// The caller's username (`preferred_username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The caller's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `pod` or `app` (log events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// The pod's or app's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `stream`, `read`, `download` or `search` (log events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The query string without credentials (log events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The HTTP status of a refusal (`logs_refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Log lines sent (`logs_closed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<u64>,
+    /// Bytes handed to the connection (`logs_closed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// How long the answer streamed (`logs_closed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Whether secret material was masked (`details_viewed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<bool>,
+    /// `saved` or `deleted` (`session_changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// Why a request was refused (`denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The refused request's path (`denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event named `audit`, now, with no other field.
+    pub fn new(audit: &str) -> Self {
+        Self {
+            time_ms: crate::storage::now_ms(),
+            audit: audit.to_owned(),
+            user: None,
+            subject: None,
+            namespace: None,
+            resource: None,
+            name: None,
+            mode: None,
+            query: None,
+            status: None,
+            lines: None,
+            bytes: None,
+            duration_ms: None,
+            masked: None,
+            change: None,
+            reason: None,
+            path: None,
+        }
+    }
+
+    fn by(mut self, principal: &Principal) -> Self {
+        self.user = Some(principal.username.clone());
+        self.subject = Some(principal.subject.clone());
+        self
+    }
+
+    fn for_access(audit: &str, a: &LogAccess) -> Self {
+        let mut event = Self::new(audit);
+        event.user = Some(a.user.clone());
+        event.subject = Some(a.subject.clone());
+        event.namespace = Some(a.namespace.clone());
+        event.resource = Some(a.resource.to_owned());
+        event.name = Some(a.name.clone());
+        event.mode = Some(a.mode.to_owned());
+        event.query = Some(a.query.clone());
+        event
+    }
+
+    /// Writes the event to the process log (one JSON line with `KUBELENS_LOG_FORMAT=json`).
+    fn emit(&self) {
+        tracing::info!(target: TARGET, audit = self.audit.as_str(), user = self.user.as_deref(),
+            subject = self.subject.as_deref(), namespace = self.namespace.as_deref(),
+            resource = self.resource.as_deref(), name = self.name.as_deref(), mode = self.mode.as_deref(),
+            query = self.query.as_deref(), status = self.status, lines = self.lines, bytes = self.bytes,
+            duration_ms = self.duration_ms, masked = self.masked, change = self.change.as_deref(),
+            reason = self.reason.as_deref(), path = self.path.as_deref(), "audit");
+    }
+}
+
+/// Where audit events go: always the process log, and with `audit.store` also a bounded
+/// queue that [`AuditWriter`] drains into the store. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct AuditTrail {
+    queue: Option<tokio::sync::mpsc::Sender<AuditEvent>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditTrail {
+    /// Events go to the process log only.
+    pub fn log_only() -> Self {
+        Self::default()
+    }
+
+    /// Events also go to `store`, through a queue of at most `queue_max_events`; the returned
+    /// writer must be spawned (it ends when every clone of the trail is dropped).
+    pub fn with_store(store: Arc<dyn AuditStore>, queue_max_events: usize, retention: Duration) -> (Self, AuditWriter) {
+        let (tx, rx) = tokio::sync::mpsc::channel(queue_max_events.max(1));
+        let trail = Self { queue: Some(tx), dropped: Arc::default() };
+        let writer = AuditWriter { rx, store, retention, dropped: trail.dropped.clone() };
+        (trail, writer)
+    }
+
+    /// Events the store's copy lost (queue full, or the store refused them after retries).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records `event`: the process log now, the store soon.
+    pub fn record(&self, event: AuditEvent) {
+        event.emit();
+        if let Some(queue) = &self.queue
+            && queue.try_send(event).is_err()
+        {
+            let before = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if before.is_power_of_two() || before == 0 {
+                tracing::warn!(dropped = before + 1, "audit queue full: events are missing from the store (the process log has them)");
+            }
+        }
+    }
+
+    /// A pod's details were served to `principal`, with secret material masked or not.
+    pub fn details_viewed(&self, principal: &Principal, namespace: &str, pod: &str, masked: bool) {
+        let mut event = AuditEvent::new("details_viewed").by(principal);
+        event.namespace = Some(namespace.to_owned());
+        event.name = Some(pod.to_owned());
+        event.masked = Some(masked);
+        self.record(event);
+    }
+
+    /// `principal`'s saved console session was `change`d (`saved` or `deleted`).
+    pub fn session_changed(&self, principal: &Principal, change: &'static str) {
+        let mut event = AuditEvent::new("session_changed").by(principal);
+        event.change = Some(change.to_owned());
+        self.record(event);
+    }
+
+    /// A request to `path` was refused for `reason` (`not_in_allowed_group`: 403 by the group
+    /// policy, no user known beyond the token being valid; `rbac`: 404 by the cluster's RBAC;
+    /// `rbac_revoked`: an open stream ended).
+    pub fn denied(&self, reason: &'static str, path: &str, who: Option<(&Principal, &str)>) {
+        let mut event = AuditEvent::new("denied");
+        if let Some((principal, namespace)) = who {
+            event = event.by(principal);
+            event.namespace = Some(namespace.to_owned());
+        }
+        event.reason = Some(reason.to_owned());
+        event.path = Some(cut(path, MAX_PATH_BYTES).to_owned());
+        self.record(event);
+    }
+}
+
+/// Writes queued events to the store in batches, retrying a failed batch, and deletes events
+/// older than the retention every [`AuditWriter::PURGE_EVERY`].
+pub struct AuditWriter {
+    rx: tokio::sync::mpsc::Receiver<AuditEvent>,
+    store: Arc<dyn AuditStore>,
+    retention: Duration,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter").field("retention", &self.retention).finish_non_exhaustive()
+    }
+}
+
+impl AuditWriter {
+    /// Largest batch written at once.
+    pub const BATCH: usize = 500;
+    /// How often expired events are deleted.
+    pub const PURGE_EVERY: Duration = Duration::from_secs(600);
+    /// Attempts per batch before it is dropped (and counted).
+    const ATTEMPTS: u32 = 5;
+
+    /// Runs until every [`AuditTrail`] clone is gone and the queue is written out.
+    pub async fn run(mut self) {
+        let mut batch = Vec::with_capacity(Self::BATCH);
+        let mut last_purge: Option<Instant> = None;
+        while self.rx.recv_many(&mut batch, Self::BATCH).await > 0 {
+            self.write(&batch).await;
+            batch.clear();
+            if last_purge.is_none_or(|at| at.elapsed() >= Self::PURGE_EVERY) {
+                last_purge = Some(Instant::now());
+                let cutoff = crate::storage::now_ms().saturating_sub(i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX));
+                match self.store.purge_before(cutoff).await {
+                    Ok(n) if n > 0 => tracing::debug!(events = n, "purged audit events past the retention"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot purge old audit events"),
+                }
+            }
+        }
+    }
+
+    async fn write(&self, batch: &[AuditEvent]) {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=Self::ATTEMPTS {
+            match self.store.append(batch).await {
+                Ok(()) => return,
+                Err(err) if attempt == Self::ATTEMPTS || !err.is_transient() => {
+                    self.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(error = %err, events = batch.len(), "audit events could not be stored (the process log has them)");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
 
 /// Lines and bytes a response sent, counted by its body while it streams.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +352,7 @@ fn cut(text: &str, max: usize) -> &str {
 /// ([`LogAccessGuard::refused`]).
 #[derive(Debug)]
 pub struct LogAccessGuard {
+    trail: AuditTrail,
     access: LogAccess,
     sent: SentCounter,
     started: Instant,
@@ -111,9 +360,9 @@ pub struct LogAccessGuard {
 }
 
 impl LogAccessGuard {
-    /// A guard for `access`; nothing is recorded yet.
-    pub fn new(access: LogAccess) -> Self {
-        Self { access, sent: SentCounter::default(), started: Instant::now(), open: false }
+    /// A guard for `access` recording into `trail`; nothing is recorded yet.
+    pub fn new(trail: AuditTrail, access: LogAccess) -> Self {
+        Self { trail, access, sent: SentCounter::default(), started: Instant::now(), open: false }
     }
 
     /// The counter the body updates.
@@ -123,18 +372,16 @@ impl LogAccessGuard {
 
     /// The body starts: records `logs_opened`; `logs_closed` follows on drop.
     pub fn opened(mut self) -> Self {
-        let a = &self.access;
-        tracing::info!(target: TARGET, audit = "logs_opened", user = %a.user, subject = %a.subject, namespace = %a.namespace,
-            resource = a.resource, name = %a.name, mode = a.mode, query = %a.query, "audit");
+        self.trail.record(AuditEvent::for_access("logs_opened", &self.access));
         self.open = true;
         self
     }
 
     /// The request was answered with `status` before any body: records `logs_refused`.
     pub fn refused(mut self, status: u16) {
-        let a = &self.access;
-        tracing::info!(target: TARGET, audit = "logs_refused", user = %a.user, subject = %a.subject, namespace = %a.namespace,
-            resource = a.resource, name = %a.name, mode = a.mode, query = %a.query, status, "audit");
+        let mut event = AuditEvent::for_access("logs_refused", &self.access);
+        event.status = Some(status);
+        self.trail.record(event);
         self.open = false;
     }
 }
@@ -144,33 +391,12 @@ impl Drop for LogAccessGuard {
         if !self.open {
             return;
         }
-        let a = &self.access;
         let (lines, bytes) = self.sent.snapshot();
-        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(target: TARGET, audit = "logs_closed", user = %a.user, subject = %a.subject, namespace = %a.namespace,
-            resource = a.resource, name = %a.name, mode = a.mode, query = %a.query, lines, bytes, duration_ms, "audit");
-    }
-}
-
-/// A pod's details were served to `principal`, with secret material masked or not.
-pub fn details_viewed(principal: &Principal, namespace: &str, pod: &str, masked: bool) {
-    tracing::info!(target: TARGET, audit = "details_viewed", user = %principal.username, subject = %principal.subject,
-        namespace, name = pod, masked, "audit");
-}
-
-/// `principal`'s saved console session was `change`d (`saved` or `deleted`).
-pub fn session_changed(principal: &Principal, change: &'static str) {
-    tracing::info!(target: TARGET, audit = "session_changed", user = %principal.username, subject = %principal.subject, change, "audit");
-}
-
-/// A request to `path` was refused for `reason` (`not_in_allowed_group`: 403 by the group
-/// policy, no user known beyond the token being valid; `rbac`: 404 by the cluster's RBAC).
-pub fn denied(reason: &'static str, path: &str, who: Option<(&Principal, &str)>) {
-    let path = cut(path, 512);
-    match who {
-        Some((principal, namespace)) => tracing::info!(target: TARGET, audit = "denied", reason, path,
-            user = %principal.username, subject = %principal.subject, namespace, "audit"),
-        None => tracing::info!(target: TARGET, audit = "denied", reason, path, "audit"),
+        let mut event = AuditEvent::for_access("logs_closed", &self.access);
+        event.lines = Some(lines);
+        event.bytes = Some(bytes);
+        event.duration_ms = Some(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        self.trail.record(event);
     }
 }
 

@@ -82,6 +82,31 @@ pub struct Config {
     pub session: SessionConfig,
     /// Pod inspector masking.
     pub inspector: InspectorConfig,
+    /// The audit trail's copy in the store (the process log always has every event).
+    pub audit: AuditConfig,
+}
+
+/// Where audit events go besides the process log (`docs/audit.md`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Also write every event to the configured store, queryable by admins with
+    /// `GET /api/v1/audit` (from any replica when the store is shared).
+    pub store: bool,
+    /// Stored events older than this are deleted (1h–10y).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Events waiting to be written at most (100–1,000,000; one event is at most about 2 KiB).
+    /// When the store is slower or down for longer, further events are dropped from the
+    /// store's copy and counted in `kubelens_audit_events_dropped_total`; the process log
+    /// still has them.
+    pub queue_max_events: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { store: false, retention: Duration::from_secs(30 * 24 * 3600), queue_max_events: 10_000 }
+    }
 }
 
 /// Pod inspector settings.
@@ -935,6 +960,18 @@ impl Config {
         }
         if self.session.max_bytes < 256 {
             problem("session.max_bytes", "must be at least 256".to_owned());
+        }
+        if self.audit.retention < Duration::from_secs(3600) || self.audit.retention > Duration::from_secs(3650 * 24 * 3600) {
+            problem("audit.retention", "must be between 1h and 10 years".to_owned());
+        }
+        if !(100..=1_000_000).contains(&self.audit.queue_max_events) {
+            problem("audit.queue_max_events", "must be between 100 and 1000000".to_owned());
+        }
+        if self.audit.store && self.storage.backend == StorageBackend::Memory {
+            warnings.push(ConfigWarning {
+                key: "audit.store".to_owned(),
+                message: "the memory backend keeps audit events only until this process exits".to_owned(),
+            });
         }
         let server = &self.server;
         if server.header_read_timeout < Duration::from_secs(1) || server.header_read_timeout > Duration::from_secs(300) {

@@ -179,6 +179,9 @@ pub struct MetricsInner {
     /// watch gap); each is then handled as a deletion, and what could not be read is counted
     /// in `archive_missed{reason="logs_gone"}`.
     pub retention_deleted_unseen: Counter,
+    /// Audit events missing from the store's copy (`audit.queue_max_events` full, or the
+    /// store refused them after retries); the process log still has them.
+    pub audit_events_dropped: Counter,
 }
 
 /// Shared handle to all metrics; cheap to clone.
@@ -246,6 +249,7 @@ impl Metrics {
         counter(&mut out, "retention_pods_deleted_unseen_total", "Pods whose deletion a retention watch only saw by re-listing.", m.retention_deleted_unseen.get());
         counter(&mut out, "archive_containers_captured_total", "Containers of terminated pods whose logs were archived.", m.archive_captured.get());
         counter(&mut out, "archive_bytes_total", "Bytes written to the log archive.", m.archive_bytes.get());
+        counter(&mut out, "audit_events_dropped_total", "Audit events missing from the store's copy (the process log has them).", m.audit_events_dropped.get());
         family(&mut out, "archive_captures_missed_total", "counter", "Archive captures that could not be made, by reason.", &["reason"], &m.archive_missed);
         out
     }

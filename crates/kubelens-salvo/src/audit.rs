@@ -4,6 +4,9 @@
 //! extensions. The body that streams the answer takes it ([`take`]): `logs_opened` then, and
 //! `logs_closed` with the lines and bytes it sent when it is dropped. A request answered with
 //! an error never takes it, and the hoop records `logs_refused` with the status instead.
+//!
+//! It also serves `GET /api/v1/audit`: the stored copy of the trail (`audit.store`), newest
+//! first with a cursor, for the admin group only.
 
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +47,7 @@ pub(crate) fn take(res: &Response) -> Option<LogAccessGuard> {
 #[handler]
 pub async fn log_access(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
     let Ok(principal) = depot.get_typed::<Principal>() else { return };
+    let Ok(state) = depot.get_typed::<crate::state::AppState>() else { return };
     let Some((ns, resource, name, search)) = log_route(req.uri().path()) else { return };
     let query = |key: &str| req.query::<String>(key);
     let mode = if search {
@@ -56,13 +60,104 @@ pub async fn log_access(req: &mut Request, depot: &mut Depot, res: &mut Response
         "stream"
     };
     let access = LogAccess::new(principal, &ns, resource, &name, mode, req.uri().query().unwrap_or(""));
-    let pending = PendingLogAccess(Arc::new(Mutex::new(Some(LogAccessGuard::new(access)))));
+    let pending = PendingLogAccess(Arc::new(Mutex::new(Some(LogAccessGuard::new(state.audit.clone(), access)))));
     res.extensions.insert(pending.clone());
     ctrl.call_next(req, depot, res).await;
     let left = pending.0.lock().ok().and_then(|mut g| g.take());
     if let Some(guard) = left {
         guard.refused(res.status_code.map_or(200, |s| s.as_u16()));
     }
+}
+
+/// Default and largest page of `GET /api/v1/audit`.
+const DEFAULT_PAGE: usize = 100;
+
+/// Answer of `GET /api/v1/audit`.
+#[derive(Debug, serde::Serialize)]
+struct AuditPageResponse {
+    /// Events, newest first; each is the stored event plus its cursor `id`.
+    events: Vec<serde_json::Value>,
+    /// Pass as `before` for the next (older) page; `null` when there is none.
+    next: Option<String>,
+}
+
+/// `GET /api/v1/audit?limit&before&user&namespace&event&since&until`: stored audit events,
+/// for the admin group only (403 otherwise; 404 when `audit.store` is off).
+#[handler]
+pub async fn query_audit(req: &mut Request, depot: &mut Depot) -> Result<Json<AuditPageResponse>, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let principal = crate::auth::principal(depot)?.clone();
+    let state = depot.get_typed::<crate::state::AppState>().map_err(|_| ApiError::internal())?;
+    if !principal.is_admin {
+        return Err(ApiError::forbidden("the audit trail is for the admin group only"));
+    }
+    let Some(stores) = state.storage.as_ref().filter(|_| state.config.audit.store) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "audit_store_disabled",
+            "audit events are not stored (audit.store: false); they are in the process log",
+        ));
+    };
+    let text = |key: &str| req.query::<String>(key).filter(|v| !v.is_empty());
+    let limit = match text("limit") {
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=kubelens_core::storage::MAX_AUDIT_PAGE).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1..={}", kubelens_core::storage::MAX_AUDIT_PAGE)))?,
+        None => DEFAULT_PAGE,
+    };
+    let time = |key: &str| -> Result<Option<i64>, ApiError> {
+        text(key)
+            .map(|raw| {
+                chrono::DateTime::parse_from_rfc3339(&raw)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|_| ApiError::bad_request(format!("{key} must be an RFC 3339 time, e.g. 2026-12-03T10:00:00Z")))
+            })
+            .transpose()
+    };
+    let event = text("event");
+    if let Some(kind) = &event
+        && !EVENT_KINDS.contains(&kind.as_str())
+    {
+        return Err(ApiError::bad_request(format!("event must be one of {}", EVENT_KINDS.join(", "))));
+    }
+    let query = kubelens_core::storage::AuditQuery {
+        before: text("before"),
+        limit,
+        user: text("user"),
+        namespace: text("namespace"),
+        audit: event,
+        since_ms: time("since")?,
+        until_ms: time("until")?,
+    };
+    let page = stores.audit.query(query).await.map_err(|err| match err {
+        kubelens_core::storage::StorageError::Invalid(message) => ApiError::bad_request(message),
+        other => {
+            tracing::warn!(error = %other, "cannot read the stored audit trail");
+            ApiError::unavailable("storage_unavailable", "the audit store is unavailable; try again later")
+        }
+    })?;
+    let events = page
+        .events
+        .into_iter()
+        .map(|(id, event)| {
+            let mut value = serde_json::to_value(event).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert("id".to_owned(), serde_json::Value::String(id));
+            }
+            value
+        })
+        .collect();
+    Ok(Json(AuditPageResponse { events, next: page.next }))
+}
+
+/// The `event` values `GET /api/v1/audit` filters on.
+const EVENT_KINDS: &[&str] = &["logs_opened", "logs_closed", "logs_refused", "details_viewed", "session_changed", "denied"];
+
+/// The audit route, mounted under `/api/v1` (behind the auth hoop).
+pub fn routes() -> Router {
+    Router::with_path("audit").get(query_audit)
 }
 
 #[cfg(test)]

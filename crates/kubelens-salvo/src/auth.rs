@@ -121,7 +121,7 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
             state.metrics.auth_failures.inc(&[err.reason()]);
             if err.kind() == AuthFailureKind::Forbidden {
                 tracing::info!(reason = err.reason(), "request refused: no allowed group");
-                kubelens_core::audit::denied("not_in_allowed_group", req.uri().path(), None);
+                state.audit.denied("not_in_allowed_group", req.uri().path(), None);
             } else {
                 tracing::debug!(reason = err.reason(), "request not authenticated");
             }

@@ -49,6 +49,7 @@ pub(crate) fn recheck_while_open(
     struct Recheck {
         frames: BoxStream<'static, SseFrame>,
         authorizer: KubernetesAuthorizer,
+        audit: kubelens_core::audit::AuditTrail,
         who: Principal,
         scope: AuthorizedScope,
         every: std::time::Duration,
@@ -59,6 +60,7 @@ pub(crate) fn recheck_while_open(
     let recheck = Recheck {
         frames,
         authorizer,
+        audit: state.audit.clone(),
         who: who.clone(),
         scope,
         every,
@@ -81,7 +83,7 @@ pub(crate) fn recheck_while_open(
                     let allowed = r.authorizer.allows(&r.who, &r.scope.namespace, r.scope.permission).await;
                     if let Ok(false) = allowed {
                         tracing::info!(user = %r.who.username, namespace = %r.scope.namespace, "stream ended: the cluster's RBAC no longer allows it");
-                        kubelens_core::audit::denied("rbac_revoked", &r.scope.path, Some((&r.who, &r.scope.namespace)));
+                        r.audit.denied("rbac_revoked", &r.scope.path, Some((&r.who, &r.scope.namespace)));
                         if let Some(frames) = r.revoked.take() {
                             r.tail.extend(frames());
                         }
@@ -159,7 +161,7 @@ pub async fn authorize(req: &mut Request, depot: &mut Depot, res: &mut Response,
         }
         Ok(false) => {
             tracing::info!(user = %principal.username, namespace = ns, permission = ?permission, "request refused by the cluster's RBAC");
-            kubelens_core::audit::denied("rbac", req.uri().path(), Some((principal, ns)));
+            state.audit.denied("rbac", req.uri().path(), Some((principal, ns)));
             ApiError::not_found(what)
         }
         Err(err) => err,

@@ -40,7 +40,7 @@ pub async fn pod_details(req: &mut Request, depot: &mut Depot, res: &mut Respons
     };
     let viewer = Viewer { is_admin: principal.is_admin };
     let details = inspect::pod_details(&pod, &events, viewer, &state.config.inspector.sensitive_annotations);
-    kubelens_core::audit::details_viewed(&principal, ns.as_str(), pod.metadata.name.as_deref().unwrap_or_default(), !principal.is_admin);
+    state.audit.details_viewed(&principal, ns.as_str(), pod.metadata.name.as_deref().unwrap_or_default(), !principal.is_admin);
     res.render(Json(details));
     Ok(())
 }

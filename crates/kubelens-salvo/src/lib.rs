@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
                 // The audit trail of log reads (`logs_opened` / `logs_closed` / `logs_refused`).
                 .hoop(audit::log_access)
                 .push(auth::routes())
+                .push(audit::routes())
                 .push(stream_credential::routes())
                 .push(discovery::routes())
                 .push(inspect::routes())

@@ -173,8 +173,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sessions: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.sessions, state.metrics.clone())),
         archive: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.archive, state.metrics.clone())),
         credentials: stores.credentials,
+        audit: stores.audit,
         backend: stores.backend,
     };
+    // The audit trail's stored copy: a bounded queue drained by one writer task.
+    if state.config.audit.store {
+        let (trail, writer) = kubelens_core::audit::AuditTrail::with_store(
+            instrumented.audit.clone(),
+            state.config.audit.queue_max_events,
+            state.config.audit.retention,
+        );
+        state.audit = trail;
+        tokio::spawn(writer.run());
+    }
     // Several replicas share PostgreSQL or Redis: stream tickets and credentials go there too,
     // so any replica redeems what another issued (no session affinity needed).
     if instrumented.is_shared() {

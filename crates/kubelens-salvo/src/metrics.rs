@@ -24,6 +24,7 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) {
     if let Some(logs) = &state.logs {
         state.metrics.lagged_viewers.set(logs.hub.lagged_viewers());
     }
+    state.metrics.audit_events_dropped.set(state.audit.dropped());
     if let Some(cluster) = &state.cluster {
         state.metrics.kube_api_requests.set(cluster.api_requests().total);
         state.metrics.set_cache_synced("all", cluster.is_synced());

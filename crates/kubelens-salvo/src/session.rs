@@ -439,7 +439,7 @@ pub async fn put_session(req: &mut Request, depot: &mut Depot, res: &mut Respons
     let ttl = state.config.session.ttl;
     match stores.sessions.put(&principal.subject, &stored, precondition, ttl).await {
         Ok(version) => {
-            kubelens_core::audit::session_changed(&principal, "saved");
+            state.audit.session_changed(&principal, "saved");
             set_etag(res, version);
             res.render(Json(document));
             Ok(())
@@ -457,7 +457,7 @@ pub async fn delete_session(req: &mut Request, depot: &mut Depot, res: &mut Resp
     let stores = stores(&state)?;
     match stores.sessions.delete(&principal.subject, precondition).await {
         Ok(_) => {
-            kubelens_core::audit::session_changed(&principal, "deleted");
+            state.audit.session_changed(&principal, "deleted");
             res.status_code(StatusCode::NO_CONTENT);
             Ok(())
         }

@@ -49,6 +49,8 @@ pub struct AppState {
     /// subject_access_review`); `None` in mode `none`, or when no Kubernetes client could be
     /// built (namespaced routes then answer 503 in that mode: they fail closed).
     pub authorizer: Option<kubelens_core::authz::KubernetesAuthorizer>,
+    /// Where audit events go: the process log, and the store with `audit.store`.
+    pub audit: kubelens_core::audit::AuditTrail,
     /// Terminated pods' log archive (`None`: no storage, nothing is archived or served).
     pub retention: Option<Arc<crate::archive::Retention>>,
 }
@@ -83,6 +85,7 @@ impl AppState {
             stream_credentials: StreamCredentials::new(),
             retention: None,
             authorizer: None,
+            audit: kubelens_core::audit::AuditTrail::log_only(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The audit trail (issue 20) end to end: the real binary on testenv with real Keycloak tokens;
 //! every access decision that matters is one JSON line with target `kubelens::audit` on stderr,
-//! in the schema of `docs/audit.md`, and never a token, a ticket or log content.
+//! in the schema of `docs/audit.md`, and never a token, a ticket or log content. With
+//! `audit.store: true` the same events are in the store, and `GET /api/v1/audit` pages
+//! through them for the admin group only.
 //!
 //! Run: `testenv/run -- cargo test -p kubelens-salvo --test e2e_audit`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -52,7 +54,7 @@ fn schema(audit: &str) -> &'static [&'static str] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_access_decision_is_one_audit_event_without_secrets() {
     let Some(env) = TestEnv::e2e() else { return };
-    let server = Kubelens::start(env, "");
+    let server = Kubelens::start(env, "audit:\n  store: true\n");
     let base = server.url.clone();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let viewer = env.password_token(&env.cli_client_id, "viewer").await;
@@ -143,5 +145,86 @@ async fn every_access_decision_is_one_audit_event_without_secrets() {
     }
     for event in &events {
         assert!(!event.to_string().contains("seed line"), "log content in an audit event: {event}");
+    }
+
+    stored_events_match_the_log_and_page_for_admins_only(&server, &http, &admin, &viewer, &events).await;
+}
+
+/// The event as the process log has it, without the log's own fields.
+fn without_log_fields(event: &Value) -> Value {
+    let mut event = event.clone();
+    for field in ["timestamp", "level", "message", "target", "id", "time_ms"] {
+        event.as_object_mut().unwrap().remove(field);
+    }
+    event
+}
+
+async fn stored_events_match_the_log_and_page_for_admins_only(
+    server: &Kubelens,
+    http: &reqwest::Client,
+    admin: &str,
+    viewer: &str,
+    logged: &[Value],
+) {
+    let audit = format!("{}/api/v1/audit", server.url);
+    let page = |query: String, token: String| {
+        let (http, audit) = (http.clone(), audit.clone());
+        async move {
+            let res = http.get(format!("{audit}{query}")).bearer_auth(token).send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Not for a viewer: 403, whatever the query.
+    let (status, body) = page("?limit=5".into(), viewer.to_owned()).await;
+    assert_eq!(status, 403, "{body}");
+    // The writer is asynchronous: wait (bounded) until every logged event is stored, then walk
+    // all pages of two events each, newest first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        let mut all = Vec::new();
+        let mut before = String::new();
+        loop {
+            let (status, body) = page(format!("?limit=2{before}"), admin.to_owned()).await;
+            assert_eq!(status, 200, "{body}");
+            let events = body["events"].as_array().unwrap();
+            assert!(events.len() <= 2, "{body}");
+            all.extend(events.iter().cloned());
+            match body["next"].as_str() {
+                Some(next) => before = format!("&before={next}"),
+                None => break,
+            }
+        }
+        if all.len() >= logged.len() || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let times: Vec<i64> = stored.iter().map(|e| e["time_ms"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let mut ids: Vec<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), stored.len(), "no event twice across pages");
+    // Every event the log has is stored with the same fields (the store may have more: the
+    // 403 above is no audit event, but events logged after `logged` was read are).
+    let stored_plain: Vec<Value> = stored.iter().map(without_log_fields).collect();
+    for event in logged {
+        let plain = without_log_fields(event);
+        assert!(stored_plain.contains(&plain), "logged but not stored: {plain}\nstored: {stored_plain:#?}");
+    }
+    // Filters.
+    let (status, body) = page("?event=details_viewed&user=admin".into(), admin.to_owned()).await;
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!((events[0]["audit"].as_str(), events[0]["masked"].as_bool()), (Some("details_viewed"), Some(false)));
+    let (_, body) = page("?namespace=team-a&event=logs_closed".into(), admin.to_owned()).await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 4, "stream, read, download, search: {body}");
+    let (_, body) = page("?since=2999-01-01T00:00:00Z".into(), admin.to_owned()).await;
+    assert_eq!(body["events"], serde_json::json!([]), "{body}");
+    // Bad input is a 400 with a reason.
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?event=nope", "?since=yesterday", "?before=not-a-cursor"] {
+        let (status, body) = page(bad.into(), admin.to_owned()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {body}");
     }
 }

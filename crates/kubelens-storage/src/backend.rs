@@ -3,13 +3,15 @@
 //! Core's [`SessionStore`] and [`LogArchive`] return boxed futures so they can be used as
 //! `Arc<dyn …>`. Writing those boxes by hand in every backend repeats the same eleven
 //! forwarders; instead a backend implements [`Backend`] with ordinary async methods, and
-//! [`StoreAdapter`] boxes each future once, here. The same adapter serves [`CredentialStore`].
+//! [`StoreAdapter`] boxes each future once, here. The same adapter serves [`CredentialStore`]
+//! and [`AuditStore`].
 
 use std::future::Future;
 use std::time::Duration;
 
+use kubelens_core::audit::AuditEvent;
 use kubelens_core::storage::{
-    AppendOutcome, ArchivedLine, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
+    AppendOutcome, ArchivedLine, AuditPage, AuditQuery, AuditStore, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
     StorageError, StoreFuture, StoredSession, Version,
 };
 
@@ -70,6 +72,12 @@ pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
     fn credential_get(&self, key: &str, take: bool) -> impl Future<Output = Result<Option<Vec<u8>>, StorageError>> + Send;
     /// [`CredentialStore::purge_expired`].
     fn credential_purge(&self) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// [`AuditStore::append`].
+    fn audit_append(&self, events: &[AuditEvent]) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// [`AuditStore::query`].
+    fn audit_query(&self, query: AuditQuery) -> impl Future<Output = Result<AuditPage, StorageError>> + Send;
+    /// [`AuditStore::purge_before`].
+    fn audit_purge(&self, cutoff_ms: i64) -> impl Future<Output = Result<u64, StorageError>> + Send;
     /// [`SessionStore::ping`] and [`LogArchive::ping`].
     fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
@@ -156,5 +164,17 @@ impl<B: Backend> CredentialStore for StoreAdapter<B> {
     }
     fn purge_expired(&self) -> StoreFuture<'_, u64> {
         Box::pin(self.0.credential_purge())
+    }
+}
+
+impl<B: Backend> AuditStore for StoreAdapter<B> {
+    fn append<'a>(&'a self, events: &'a [AuditEvent]) -> StoreFuture<'a, ()> {
+        Box::pin(self.0.audit_append(events))
+    }
+    fn query(&self, query: AuditQuery) -> StoreFuture<'_, AuditPage> {
+        Box::pin(self.0.audit_query(query))
+    }
+    fn purge_before(&self, cutoff_ms: i64) -> StoreFuture<'_, u64> {
+        Box::pin(self.0.audit_purge(cutoff_ms))
     }
 }

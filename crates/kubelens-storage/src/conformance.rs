@@ -66,6 +66,8 @@ pub const CHECKS: &[&str] = &[
     "credential_ttl_expiry",
     "credential_concurrent_takers",
     "credential_invalid_input",
+    "audit_order_filters_and_paging",
+    "audit_purge_and_invalid_input",
     "ping",
 ];
 
@@ -114,6 +116,8 @@ async fn run_check(name: &str, s: Stores) -> CheckResult {
         "credential_ttl_expiry" => credential_ttl(s).await,
         "credential_concurrent_takers" => credential_concurrent(s).await,
         "credential_invalid_input" => credential_invalid(s).await,
+        "audit_order_filters_and_paging" => audit_paging(s).await,
+        "audit_purge_and_invalid_input" => audit_purge(s).await,
         "ping" => ping(s).await,
         other => Err(format!("unknown check {other}")),
     }
@@ -619,6 +623,85 @@ async fn credential_invalid(s: Stores) -> CheckResult {
     let max_value = vec![7u8; MAX_CREDENTIAL_VALUE_BYTES];
     t!(c.put(&max_key, &max_value, MINUTE));
     ensure!(t!(c.get(&max_key)).map(|v| v.len()) == Some(MAX_CREDENTIAL_VALUE_BYTES), "limits are inclusive");
+    Ok(())
+}
+
+fn audit_event(i: usize, now: i64) -> kubelens_core::audit::AuditEvent {
+    let mut event = kubelens_core::audit::AuditEvent::new(if i.is_multiple_of(5) { "denied" } else { "logs_opened" });
+    event.time_ms = now + i as i64;
+    event.user = Some(if i.is_multiple_of(2) { "alice" } else { "bob" }.to_owned());
+    event.namespace = Some(if i.is_multiple_of(3) { "team-a" } else { "team-b" }.to_owned());
+    event.name = Some(format!("pod-{i}"));
+    event.lines = Some(i as u64);
+    event
+}
+
+async fn audit_paging(s: Stores) -> CheckResult {
+    let now = now_ms();
+    let events: Vec<_> = (0..25).map(|i| audit_event(i, now)).collect();
+    t!(s.audit.append(&events[..10]));
+    t!(s.audit.append(&events[10..]));
+    t!(s.audit.append(&[]));
+    let names = |page: &kubelens_core::storage::AuditPage| -> Vec<u64> {
+        page.events.iter().map(|(_, e)| e.lines.unwrap_or(999)).collect()
+    };
+    let mut query = kubelens_core::storage::AuditQuery { limit: 10, ..Default::default() };
+    let first = t!(s.audit.query(query.clone()));
+    ensure!(names(&first) == (15..25).rev().collect::<Vec<u64>>(), "newest first: {:?}", names(&first));
+    ensure!(first.events[0].1 == events[24], "events round-trip exactly");
+    query.before = first.next.clone();
+    ensure!(query.before.is_some(), "a full page has a cursor");
+    let second = t!(s.audit.query(query.clone()));
+    ensure!(names(&second) == (5..15).rev().collect::<Vec<u64>>(), "second page: {:?}", names(&second));
+    query.before = second.next.clone();
+    let third = t!(s.audit.query(query.clone()));
+    ensure!(names(&third) == (0..5).rev().collect::<Vec<u64>>(), "last page: {:?}", names(&third));
+    ensure!(third.next.is_none(), "nothing older: no cursor");
+    let filtered = |f: fn(&mut kubelens_core::storage::AuditQuery)| {
+        let mut q = kubelens_core::storage::AuditQuery { limit: 100, ..Default::default() };
+        f(&mut q);
+        q
+    };
+    let alice = t!(s.audit.query(filtered(|q| q.user = Some("alice".into()))));
+    ensure!(names(&alice) == (0..25).rev().filter(|i| i % 2 == 0).collect::<Vec<u64>>(), "user filter: {:?}", names(&alice));
+    let both = t!(s.audit.query(filtered(|q| {
+        q.namespace = Some("team-a".into());
+        q.audit = Some("denied".into());
+    })));
+    ensure!(names(&both) == vec![15, 0], "namespace + kind filter: {:?}", names(&both));
+    let mut window = filtered(|_| {});
+    window.since_ms = Some(now + 3);
+    window.until_ms = Some(now + 6);
+    ensure!(names(&t!(s.audit.query(window))) == vec![5, 4, 3], "time window");
+    let mut paged_filter = filtered(|q| q.user = Some("bob".into()));
+    paged_filter.limit = 5;
+    let bob1 = t!(s.audit.query(paged_filter.clone()));
+    paged_filter.before = bob1.next.clone();
+    let bob2 = t!(s.audit.query(paged_filter.clone()));
+    ensure!(names(&bob1) == vec![23, 21, 19, 17, 15] && names(&bob2) == vec![13, 11, 9, 7, 5], "filtered paging");
+    Ok(())
+}
+
+async fn audit_purge(s: Stores) -> CheckResult {
+    let now = now_ms();
+    let events: Vec<_> = (0..4).map(|i| audit_event(i, now)).collect();
+    t!(s.audit.append(&events));
+    let all = kubelens_core::storage::AuditQuery { limit: 100, ..Default::default() };
+    t!(s.audit.purge_before(now - 3_600_000));
+    ensure!(t!(s.audit.query(all.clone())).events.len() == 4, "an old cutoff keeps recent events");
+    t!(s.audit.purge_before(now_ms() + 60_000));
+    ensure!(t!(s.audit.query(all.clone())).events.is_empty(), "a cutoff in the future removes everything");
+    for limit in [0, kubelens_core::storage::MAX_AUDIT_PAGE + 1] {
+        let q = kubelens_core::storage::AuditQuery { limit, ..Default::default() };
+        ensure!(matches!(s.audit.query(q).await, Err(StorageError::Invalid(_))), "limit {limit} accepted");
+    }
+    let bad_cursor = kubelens_core::storage::AuditQuery { limit: 1, before: Some("x'; --".into()), ..Default::default() };
+    ensure!(matches!(s.audit.query(bad_cursor).await, Err(StorageError::Invalid(_))), "bad cursor accepted");
+    let mut huge = audit_event(0, now);
+    huge.query = Some("q".repeat(kubelens_core::storage::MAX_AUDIT_EVENT_BYTES));
+    let batch = [audit_event(1, now), huge];
+    ensure!(matches!(s.audit.append(&batch).await, Err(StorageError::TooLarge { .. })), "oversized event accepted");
+    ensure!(t!(s.audit.query(all)).events.is_empty(), "a refused batch writes nothing");
     Ok(())
 }
 

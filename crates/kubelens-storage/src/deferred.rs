@@ -47,7 +47,7 @@ impl DeferredStores {
     /// The trait objects handlers use; they delegate to the slot.
     pub fn as_stores(&self, backend: StorageBackend) -> Stores {
         let this = Arc::new(StoreAdapter::new(self.clone()));
-        Stores { sessions: this.clone(), archive: this.clone(), credentials: this, backend }
+        Stores { sessions: this.clone(), archive: this.clone(), credentials: this.clone(), audit: this, backend }
     }
 
     /// Spawns a task that calls [`crate::open`] with capped exponential backoff until it
@@ -132,6 +132,18 @@ impl Backend for DeferredStores {
     }
     async fn credential_purge(&self) -> Result<u64, StorageError> {
         self.stores()?.credentials.purge_expired().await
+    }
+    async fn audit_append(&self, events: &[kubelens_core::audit::AuditEvent]) -> Result<(), StorageError> {
+        self.stores()?.audit.append(events).await
+    }
+    async fn audit_query(
+        &self,
+        query: kubelens_core::storage::AuditQuery,
+    ) -> Result<kubelens_core::storage::AuditPage, StorageError> {
+        self.stores()?.audit.query(query).await
+    }
+    async fn audit_purge(&self, cutoff_ms: i64) -> Result<u64, StorageError> {
+        self.stores()?.audit.purge_before(cutoff_ms).await
     }
     async fn ping(&self) -> Result<(), StorageError> {
         let stores = self.stores()?;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use kubelens_core::config::{StorageBackend, StorageConfig};
 use kubelens_core::storage::memory::MemoryStore;
-pub use kubelens_core::storage::{CredentialStore, LogArchive, SessionStore, StorageError, StoreLimits};
+pub use kubelens_core::storage::{AuditStore, CredentialStore, LogArchive, SessionStore, StorageError, StoreLimits};
 
 pub use deferred::DeferredStores;
 
@@ -49,15 +49,20 @@ pub struct Stores {
     /// Stream tickets and credentials (used only when several replicas share this backend:
     /// see [`Stores::is_shared`]).
     pub credentials: Arc<dyn CredentialStore>,
+    /// The stored copy of the audit trail (`audit.store`).
+    pub audit: Arc<dyn AuditStore>,
     /// Which backend these are (for logs and readiness details).
     pub backend: StorageBackend,
 }
 
 impl Stores {
     /// Both traits served by one value (every backend implements both on one handle).
-    pub fn from_one<T: SessionStore + LogArchive + CredentialStore + 'static>(store: T, backend: StorageBackend) -> Self {
+    pub fn from_one<T: SessionStore + LogArchive + CredentialStore + AuditStore + 'static>(
+        store: T,
+        backend: StorageBackend,
+    ) -> Self {
         let store = Arc::new(store);
-        Self { sessions: store.clone(), archive: store.clone(), credentials: store, backend }
+        Self { sessions: store.clone(), archive: store.clone(), credentials: store.clone(), audit: store, backend }
     }
 
     /// Whether several replicas can share this backend (PostgreSQL, Redis), so stream

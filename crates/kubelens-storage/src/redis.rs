@@ -33,6 +33,19 @@ use crate::backend::{Backend, StoreAdapter};
 /// Schema version this binary writes and understands.
 const SCHEMA_VERSION: i64 = 1;
 /// Per-command timeout: a stopped Redis becomes a prompt `Unavailable`, not a hung request.
+/// Audit events the stream keeps at most (approximately: `XADD MAXLEN ~`), whatever the
+/// retention says; about 1 KiB each.
+const AUDIT_MAX_EVENTS: u64 = 1_000_000;
+/// Entries one `XREVRANGE` of an audit query reads.
+const AUDIT_SCAN_CHUNK: usize = 500;
+
+/// A Redis stream id (`<ms>-<seq>`), the audit cursor on this backend.
+fn is_stream_id(cursor: &str) -> bool {
+    cursor.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty() && !seq.is_empty() && ms.len() <= 20 && seq.len() <= 20 && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
+    })
+}
+
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -267,6 +280,10 @@ impl RedisBackend {
             )));
         }
         Ok(())
+    }
+
+    fn audit_key(&self) -> String {
+        format!("{}audit", self.prefix)
     }
 
     fn credential_key(&self, key: &str) -> String {
@@ -561,6 +578,92 @@ impl Backend for RedisBackend {
     async fn credential_purge(&self) -> Result<u64, StorageError> {
         // Native TTL: nothing to do.
         Ok(0)
+    }
+
+    async fn audit_append(&self, events: &[kubelens_core::audit::AuditEvent]) -> Result<(), StorageError> {
+        let encoded = kubelens_core::storage::encode_audit_events(events)?;
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        let key = self.audit_key();
+        // One MULTI/EXEC: the whole batch or nothing. `MAXLEN ~` bounds the stream's memory
+        // whatever the retention; the purge trims by age.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for json in &encoded {
+            pipe.cmd("XADD").arg(&key).arg("MAXLEN").arg("~").arg(AUDIT_MAX_EVENTS).arg("*").arg("e").arg(json.as_slice()).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn audit_query(
+        &self,
+        query: kubelens_core::storage::AuditQuery,
+    ) -> Result<kubelens_core::storage::AuditPage, StorageError> {
+        use kubelens_core::storage::{AuditPage, MAX_AUDIT_SCAN, validate_audit_query};
+        validate_audit_query(&query)?;
+        let mut end = match &query.before {
+            Some(cursor) if is_stream_id(cursor) => format!("({cursor}"),
+            Some(_) => return Err(StorageError::Invalid("audit cursor is not valid".to_owned())),
+            None => "+".to_owned(),
+        };
+        let key = self.audit_key();
+        let mut conn = self.conn.clone();
+        let mut page = AuditPage::default();
+        let mut scanned = 0usize;
+        // Redis cannot filter a stream, so scan newest first in chunks, filtering here, up to
+        // MAX_AUDIT_SCAN entries per query; then the cursor lets the client continue.
+        loop {
+            let chunk: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(AUDIT_SCAN_CHUNK)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            let exhausted = chunk.len() < AUDIT_SCAN_CHUNK;
+            for (id, fields) in chunk {
+                scanned += 1;
+                end = format!("({id}");
+                let Some(json) = fields.get("e") else { continue };
+                let event: kubelens_core::audit::AuditEvent = serde_json::from_slice(json)
+                    .map_err(|e| StorageError::Corrupt(format!("audit event: {e}")))?;
+                if !query.matches(&event) {
+                    continue;
+                }
+                if page.events.len() == query.limit {
+                    page.next = page.events.last().map(|(id, _)| id.clone());
+                    return Ok(page);
+                }
+                page.events.push((id, event));
+            }
+            if exhausted {
+                return Ok(page);
+            }
+            if scanned >= MAX_AUDIT_SCAN {
+                // Continue after the last entry examined, even if it did not match.
+                page.next = Some(end.trim_start_matches('(').to_owned());
+                return Ok(page);
+            }
+        }
+    }
+
+    async fn audit_purge(&self, cutoff_ms: i64) -> Result<u64, StorageError> {
+        let mut conn = self.conn.clone();
+        // Stream ids start with Redis's own millisecond clock, close to the events' times. Exact
+        // trimming (no `~`): a purge every few minutes can afford it.
+        let removed: u64 = redis::cmd("XTRIM")
+            .arg(self.audit_key())
+            .arg("MINID")
+            .arg(cutoff_ms.max(0))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(removed)
     }
 
     async fn ping(&self) -> Result<(), StorageError> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    AppendOutcome, ArchivedLine, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo,
+    AppendOutcome, ArchivedLine, AuditPage, AuditQuery, AuditStore, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo,
     SourceKey, StorageError, StoreFuture, StoreLimits, StoredSession, Version, expiry_ms, lines_within_caps,
     now_ms, validate_append, validate_credential_key, validate_credential_put, validate_query, validate_session_put,
     validate_subject,
@@ -45,6 +45,9 @@ struct Inner {
     sources: BTreeMap<SourceKey, Source>,
     /// Credential values with their expiry (ms since the epoch).
     credentials: HashMap<String, (Vec<u8>, i64)>,
+    /// Audit events with their ids, oldest first.
+    audit: std::collections::VecDeque<(u64, crate::audit::AuditEvent)>,
+    next_audit_id: u64,
 }
 
 /// Sessions and archive in process memory; cheap to clone (shared state).
@@ -61,6 +64,8 @@ impl MemoryStore {
     pub const MAX_SOURCES: usize = 10_000;
     /// Most credentials held at once.
     pub const MAX_CREDENTIALS: usize = 100_000;
+    /// Most audit events held; beyond, the oldest go first.
+    pub const MAX_AUDIT_EVENTS: usize = 100_000;
 
     /// An empty store enforcing `limits`.
     pub fn new(limits: StoreLimits) -> Self {
@@ -264,6 +269,38 @@ impl MemoryStore {
         Ok(entry.filter(|(_, at)| *at > now).map(|(value, _)| value))
     }
 
+    fn audit_append(&self, events: &[crate::audit::AuditEvent]) -> Result<(), StorageError> {
+        super::encode_audit_events(events)?;
+        let mut inner = self.lock();
+        for event in events {
+            inner.next_audit_id += 1;
+            let id = inner.next_audit_id;
+            inner.audit.push_back((id, event.clone()));
+            if inner.audit.len() > Self::MAX_AUDIT_EVENTS {
+                inner.audit.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    fn audit_query(&self, query: &AuditQuery) -> Result<AuditPage, StorageError> {
+        super::validate_audit_query(query)?;
+        let before = match &query.before {
+            Some(cursor) => cursor.parse::<u64>().map_err(|_| StorageError::Invalid("audit cursor is not valid".to_owned()))?,
+            None => u64::MAX,
+        };
+        let inner = self.lock();
+        let mut page = AuditPage::default();
+        let mut matching = inner.audit.iter().rev().filter(|(id, e)| *id < before && query.matches(e));
+        for (id, event) in matching.by_ref().take(query.limit) {
+            page.events.push((id.to_string(), event.clone()));
+        }
+        if matching.next().is_some() {
+            page.next = page.events.last().map(|(id, _)| id.clone());
+        }
+        Ok(page)
+    }
+
     fn purge_credentials(&self) -> u64 {
         let now = now_ms();
         let mut inner = self.lock();
@@ -364,5 +401,24 @@ impl CredentialStore for MemoryStore {
 
     fn purge_expired(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move { Ok(self.purge_credentials()) })
+    }
+}
+
+impl AuditStore for MemoryStore {
+    fn append<'a>(&'a self, events: &'a [crate::audit::AuditEvent]) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.audit_append(events) })
+    }
+
+    fn query(&self, query: AuditQuery) -> StoreFuture<'_, AuditPage> {
+        Box::pin(async move { self.audit_query(&query) })
+    }
+
+    fn purge_before(&self, cutoff_ms: i64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut inner = self.lock();
+            let before = inner.audit.len();
+            inner.audit.retain(|(_, e)| e.time_ms >= cutoff_ms);
+            Ok((before - inner.audit.len()) as u64)
+        })
     }
 }

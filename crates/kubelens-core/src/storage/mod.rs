@@ -460,6 +460,89 @@ pub fn validate_credential_key(key: &str) -> Result<(), StorageError> {
     }
 }
 
+/// Most events one audit query returns.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+/// Most stored events one audit query examines before it returns what it found with a
+/// cursor to continue (Redis filters while scanning; SQL uses indexes and never reaches it).
+pub const MAX_AUDIT_SCAN: usize = 20_000;
+/// Largest stored audit event (JSON); every field of an event is bounded far below this.
+pub const MAX_AUDIT_EVENT_BYTES: usize = 8 * 1024;
+
+/// Which stored audit events a query wants, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only events older than this cursor (the `next` of the previous page).
+    pub before: Option<String>,
+    /// Most events returned, 1..=[`MAX_AUDIT_PAGE`].
+    pub limit: usize,
+    /// Only events of this `user`.
+    pub user: Option<String>,
+    /// Only events in this namespace.
+    pub namespace: Option<String>,
+    /// Only events of this kind (`logs_opened`, `denied`, …).
+    pub audit: Option<String>,
+    /// Only events at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only events before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
+}
+
+impl AuditQuery {
+    /// Whether `event` passes the filters (the cursor aside).
+    pub fn matches(&self, event: &crate::audit::AuditEvent) -> bool {
+        let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
+        eq(&self.user, &event.user)
+            && eq(&self.namespace, &event.namespace)
+            && self.audit.as_ref().is_none_or(|a| *a == event.audit)
+            && self.since_ms.is_none_or(|t| event.time_ms >= t)
+            && self.until_ms.is_none_or(|t| event.time_ms < t)
+    }
+}
+
+/// One page of stored audit events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    /// `(cursor, event)`, newest first.
+    pub events: Vec<(String, crate::audit::AuditEvent)>,
+    /// Pass as [`AuditQuery::before`] for the next page; `None` when there is nothing older.
+    pub next: Option<String>,
+}
+
+/// The stored copy of the audit trail (`audit.store`), shared by all replicas.
+pub trait AuditStore: fmt::Debug + Send + Sync {
+    /// Appends `events` (in order). Errors: `TooLarge` for an event over
+    /// [`MAX_AUDIT_EVENT_BYTES`] (nothing of the batch is written).
+    fn append<'a>(&'a self, events: &'a [crate::audit::AuditEvent]) -> StoreFuture<'a, ()>;
+
+    /// Events matching `query`, newest first. Errors: `Invalid` for a bad limit or cursor.
+    fn query(&self, query: AuditQuery) -> StoreFuture<'_, AuditPage>;
+
+    /// Deletes events older than `cutoff_ms`; returns how many (Redis: an estimate, `0`).
+    fn purge_before(&self, cutoff_ms: i64) -> StoreFuture<'_, u64>;
+}
+
+/// Shared validation of an audit batch: each event's JSON, within the size cap.
+pub fn encode_audit_events(events: &[crate::audit::AuditEvent]) -> Result<Vec<Vec<u8>>, StorageError> {
+    events
+        .iter()
+        .map(|e| {
+            let json = serde_json::to_vec(e).map_err(|err| StorageError::Invalid(format!("audit event: {err}")))?;
+            if json.len() > MAX_AUDIT_EVENT_BYTES {
+                return Err(StorageError::TooLarge { what: "audit event", limit: MAX_AUDIT_EVENT_BYTES as u64 });
+            }
+            Ok(json)
+        })
+        .collect()
+}
+
+/// Shared validation of an audit query's limit.
+pub fn validate_audit_query(query: &AuditQuery) -> Result<(), StorageError> {
+    if query.limit == 0 || query.limit > MAX_AUDIT_PAGE {
+        return Err(StorageError::Invalid(format!("audit limit must be 1..={MAX_AUDIT_PAGE}")));
+    }
+    Ok(())
+}
+
 /// Shared validation of an append batch, so every backend refuses the same inputs.
 pub fn validate_append(
     source: &SourceKey,
