@@ -1,6 +1,9 @@
 //! The embedded sqlite backend (sqlx): one file, WAL journal, busy timeout, created when
 //! missing, migrations from `migrations/sqlite` applied at open. Single replica only: two
-//! processes on one file over a network filesystem corrupt WAL databases.
+//! processes on one file over a network filesystem corrupt WAL databases, and stream tickets
+//! and credentials stay in each process's memory. Opening takes an advisory lock on
+//! `<path>.lock`; when another process holds it, start-up says so (a warning: the second
+//! process still works, alone, on the same file).
 //!
 //! The statements are the shared ones of [`crate::sql`]; this module is sqlite's dialect.
 //! Writes to one source or session are serialized by sqlite's single writer
@@ -74,6 +77,7 @@ impl SqliteStore {
             .busy_timeout(config.busy_timeout)
             // Also makes purging a source delete its lines (ON DELETE CASCADE).
             .foreign_keys(true);
+        warn_if_another_process_uses(&config.path);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(config.busy_timeout.max(Duration::from_secs(1)))
@@ -86,5 +90,59 @@ impl SqliteStore {
         // on the first user write.
         backend.ping().await?;
         Ok(StoreAdapter::new(backend))
+    }
+}
+
+/// Lock files this process holds, by database path: held until exit, and reopening a file in
+/// the same process (tests, a retried open) is not "another replica".
+static HELD_LOCKS: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// Warns when another process holds the lock of the sqlite file at `path`.
+fn warn_if_another_process_uses(path: &str) {
+    if path.starts_with(':') || path.is_empty() {
+        return; // in-memory database
+    }
+    let mut held = HELD_LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if held.iter().any(|(p, _)| p == path) {
+        return;
+    }
+    match lock_exclusively(&format!("{path}.lock")) {
+        Ok(Some(file)) => held.push((path.to_owned(), file)),
+        Ok(None) => tracing::warn!(
+            path,
+            "another process uses this sqlite database: sqlite serves ONE replica (stream tickets and credentials \
+             stay per process, so a ticket from one replica fails on another); use storage.backend postgres or redis \
+             for several replicas"
+        ),
+        Err(err) => tracing::debug!(path, error = %err, "cannot take the sqlite replica lock; not checking for other replicas"),
+    }
+}
+
+/// `Some(file)` holding an exclusive advisory lock on `lock_path`, `None` when another open
+/// file description (another process) holds it.
+fn lock_exclusively(lock_path: &str) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_of_the_lock_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("kubelens.db.lock").display().to_string();
+        let first = lock_exclusively(&lock).unwrap();
+        assert!(first.is_some());
+        // Another open file description is what another process would have.
+        assert!(lock_exclusively(&lock).unwrap().is_none(), "the second replica is detected");
+        drop(first);
+        assert!(lock_exclusively(&lock).unwrap().is_some(), "the lock ends with its holder");
     }
 }
