@@ -120,6 +120,12 @@ impl Kubelens {
 
     /// Starts kubelens with a prepared config file listening on `port`.
     pub fn start_with_config(dir: tempfile::TempDir, config: &Path, port: u16) -> Self {
+        Self::start_with_config_env(dir, config, port, &[])
+    }
+
+    /// Like [`Kubelens::start_with_config`], with extra environment variables for the process
+    /// (e.g. `KUBELENS_LOG` to raise one module's log level).
+    pub fn start_with_config_env(dir: tempfile::TempDir, config: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
         let stderr_path = dir.path().join("kubelens.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kubelens"))
@@ -129,6 +135,7 @@ impl Kubelens {
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("KUBELENS_LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -246,3 +253,4 @@ pub fn test_certs(dir: &Path) -> Vec<u8> {
     }
     std::fs::read(dir.join("ca.crt")).unwrap()
 }
+
