@@ -105,10 +105,15 @@ impl PostgresStore {
             .await
             .map_err(sqlx_error)?;
         if let Some(schema) = &config.schema {
-            sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-                .execute(&pool)
-                .await
-                .map_err(sqlx_error)?;
+            let created = sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))).execute(&pool).await;
+            match created {
+                // Replicas starting together race here: `IF NOT EXISTS` is not atomic, and the
+                // loser gets unique_violation (23505) although the schema now exists.
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {}
+                other => {
+                    other.map_err(sqlx_error)?;
+                }
+            }
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| sqlx_error(e.into()))?;
         Ok(StoreAdapter::new(SqlBackend::new(pool, limits)))

@@ -485,7 +485,15 @@ const WRITE_BATCH: usize = 1000;
 struct Written {
     stored: u64,
     failed: bool,
+    /// The last failure may pass by itself (the store is unreachable, or not open yet).
+    retryable: bool,
 }
+
+/// How long the last write of a capture keeps retrying a store that is unreachable. At
+/// start-up the store opens in the background while the first captures already run (every
+/// replica of a rollout starts so), and a database restart takes seconds; the lines wait in
+/// memory meanwhile (bounded by the capture's caps and the number of concurrent captures).
+const FINAL_WRITE_RETRY_FOR: Duration = Duration::from_secs(60);
 
 async fn write(inner: &Inner, job: &CaptureJob, pending: &mut Pending, totals: &mut Written) {
     while !pending.lines.is_empty() {
@@ -512,9 +520,10 @@ async fn write(inner: &Inner, job: &CaptureJob, pending: &mut Pending, totals: &
                 inner.metrics.archive_bytes.add(inserted_bytes);
             }
             Err(err) => {
-                // Kept for the next flush; the final flush gives up (one attempt per call).
+                // Kept for the next flush; the final write retries (`write_final`).
                 tracing::warn!(source = %job.source.id(), error = %err, "archive write failed");
                 totals.failed = true;
+                totals.retryable = err.is_transient();
                 return;
             }
         }
@@ -589,9 +598,24 @@ async fn capture_once(inner: &Inner, job: &CaptureJob, retry_empty: bool) -> boo
         tracing::debug!(source = %job.source.id(), "capture read nothing; retrying");
         return false;
     }
-    write(inner, job, &mut pending, &mut totals).await;
+    write_final(inner, job, &mut pending, &mut totals).await;
     finish(inner, job, seen, end, &pending, &totals).await;
     true
+}
+
+/// The last write of a capture: retried with backoff for up to [`FINAL_WRITE_RETRY_FOR`] while
+/// the store is unreachable (writes are idempotent: positions come from the log).
+async fn write_final(inner: &Inner, job: &CaptureJob, pending: &mut Pending, totals: &mut Written) {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        write(inner, job, pending, totals).await;
+        if !totals.failed || !totals.retryable || started.elapsed() + delay > FINAL_WRITE_RETRY_FOR {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(8));
+    }
 }
 
 /// The reason the followed instance's log is complete, if `status` says so.
@@ -978,6 +1002,58 @@ mod tests {
         idle(&rec).await;
         assert_eq!(metrics.archive_missed.get(&[missed::INSTANCE_GONE]), 1, "instance 1 was never readable");
         assert!(store.list_sources("team-a").await.unwrap().iter().any(|s| s.key.instance == 2));
+    }
+
+    /// An archive whose first `fail` appends answer `Unavailable` (a store still opening).
+    #[derive(Debug)]
+    struct Flaky {
+        store: Arc<MemoryStore>,
+        fail: std::sync::atomic::AtomicU32,
+    }
+
+    impl LogArchive for Flaky {
+        fn append<'a>(
+            &'a self,
+            source: &'a SourceKey,
+            meta: &'a crate::storage::PodMeta,
+            lines: &'a [ArchivedLine],
+        ) -> crate::storage::StoreFuture<'a, crate::storage::AppendOutcome> {
+            if self.fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Box::pin(async { Err(crate::storage::StorageError::Unavailable("not connected yet".into())) });
+            }
+            self.store.append(source, meta, lines)
+        }
+        fn read<'a>(&'a self, source: &'a SourceKey, query: LineQuery) -> crate::storage::StoreFuture<'a, Vec<ArchivedLine>> {
+            self.store.read(source, query)
+        }
+        fn list_sources<'a>(&'a self, namespace: &'a str) -> crate::storage::StoreFuture<'a, Vec<crate::storage::SourceInfo>> {
+            self.store.list_sources(namespace)
+        }
+        fn mark_terminated<'a>(&'a self, source: &'a SourceKey, at_ms: i64, ttl: Duration) -> crate::storage::StoreFuture<'a, bool> {
+            self.store.mark_terminated(source, at_ms, ttl)
+        }
+        fn purge_expired(&self) -> crate::storage::StoreFuture<'_, u64> {
+            LogArchive::purge_expired(&*self.store)
+        }
+        fn ping(&self) -> crate::storage::StoreFuture<'_, ()> {
+            LogArchive::ping(&*self.store)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capture_waits_for_a_store_that_is_not_open_yet() {
+        let script = Script::default();
+        script.set("job-x", "main", false, vec![raw(1, "early"), raw(2, "line")]);
+        let store = Arc::new(MemoryStore::new(StoreLimits::default()));
+        let flaky = Arc::new(Flaky { store: store.clone(), fail: std::sync::atomic::AtomicU32::new(4) });
+        let metrics = Metrics::new();
+        let config = RecorderConfig::from_logs(&LogsConfig::default());
+        let rec = ArchiveRecorder::new(flaky, script.opener(), config, metrics.clone());
+        rec.handle(PodSignal::Observed(pod("u9", "Succeeded", false, &[("main", 0, ContainerRun::Terminated)])));
+        idle(&rec).await;
+        assert_eq!(texts(&store, &key("u9", "main", 0)).await, ["early", "line"], "written once the store answers");
+        assert_eq!(metrics.archive_captured.get(), 1);
+        assert_eq!(metrics.archive_missed.get(&[missed::STORAGE_ERROR]), 0);
     }
 
     #[tokio::test]
