@@ -235,7 +235,7 @@ fn merge_bench(rt: &tokio::runtime::Runtime, per_source: usize) {
     measure("merge 10 sources+ids", total, 0, || {
         rt.block_on(async {
             let mut merge: AppLogMerge<usize> =
-                AppLogMerge::new(MergeConfig { watermark: Duration::from_millis(250), max_buffered_per_source: usize::MAX, history_timeout: Duration::from_secs(10) }, None);
+                AppLogMerge::new(MergeConfig { watermark: Duration::from_millis(250), adaptive: false, max_buffered_per_source: usize::MAX, history_timeout: Duration::from_secs(10) }, None);
             for (i, src) in sources.iter().enumerate() {
                 merge.insert(i, src.clone(), None, futures::stream::iter(lines[i].clone()).boxed());
             }

@@ -484,6 +484,9 @@ pub struct LogsConfig {
     /// timestamp order (history is merged exactly, without this window).
     #[serde(with = "humantime_serde")]
     pub merge_watermark: Duration,
+    /// Hold a live line only as long as each quiet source's learned delay needs (plus
+    /// 15 ms), at most `merge_watermark`; `false` always holds the whole watermark.
+    pub merge_adaptive: bool,
     /// How long an app merge waits for a source that is still sending its history (opening,
     /// or backlog arriving), counted from that source's last event, before it merges without
     /// it (`status` reason `late`).
@@ -540,6 +543,7 @@ impl Default for LogsConfig {
             max_streams_per_user: 50,
             max_sources_per_user: 200,
             merge_watermark: Duration::from_millis(250),
+            merge_adaptive: true,
             merge_history_timeout: Duration::from_secs(10),
             sse_write_coalesce: Duration::from_millis(5),
             archive_max_lines_per_container: 50_000,

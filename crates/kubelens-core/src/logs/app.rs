@@ -344,7 +344,7 @@ mod tests {
 
     fn options(follow: bool) -> AppStreamOptions {
         AppStreamOptions {
-            merge: MergeConfig { watermark: Duration::from_millis(50), max_buffered_per_source: 64, history_timeout: Duration::from_secs(5) },
+            merge: MergeConfig { watermark: Duration::from_millis(50), adaptive: false, max_buffered_per_source: 64, history_timeout: Duration::from_secs(5) },
             resume: None,
             start: None,
             follow,

@@ -21,11 +21,18 @@
 //!   source is merged as *behind* (its cursor carried explicitly in ids, so resume stays
 //!   exact), a `status` with reason `late` says so, and its lines may arrive out of order.
 //! * **It is live and quiet**: a quiet source cannot be told from a slow one, so the line
-//!   waits `watermark` since it arrived, then goes. Live lines that reach the merge more than
-//!   the watermark after the others are emitted late, never dropped.
+//!   waits — but only as long as that source could still need to deliver an older line. The
+//!   merge learns each source's *delay* (arrival time minus the line's own timestamp: the
+//!   kubelet, the API server, the hub and any clock skew between node and replica), as a
+//!   maximum that decays slowly ([`DelayEstimate`]). A line stamped `t` is held until
+//!   `t + delay + DELAY_MARGIN` of every live, quiet source, never longer than `watermark`
+//!   after it arrived; a source that has sent no live line yet gets the whole `watermark`.
+//!   Live lines that reach the merge later than that are emitted late, never dropped.
 //!
 //! So a read of finished or backfilling sources (history, and the backfill of every resumed
-//! source up to its cursor) is in exact order; live lines are in order within the watermark.
+//! source up to its cursor) is in exact order; live lines are in order as long as each
+//! source's delay stays within what the merge has seen of it (plus the margin), and never
+//! wait longer than the watermark.
 //!
 //! # Bounds
 //!
@@ -57,14 +64,46 @@ use tokio::time::{Instant, Sleep};
 use super::hub::HubEvent;
 use super::id::{MAX_BEHIND_SEGMENTS, MergeKey};
 use super::upstream::{SourceState, SourceStatus, StatusReason};
-use super::{AppLogId, LogLine, LogSource, SourceCursor};
+use super::{AppLogId, LogLine, LogSource, LogTimestamp, SourceCursor};
 use crate::config::LogsConfig;
+
+/// Slack added to a source's learned delay before a quieter source's line may go: covers
+/// the jitter the estimate has not seen yet (scheduling, a busy API server).
+pub const DELAY_MARGIN: Duration = Duration::from_millis(15);
+
+/// How a source's delay estimate forgets a spike: each live line moves it `1/DELAY_DECAY` of
+/// the way down to that line's delay (a spike is forgotten over a few hundred lines; a rise
+/// is taken at once).
+const DELAY_DECAY: i64 = 64;
+
+/// The most a live source's lines have been seen to lag behind their own timestamps
+/// (nanoseconds; negative when the node's clock is ahead), decaying slowly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DelayEstimate(Option<i64>);
+
+impl DelayEstimate {
+    /// Takes one live line's delay into account.
+    pub fn observe(&mut self, delay_ns: i64) {
+        self.0 = Some(match self.0 {
+            Some(max) if delay_ns < max => max - (max - delay_ns) / DELAY_DECAY,
+            _ => delay_ns,
+        });
+    }
+
+    /// The estimate, `None` before any live line.
+    pub fn get(self) -> Option<i64> {
+        self.0
+    }
+}
 
 /// Merge sizing.
 #[derive(Debug, Clone)]
 pub struct MergeConfig {
-    /// How long a line waits for slower sources (`logs.merge_watermark`).
+    /// How long a line waits for slower sources at most (`logs.merge_watermark`).
     pub watermark: Duration,
+    /// Wait only as long as each quiet source's learned delay needs (`logs.merge_adaptive`;
+    /// see "Ordering" in the module docs); `false`: always the whole watermark.
+    pub adaptive: bool,
     /// Lines buffered per source before the merge emits early (see module docs).
     pub max_buffered_per_source: usize,
     /// How long the merge holds for a source still sending its history, counted from its last
@@ -80,6 +119,7 @@ impl MergeConfig {
     pub fn from_logs(logs: &LogsConfig) -> Self {
         Self {
             watermark: logs.merge_watermark,
+            adaptive: logs.merge_adaptive,
             max_buffered_per_source: Self::DEFAULT_MAX_BUFFERED,
             history_timeout: logs.merge_history_timeout,
         }
@@ -119,7 +159,9 @@ struct Slot<K> {
     key: K,
     source: Arc<LogSource>,
     stream: Option<BoxStream<'static, HubEvent>>,
-    buf: VecDeque<(Arc<LogLine>, Instant)>,
+    /// Buffered lines with when they arrived and their delay (arrival wall time minus the
+    /// line's timestamp, nanoseconds).
+    buf: VecDeque<(Arc<LogLine>, Instant, i64)>,
     /// After the last line received (dedupes a replaced stream).
     received: Option<SourceCursor>,
     /// After the last line emitted (or the start).
@@ -133,6 +175,8 @@ struct Slot<K> {
     /// of them, so a client never sees a source's lines after its end.
     pending_end: Option<SourceStatus>,
     last_activity: Instant,
+    /// How late this source's live lines arrive (see "Ordering" in the module docs).
+    delay: DelayEstimate,
 }
 
 /// Merges per-source [`HubEvent`] streams of one app into ordered [`MergedEvent`]s.
@@ -144,6 +188,10 @@ pub struct AppLogMerge<K> {
     out: VecDeque<MergedEvent<K>>,
     timer: Option<Pin<Box<Sleep>>>,
     next_poll: usize,
+    /// Wall-clock time (ns) and monotonic instant sampled together at creation: arrival times
+    /// are measured on the monotonic clock from here, so a wall-clock step cannot fake a delay
+    /// (and tests with paused time see the delays they simulate).
+    anchor: (i64, Instant),
 }
 
 impl<K: std::fmt::Debug> std::fmt::Debug for AppLogMerge<K> {
@@ -166,6 +214,7 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
             out: VecDeque::new(),
             timer: None,
             next_poll: 0,
+            anchor: (LogTimestamp::now().unix_nanos(), Instant::now()),
         }
     }
 
@@ -220,6 +269,7 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
             state: SourceState::Streaming,
             pending_end: None,
             last_activity: now,
+            delay: DelayEstimate::default(),
         });
     }
 
@@ -233,6 +283,9 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
     fn poll_sources(&mut self, cx: &mut Context<'_>) {
         let n = self.slots.len();
         let cap = self.config.max_buffered_per_source.max(1);
+        let (anchor_wall, anchor_instant) = self.anchor;
+        let since_anchor = i64::try_from(Instant::now().duration_since(anchor_instant).as_nanos()).unwrap_or(i64::MAX);
+        let wall_now = anchor_wall.saturating_add(since_anchor);
         for step in 0..n {
             let i = (self.next_poll + step) % n;
             let slot = &mut self.slots[i];
@@ -245,7 +298,12 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
                         }
                         slot.received = Some(SourceCursor::after(line.id()));
                         slot.last_activity = Instant::now();
-                        slot.buf.push_back((line, slot.last_activity));
+                        let delay = wall_now.saturating_sub(line.ts.unix_nanos());
+                        if slot.caught_up {
+                            // Only live lines say how late this source is; history is old.
+                            slot.delay.observe(delay);
+                        }
+                        slot.buf.push_back((line, slot.last_activity, delay));
                     }
                     Poll::Ready(Some(HubEvent::CaughtUp)) => {
                         slot.caught_up = true;
@@ -303,20 +361,21 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
     /// The line to emit now, or the instant at which to look again (see "Ordering" in the
     /// module docs).
     fn pick(&self, now: Instant) -> Result<usize, Option<Instant>> {
-        let mut best: Option<(usize, MergeKey, Instant)> = None;
+        let mut best: Option<(usize, MergeKey, Instant, i64)> = None;
         let mut full = false;
         for (i, slot) in self.slots.iter().enumerate() {
-            if let Some((line, arrived)) = slot.buf.front() {
+            if let Some((line, arrived, delay)) = slot.buf.front() {
                 full |= slot.buf.len() >= self.config.max_buffered_per_source;
                 let key = MergeKey { ts: line.ts, tag: slot.source.tag, index: line.index };
-                if best.is_none_or(|(_, k, _)| key < k) {
-                    best = Some((i, key, *arrived));
+                if best.is_none_or(|(_, k, _, _)| key < k) {
+                    best = Some((i, key, *arrived, *delay));
                 }
             }
         }
-        let Some((i, key, arrived)) = best else { return Err(None) };
+        let Some((i, key, arrived, line_delay)) = best else { return Err(None) };
         let mut hold_until: Option<Instant> = None;
-        let mut live_and_quiet = false;
+        // When the last live, quiet source could still deliver a line older than `key`.
+        let mut quiet_until: Option<Instant> = None;
         for slot in &self.slots {
             if !slot.buf.is_empty() || slot.stream.is_none() {
                 continue;
@@ -326,7 +385,8 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
                 continue;
             }
             if slot.caught_up {
-                live_and_quiet = true;
+                let until = arrived + self.owed_for(slot, line_delay);
+                quiet_until = Some(quiet_until.map_or(until, |q| q.max(until)));
             } else {
                 let until = slot.last_activity + self.config.history_timeout;
                 hold_until = Some(hold_until.map_or(until, |h| h.min(until)));
@@ -337,14 +397,28 @@ impl<K: Clone + PartialEq + Unpin> AppLogMerge<K> {
             // full source backs up into the hub instead, which is lossless).
             return Err(Some(until));
         }
-        let due = arrived + self.config.watermark;
-        if !live_and_quiet || full || due <= now { Ok(i) } else { Err(Some(due)) }
+        match quiet_until {
+            Some(due) if !full && due > now => Err(Some(due)),
+            _ => Ok(i),
+        }
+    }
+
+    /// How long after its arrival a line whose own delay was `line_delay` must wait for the
+    /// live, quiet `slot`: until the line's timestamp plus that source's learned delay and
+    /// the margin (a line of that source stamped earlier would have arrived by then), at most
+    /// the watermark; the whole watermark while the source's delay is unknown.
+    fn owed_for(&self, slot: &Slot<K>, line_delay: i64) -> Duration {
+        let watermark = self.config.watermark;
+        let Some(source_delay) = slot.delay.get().filter(|_| self.config.adaptive) else { return watermark };
+        let margin = i64::try_from(DELAY_MARGIN.as_nanos()).unwrap_or(i64::MAX);
+        let wait = source_delay.saturating_add(margin).saturating_sub(line_delay);
+        Duration::from_nanos(u64::try_from(wait).unwrap_or(0)).min(watermark)
     }
 
     fn emit(&mut self, i: usize, now: Instant) -> MergedEvent<K> {
         let watermark = self.config.watermark;
         let slot = &mut self.slots[i];
-        let Some((line, _)) = slot.buf.pop_front() else {
+        let Some((line, _, _)) = slot.buf.pop_front() else {
             // `pick` only returns slots with a buffered line.
             return MergedEvent::Lagged { key: slot.key.clone(), resume: slot.received };
         };
@@ -471,7 +545,7 @@ mod tests {
     }
 
     fn cfg(ms: u64) -> MergeConfig {
-        MergeConfig { watermark: Duration::from_millis(ms), max_buffered_per_source: 100, history_timeout: Duration::from_secs(30) }
+        MergeConfig { watermark: Duration::from_millis(ms), adaptive: false, max_buffered_per_source: 100, history_timeout: Duration::from_secs(30) }
     }
 
     async fn next_line(m: &mut AppLogMerge<&'static str>) -> (String, AppLogId) {
@@ -563,7 +637,7 @@ mod tests {
         let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
         let (ta, sa) = feed();
         let (_tb, sb) = feed();
-        let mut m = AppLogMerge::new(MergeConfig { watermark: Duration::from_secs(3600), max_buffered_per_source: 4, history_timeout: Duration::from_secs(30) }, None);
+        let mut m = AppLogMerge::new(MergeConfig { watermark: Duration::from_secs(3600), adaptive: false, max_buffered_per_source: 4, history_timeout: Duration::from_secs(30) }, None);
         m.insert("a", a.clone(), None, sa);
         m.insert("b", b, None, sb);
         for ms in 0..10 {
@@ -922,6 +996,145 @@ mod tests {
         })
     }
 
+    fn adaptive(ms: u64) -> MergeConfig {
+        MergeConfig { adaptive: true, ..cfg(ms) }
+    }
+
+    /// A line of `source` stamped `lag_ms` before now on the merge's own clock (its anchor),
+    /// so tests with paused time simulate delays exactly.
+    fn live_line<K>(m: &AppLogMerge<K>, source: &Arc<LogSource>, lag_ms: i64, index: u32) -> Arc<LogLine> {
+        let (wall, at) = m.anchor;
+        let now = wall + i64::try_from(Instant::now().duration_since(at).as_nanos()).unwrap();
+        Arc::new(LogLine {
+            ts: LogTimestamp::from_unix_nanos(now - lag_ms * 1_000_000),
+            index,
+            source: source.clone(),
+            text: format!("{}-{index}", source.pod),
+            truncated: false,
+            encoded: None,
+        })
+    }
+
+    #[test]
+    fn the_delay_estimate_rises_at_once_and_forgets_slowly() {
+        let mut d = DelayEstimate::default();
+        assert_eq!(d.get(), None);
+        d.observe(5_000_000);
+        d.observe(200_000_000);
+        assert_eq!(d.get(), Some(200_000_000), "a rise is taken at once");
+        d.observe(5_000_000);
+        let after_one = d.get().unwrap();
+        assert!(after_one < 200_000_000 && after_one > 190_000_000, "{after_one}");
+        for _ in 0..1000 {
+            d.observe(5_000_000);
+        }
+        assert!(d.get().unwrap() < 6_000_000, "forgotten after many lines: {:?}", d.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_fast_source_holds_a_line_for_its_delay_not_the_whole_watermark() {
+        let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
+        let (ta, sa) = feed();
+        let (tb, sb) = feed();
+        let mut m = AppLogMerge::new(adaptive(1000), None);
+        m.insert("a", a.clone(), None, sa);
+        m.insert("b", b.clone(), None, sb);
+        // Both learn a delay of 5 ms.
+        ta.send(HubEvent::Line(live_line(&m, &a, 5, 0))).await.unwrap();
+        tb.send(HubEvent::Line(live_line(&m, &b, 5, 0))).await.unwrap();
+        next_line(&mut m).await;
+        next_line(&mut m).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let start = Instant::now();
+        ta.send(HubEvent::Line(live_line(&m, &a, 5, 1))).await.unwrap();
+        assert_eq!(next_line(&mut m).await.0, "a-1");
+        let held = Instant::now() - start;
+        // b could still send a line stamped before a-1 until a-1's time + 5 ms + the margin.
+        assert_eq!(held, DELAY_MARGIN, "held {held:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_source_is_waited_for_as_long_as_it_needs_and_order_stays_exact() {
+        let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
+        let (ta, sa) = feed();
+        let (tb, sb) = feed();
+        let mut m = AppLogMerge::new(adaptive(1000), None);
+        m.insert("a", a.clone(), None, sa);
+        m.insert("b", b.clone(), None, sb);
+        ta.send(HubEvent::Line(live_line(&m, &a, 0, 0))).await.unwrap();
+        tb.send(HubEvent::Line(live_line(&m, &b, 200, 0))).await.unwrap();
+        next_line(&mut m).await;
+        next_line(&mut m).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let start = Instant::now();
+        let a1 = live_line(&m, &a, 0, 1);
+        ta.send(HubEvent::Line(a1.clone())).await.unwrap();
+        // b's line stamped 50 ms before a-1 arrives 150 ms after it (b lags 200 ms).
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let b1 = Arc::new(LogLine {
+                ts: LogTimestamp::from_unix_nanos(a1.ts.unix_nanos() - 50_000_000),
+                index: 1,
+                source: b.clone(),
+                text: "b-1".into(),
+                truncated: false,
+                encoded: None,
+            });
+            tb.send(HubEvent::Line(b1)).await.unwrap();
+            tb
+        });
+        assert_eq!(next_line(&mut m).await.0, "b-1", "the slow source's older line first");
+        assert_eq!(next_line(&mut m).await.0, "a-1");
+        assert_eq!(Instant::now() - start, Duration::from_millis(200) + DELAY_MARGIN, "held for b's delay");
+        drop(late.await.unwrap());
+    }
+
+    /// Each source delivers every line `lag` after its timestamp (its own, steady delay):
+    /// the adaptive merge emits them in exact order, and never later than the watermark.
+    async fn run_steady(sources: &[(u64, Vec<i64>)]) -> (Vec<String>, Vec<String>) {
+        let srcs: Vec<_> = (0..sources.len()).map(|i| LogSource::new(format!("p{i}"), "c")).collect();
+        let mut m: AppLogMerge<usize> = AppLogMerge::new(adaptive(1000), None);
+        let (wall, at) = m.anchor;
+        let mut want = Vec::new();
+        for (i, (lag, offsets)) in sources.iter().enumerate() {
+            let (tx, rx) = feed();
+            m.insert(i, srcs[i].clone(), None, rx);
+            let s = srcs[i].clone();
+            let mut lines = Vec::new();
+            for (k, &ms) in offsets.iter().enumerate() {
+                let line = Arc::new(LogLine {
+                    ts: LogTimestamp::from_unix_nanos(wall + (1000 + ms) * 1_000_000),
+                    index: 0,
+                    source: s.clone(),
+                    text: format!("p{i}@{ms}#{k}"),
+                    truncated: false,
+                    encoded: None,
+                });
+                want.push((MergeKey { ts: line.ts, tag: s.tag, index: 0 }, line.text.clone()));
+                lines.push((at + Duration::from_millis(1000 + u64::try_from(ms).unwrap() + lag), line));
+            }
+            tokio::spawn(async move {
+                for (when, line) in lines {
+                    tokio::time::sleep_until(when).await;
+                    if tx.send(HubEvent::Line(line)).await.is_err() {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            });
+        }
+        want.sort();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            match tokio::time::timeout(Duration::from_secs(60), m.next()).await {
+                Ok(Some(MergedEvent::Line { line, .. })) => got.push(line.text.clone()),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        (got, want.into_iter().map(|(_, t)| t).collect())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
@@ -930,6 +1143,24 @@ mod tests {
             let cut = ((total as f64) * cut_frac) as usize;
             let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
             let (got, want) = rt.block_on(run_with_cut(&sources, cut));
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    fn steady_sources() -> impl Strategy<Value = Vec<(u64, Vec<i64>)>> {
+        // Distinct timestamps per source (offsets in ms), a steady lag per source.
+        proptest::collection::vec(
+            (0u64..120, proptest::collection::btree_set(0i64..400, 0..12).prop_map(|s| s.into_iter().collect::<Vec<_>>())),
+            1..5,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn adaptive_merge_is_exact_for_sources_with_steady_delays(sources in steady_sources()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            let (got, want) = rt.block_on(run_steady(&sources));
             prop_assert_eq!(got, want);
         }
     }
