@@ -133,9 +133,19 @@ export async function signIn(page, base, user, password) {
 }
 
 /** Appends CRI lines (current timestamps) to a KWOK-served log file. */
+/** The newest timestamp `appendLines` wrote (ms), per file. */
+const lastStamp = new Map();
+
+/**
+ * Appends CRI lines stamped 1 ms apart from now — and never before the newest line this
+ * helper wrote to that file, as a container runtime stamps them: a batch stamped into the
+ * future followed soon by another batch must not travel back in time (a stream following
+ * the log rightly treats older lines after its position as already seen).
+ */
 export function appendLines(file, texts) {
-  const now = Date.now();
-  const body = texts.map((t, i) => `${new Date(now + i).toISOString().replace('Z', '000000Z')} stdout F ${t}\n`).join('');
+  const start = Math.max(Date.now(), (lastStamp.get(file) ?? 0) + 1);
+  const body = texts.map((t, i) => `${new Date(start + i).toISOString().replace('Z', '000000Z')} stdout F ${t}\n`).join('');
+  lastStamp.set(file, start + texts.length - 1);
   fs.appendFileSync(file, body);
 }
 

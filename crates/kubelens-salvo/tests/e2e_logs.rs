@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::seq_of;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -254,19 +256,6 @@ async fn subject(user: &str) -> String {
     claims["sub"].as_str().unwrap().to_owned()
 }
 
-/// `seq=<n> src=<label>` of a loggen line.
-fn seq_of(line: &str) -> (u64, String) {
-    let mut seq = None;
-    let mut src = None;
-    for word in line.split(' ') {
-        if let Some(v) = word.strip_prefix("seq=") {
-            seq = v.parse().ok();
-        } else if let Some(v) = word.strip_prefix("src=") {
-            src = Some(v.to_owned());
-        }
-    }
-    (seq.unwrap_or_else(|| panic!("no seq in {line:?}")), src.unwrap_or_default())
-}
 
 /// Reads the stream, dropping the connection after a random number of events (`log`, or
 /// `logs` with `batch=true`) and resuming with the last id, until every source reached

@@ -45,7 +45,7 @@ use futures::{FutureExt, StreamExt};
 use kubelens_testenv::TestEnv;
 use rand::Rng;
 use serde_json::Value;
-use support::Kubelens;
+use support::{Kubelens, seq_of};
 
 const NS: &str = "team-a";
 const REPLICAS: usize = 3;
@@ -491,19 +491,6 @@ impl Sse {
     }
 }
 
-/// `seq=<n> src=<label>` of a loggen / [`write_lines`] line.
-fn seq_of(line: &str) -> (u64, String) {
-    let mut seq = None;
-    let mut src = None;
-    for word in line.split(' ') {
-        if let Some(v) = word.strip_prefix("seq=") {
-            seq = v.parse().ok();
-        } else if let Some(v) = word.strip_prefix("src=") {
-            src = Some(v.to_owned());
-        }
-    }
-    (seq.unwrap_or_else(|| panic!("no seq in {line:?}")), src.unwrap_or_default())
-}
 
 /// Every line a (resumed, re-resumed) stream delivered, per source.
 struct Tracker {

@@ -1031,20 +1031,29 @@ mod tests {
         assert!(d.get().unwrap() < 6_000_000, "forgotten after many lines: {:?}", d.get());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_quiet_fast_source_holds_a_line_for_its_delay_not_the_whole_watermark() {
+    type Live = (mpsc::Sender<HubEvent>, Arc<LogSource>);
+
+    /// An adaptive merge (watermark 1 s) of live sources `a` and `b` that has learned their
+    /// delays from one line each, and then been quiet for 500 ms.
+    async fn two_learned(lag_a: i64, lag_b: i64) -> (AppLogMerge<&'static str>, Live, Live) {
         let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
         let (ta, sa) = feed();
         let (tb, sb) = feed();
         let mut m = AppLogMerge::new(adaptive(1000), None);
         m.insert("a", a.clone(), None, sa);
         m.insert("b", b.clone(), None, sb);
-        // Both learn a delay of 5 ms.
-        ta.send(HubEvent::Line(live_line(&m, &a, 5, 0))).await.unwrap();
-        tb.send(HubEvent::Line(live_line(&m, &b, 5, 0))).await.unwrap();
+        ta.send(HubEvent::Line(live_line(&m, &a, lag_a, 0))).await.unwrap();
+        tb.send(HubEvent::Line(live_line(&m, &b, lag_b, 0))).await.unwrap();
         next_line(&mut m).await;
         next_line(&mut m).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        (m, (ta, a), (tb, b))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_fast_source_holds_a_line_for_its_delay_not_the_whole_watermark() {
+        // Both learn a delay of 5 ms.
+        let (mut m, (ta, a), _b) = two_learned(5, 5).await;
         let start = Instant::now();
         ta.send(HubEvent::Line(live_line(&m, &a, 5, 1))).await.unwrap();
         assert_eq!(next_line(&mut m).await.0, "a-1");
@@ -1055,17 +1064,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_source_is_waited_for_as_long_as_it_needs_and_order_stays_exact() {
-        let (a, b) = (LogSource::new("a", "c"), LogSource::new("b", "c"));
-        let (ta, sa) = feed();
-        let (tb, sb) = feed();
-        let mut m = AppLogMerge::new(adaptive(1000), None);
-        m.insert("a", a.clone(), None, sa);
-        m.insert("b", b.clone(), None, sb);
-        ta.send(HubEvent::Line(live_line(&m, &a, 0, 0))).await.unwrap();
-        tb.send(HubEvent::Line(live_line(&m, &b, 200, 0))).await.unwrap();
-        next_line(&mut m).await;
-        next_line(&mut m).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (mut m, (ta, a), (tb, b)) = two_learned(0, 200).await;
         let start = Instant::now();
         let a1 = live_line(&m, &a, 0, 1);
         ta.send(HubEvent::Line(a1.clone())).await.unwrap();

@@ -254,3 +254,16 @@ pub fn test_certs(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("ca.crt")).unwrap()
 }
 
+/// `seq=<n> src=<label>` of a loggen line (the e2e tests' numbered lines).
+pub fn seq_of(line: &str) -> (u64, String) {
+    let mut seq = None;
+    let mut src = None;
+    for word in line.split(' ') {
+        if let Some(v) = word.strip_prefix("seq=") {
+            seq = v.parse().ok();
+        } else if let Some(v) = word.strip_prefix("src=") {
+            src = Some(v.to_owned());
+        }
+    }
+    (seq.unwrap_or_else(|| panic!("no seq in {line:?}")), src.unwrap_or_default())
+}
