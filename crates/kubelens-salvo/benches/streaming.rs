@@ -860,7 +860,15 @@ async fn app(env: &TestEnv, quick: bool) {
     // (fs.inotify.max_user_instances, 128 by default, shared by every process of the user), so
     // both clients' streams together must fit; see docs/benchmarks/streaming.md.
     let n = std::env::var("BENCH_APP_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 30 } else { 100 });
-    let rounds = 5usize;
+    // BENCH_APP_RATE > 0: live lines at that many lines/s per pod for BENCH_APP_SECONDS (3)
+    // instead of 5 rounds 1 s apart (issue 17's "50 pods at 100 lines/s each").
+    let rate: u32 = std::env::var("BENCH_APP_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let seconds: u32 = std::env::var("BENCH_APP_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let (rounds, every) = if rate > 0 {
+        ((rate * seconds) as usize, Duration::from_secs(1) / rate)
+    } else {
+        (5usize, Duration::from_secs(1))
+    };
     let name = unique("bench-app");
     let rs = serde_json::json!({
         "apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -950,18 +958,23 @@ async fn app(env: &TestEnv, quick: bool) {
     let stern_cpu_a = cpu_seconds(stern_pid);
     let api_mid = api_log_requests(env).await;
 
-    // Phase B: `rounds` live rounds, one line per pod each, 1 s apart, all stamped with the
-    // round's write time.
+    // Phase B: `rounds` live rounds, one line per pod each, `every` apart (1 s, or 1/rate),
+    // all stamped with the round's write time.
+    if rate > 0 {
+        println!("<!-- phase B: {rate} lines/s per pod for {seconds} s ({} lines/s in all) -->", rate as usize * n);
+    }
     let mut round_ts = Vec::new();
+    let mut tick = tokio::time::interval(every);
     for round in 0..rounds {
+        tick.tick().await;
         let ts = chrono::Utc::now();
         for pod in &pods {
             let line = format!("seq={} src={pod} phase=live", 1001 + round);
             kubelens_testenv::append_cri_lines_at(&env.log_path(NS, pod, "app"), ts, "stdout", &[line]).unwrap();
         }
         round_ts.push(ts.timestamp_nanos_opt().unwrap_or(0));
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let all_live = |a: &Arc<Mutex<Arrivals>>| a.lock().unwrap().live.iter().all(|r| r.len() >= n);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(all_live(&our_arrivals) && all_live(&stern_arrivals)) && Instant::now() < deadline {
