@@ -174,10 +174,11 @@ impl AuditTrail {
     pub fn record(&self, event: AuditEvent) {
         event.emit();
         if let Some(queue) = &self.queue
-            && queue.try_send(event).is_err()
+            && let Err(err) = queue.try_send(event)
         {
             let before = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if before.is_power_of_two() || before == 0 {
+            // Closed: the writer has stopped (shutdown); only a full queue is worth a warning.
+            if matches!(err, tokio::sync::mpsc::error::TrySendError::Full(_)) && (before == 0 || before.is_power_of_two()) {
                 tracing::warn!(dropped = before + 1, "audit queue full: events are missing from the store (the process log has them)");
             }
         }
@@ -237,11 +238,28 @@ impl AuditWriter {
     /// Attempts per batch before it is dropped (and counted).
     const ATTEMPTS: u32 = 5;
 
-    /// Runs until every [`AuditTrail`] clone is gone and the queue is written out.
-    pub async fn run(mut self) {
+    /// Runs until every [`AuditTrail`] clone is gone, or `stop` completes, and the queue is
+    /// written out (after `stop`, events recorded later go to the process log only).
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let mut batch = Vec::with_capacity(Self::BATCH);
         let mut last_purge: Option<Instant> = None;
-        while self.rx.recv_many(&mut batch, Self::BATCH).await > 0 {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let received = tokio::select! {
+                n = self.rx.recv_many(&mut batch, Self::BATCH) => n,
+                () = &mut stop => {
+                    // Take what is queued, then no more.
+                    self.rx.close();
+                    while self.rx.recv_many(&mut batch, Self::BATCH).await > 0 {
+                        self.write(&batch).await;
+                        batch.clear();
+                    }
+                    return;
+                }
+            };
+            if received == 0 {
+                return;
+            }
             self.write(&batch).await;
             batch.clear();
             if last_purge.is_none_or(|at| at.elapsed() >= Self::PURGE_EVERY) {
@@ -413,6 +431,28 @@ mod tests {
         let long = format!("grep={}", "é".repeat(2000));
         let cut = safe_query(&long);
         assert!(cut.len() <= MAX_QUERY_BYTES + '…'.len_utf8() && cut.ends_with('…'), "{}", cut.len());
+    }
+
+    #[tokio::test]
+    async fn the_writer_stores_what_is_queued_when_it_is_stopped() {
+        let store = Arc::new(crate::storage::memory::MemoryStore::new(crate::storage::StoreLimits::default()));
+        let (trail, writer) = AuditTrail::with_store(store.clone(), 100, Duration::from_secs(3600));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        for _ in 0..3 {
+            trail.record(AuditEvent::new("denied"));
+        }
+        drop(stop);
+        writer.run(async move {
+            let _ = stopped.await;
+        })
+        .await;
+        let query = crate::storage::AuditQuery { limit: 10, ..Default::default() };
+        assert_eq!(crate::storage::AuditStore::query(&*store, query.clone()).await.unwrap().events.len(), 3);
+        // After the stop the queue is closed: later events go to the process log only, and
+        // count as missing from the store's copy.
+        trail.record(AuditEvent::new("denied"));
+        assert_eq!(crate::storage::AuditStore::query(&*store, query).await.unwrap().events.len(), 3);
+        assert_eq!(trail.dropped(), 1);
     }
 
     #[test]

@@ -172,11 +172,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let instrumented = kubelens_storage::Stores {
         sessions: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.sessions, state.metrics.clone())),
         archive: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.archive, state.metrics.clone())),
-        credentials: stores.credentials,
-        audit: stores.audit,
+        credentials: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.credentials, state.metrics.clone())),
+        audit: std::sync::Arc::new(kubelens_core::storage::instrumented::Instrumented::new(stores.audit, state.metrics.clone())),
         backend: stores.backend,
     };
-    // The audit trail's stored copy: a bounded queue drained by one writer task.
+    // The audit trail's stored copy: a bounded queue drained by one writer task. Once the HTTP
+    // side has drained (streams ended at shutdown record `logs_closed` first), the writer
+    // stores what is queued and ends; awaited below within the grace.
+    let mut audit_writer = None;
+    let (audit_stop, audit_stopped) = tokio::sync::oneshot::channel::<()>();
     if state.config.audit.store {
         let (trail, writer) = kubelens_core::audit::AuditTrail::with_store(
             instrumented.audit.clone(),
@@ -184,7 +188,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             state.config.audit.retention,
         );
         state.audit = trail;
-        tokio::spawn(writer.run());
+        audit_writer = Some(tokio::spawn(writer.run(async move {
+            let _ = audit_stopped.await;
+        })));
     }
     // Several replicas share PostgreSQL or Redis: stream tickets and credentials go there too,
     // so any replica redeems what another issued (no session affinity needed).
@@ -232,6 +238,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             0 if running > 0 => tracing::info!(captures = running, "log captures finished before exit"),
             0 => {}
             left => tracing::warn!(captures = left, "exiting with log captures still running: the rest of their logs is not archived"),
+        }
+    }
+    drop(audit_stop);
+    if let Some(writer) = audit_writer {
+        let deadline = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
+        if tokio::time::timeout_at(deadline, writer).await.is_err() {
+            tracing::warn!("exiting with audit events not yet stored (the process log has them)");
         }
     }
     Ok(())

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    AppendOutcome, ArchivedLine, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
+    AppendOutcome, ArchivedLine, AuditPage, AuditQuery, AuditStore, CredentialStore, LineQuery, LogArchive, PodMeta, Precondition, SessionStore, SourceInfo, SourceKey,
     StorageError, StoreFuture, StoredSession, Version,
 };
 use crate::metrics::Metrics;
 
-/// A [`SessionStore`] and/or [`LogArchive`] with metrics (see the module docs).
+/// A [`SessionStore`], [`LogArchive`], [`CredentialStore`] and/or [`AuditStore`] with metrics
+/// (see the module docs).
 #[derive(Debug)]
 pub struct Instrumented<T: ?Sized> {
     inner: Arc<T>,
@@ -106,6 +107,42 @@ impl<T: LogArchive + ?Sized> LogArchive for Instrumented<T> {
     }
 }
 
+impl<T: CredentialStore + ?Sized> CredentialStore for Instrumented<T> {
+    fn put<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(measured(&self.metrics, "credential_put", self.inner.put(key, value, ttl)))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(measured(&self.metrics, "credential_get", self.inner.get(key)))
+    }
+
+    fn take<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(measured(&self.metrics, "credential_take", self.inner.take(key)))
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(measured(&self.metrics, "credential_remove", self.inner.remove(key)))
+    }
+
+    fn purge_expired(&self) -> StoreFuture<'_, u64> {
+        Box::pin(measured(&self.metrics, "credential_purge", CredentialStore::purge_expired(&*self.inner)))
+    }
+}
+
+impl<T: AuditStore + ?Sized> AuditStore for Instrumented<T> {
+    fn append<'a>(&'a self, events: &'a [crate::audit::AuditEvent]) -> StoreFuture<'a, ()> {
+        Box::pin(measured(&self.metrics, "audit_append", self.inner.append(events)))
+    }
+
+    fn query(&self, query: AuditQuery) -> StoreFuture<'_, AuditPage> {
+        Box::pin(measured(&self.metrics, "audit_query", self.inner.query(query)))
+    }
+
+    fn purge_before(&self, cutoff_ms: i64) -> StoreFuture<'_, u64> {
+        Box::pin(measured(&self.metrics, "audit_purge", self.inner.purge_before(cutoff_ms)))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -125,5 +162,40 @@ mod tests {
         assert_eq!(metrics.storage_errors.get(&["session_put"]), 0);
         let rendered = metrics.render_prometheus();
         assert!(rendered.contains("kubelens_storage_operation_duration_seconds_count 3"), "{rendered}");
+    }
+
+    /// A credential store that is down.
+    #[derive(Debug)]
+    struct Down;
+
+    impl CredentialStore for Down {
+        fn put<'a>(&'a self, _: &'a str, _: &'a [u8], _: Duration) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(StorageError::Unavailable("down".into())) })
+        }
+        fn get<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+            Box::pin(async { Err(StorageError::Unavailable("down".into())) })
+        }
+        fn take<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+            Box::pin(async { Err(StorageError::Unavailable("down".into())) })
+        }
+        fn remove<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
+            Box::pin(async { Ok(false) })
+        }
+        fn purge_expired(&self) -> StoreFuture<'_, u64> {
+            Box::pin(async { Ok(0) })
+        }
+    }
+
+    #[tokio::test]
+    async fn credential_and_audit_operations_are_measured_too() {
+        let metrics = Metrics::new();
+        let credentials = Instrumented::new(Arc::new(Down), metrics.clone());
+        assert!(credentials.take("ticket:x").await.is_err());
+        assert_eq!(metrics.storage_errors.get(&["credential_take"]), 1);
+        let store: Arc<dyn AuditStore> = Arc::new(MemoryStore::new(crate::storage::StoreLimits::default()));
+        let audit = Instrumented::new(store, metrics.clone());
+        audit.append(&[crate::audit::AuditEvent::new("denied")]).await.unwrap();
+        assert_eq!(audit.query(AuditQuery { limit: 5, ..AuditQuery::default() }).await.unwrap().events.len(), 1);
+        assert!(metrics.render_prometheus().contains("kubelens_storage_operation_duration_seconds_count 3"));
     }
 }
