@@ -30,6 +30,9 @@ pub const TARGET: &str = "kubelens::audit";
 /// Longest `query` recorded; a longer one is cut on a character boundary and ends in `…`.
 pub const MAX_QUERY_BYTES: usize = 1024;
 
+/// Every value of [`AuditEvent::audit`] (the `event` filter of `GET /api/v1/audit`).
+pub const EVENT_KINDS: &[&str] = &["logs_opened", "logs_closed", "logs_refused", "details_viewed", "session_changed", "denied"];
+
 /// Longest `path` recorded (then cut like `query`).
 pub const MAX_PATH_BYTES: usize = 512;
 

@@ -75,10 +75,18 @@ const DEFAULT_PAGE: usize = 100;
 /// Answer of `GET /api/v1/audit`.
 #[derive(Debug, serde::Serialize)]
 struct AuditPageResponse {
-    /// Events, newest first; each is the stored event plus its cursor `id`.
-    events: Vec<serde_json::Value>,
+    /// Events, newest first.
+    events: Vec<StoredEvent>,
     /// Pass as `before` for the next (older) page; `null` when there is none.
     next: Option<String>,
+}
+
+/// One stored event as the API returns it: its fields plus its cursor `id`.
+#[derive(Debug, serde::Serialize)]
+struct StoredEvent {
+    id: String,
+    #[serde(flatten)]
+    event: kubelens_core::audit::AuditEvent,
 }
 
 /// `GET /api/v1/audit?limit&before&user&namespace&event&since&until`: stored audit events,
@@ -118,9 +126,9 @@ pub async fn query_audit(req: &mut Request, depot: &mut Depot) -> Result<Json<Au
     };
     let event = text("event");
     if let Some(kind) = &event
-        && !EVENT_KINDS.contains(&kind.as_str())
+        && !kubelens_core::audit::EVENT_KINDS.contains(&kind.as_str())
     {
-        return Err(ApiError::bad_request(format!("event must be one of {}", EVENT_KINDS.join(", "))));
+        return Err(ApiError::bad_request(format!("event must be one of {}", kubelens_core::audit::EVENT_KINDS.join(", "))));
     }
     let query = kubelens_core::storage::AuditQuery {
         before: text("before"),
@@ -138,22 +146,9 @@ pub async fn query_audit(req: &mut Request, depot: &mut Depot) -> Result<Json<Au
             ApiError::unavailable("storage_unavailable", "the audit store is unavailable; try again later")
         }
     })?;
-    let events = page
-        .events
-        .into_iter()
-        .map(|(id, event)| {
-            let mut value = serde_json::to_value(event).unwrap_or_default();
-            if let Some(map) = value.as_object_mut() {
-                map.insert("id".to_owned(), serde_json::Value::String(id));
-            }
-            value
-        })
-        .collect();
+    let events = page.events.into_iter().map(|(id, event)| StoredEvent { id, event }).collect();
     Ok(Json(AuditPageResponse { events, next: page.next }))
 }
-
-/// The `event` values `GET /api/v1/audit` filters on.
-const EVENT_KINDS: &[&str] = &["logs_opened", "logs_closed", "logs_refused", "details_viewed", "session_changed", "denied"];
 
 /// The audit route, mounted under `/api/v1` (behind the auth hoop).
 pub fn routes() -> Router {
