@@ -41,7 +41,10 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
                 .args(["--header", &format!("Authorization: Bearer {token}")])
                 .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
                 .args(["--exclude-path-regex", "/(logs|watch)$"])
-                .args(["--max-examples", "25", "--seed", "7", "--workers", "2", "--request-timeout", "15"])
+                // One worker: with two, hypothesis described filter lambdas from two threads at
+                // once and CPython 3.11's ast raised "AST constructor recursion depth mismatch"
+                // inside schemathesis (a Runtime Error on GET /api/v1/audit, not a server error).
+                .args(["--max-examples", "25", "--seed", "7", "--workers", "1", "--request-timeout", "15"])
                 .args(["--suppress-health-check", "all", "--warnings", "off", "--no-color"])
                 .args(["--report", "junit", "--report-junit-path"])
                 .arg(&report)
@@ -91,7 +94,7 @@ async fn schemathesis_finds_no_server_errors_in_finite_log_reads() {
                 .args(["--header", &format!("Authorization: Bearer {token}")])
                 .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
                 .args(["--include-path-regex", "/logs$"])
-                .args(["--max-examples", "40", "--seed", "7", "--workers", "2", "--request-timeout", "15"])
+                .args(["--max-examples", "40", "--seed", "7", "--workers", "1", "--request-timeout", "15"])
                 .args(["--suppress-health-check", "all", "--warnings", "off", "--no-color"])
                 .args(["--report", "junit", "--report-junit-path"])
                 .arg(&report)
